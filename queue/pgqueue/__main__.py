@@ -1,0 +1,5 @@
+"""``python -m pgqueue``: see :mod:`pgqueue.cli`."""
+
+from pgqueue.cli import main
+
+raise SystemExit(main())
