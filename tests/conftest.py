@@ -111,14 +111,16 @@ def schema(dsn: str, empty_schema: str) -> str:
     return empty_schema
 
 
+# The connection fixtures depend on empty_schema so that they are closed (rolling back what the
+# test left open) before the schema is dropped.
 @pytest.fixture
-def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+def conn(dsn: str, empty_schema: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(dsn) as connection:
         yield connection
 
 
 @pytest.fixture
-async def aconn(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+async def aconn(dsn: str, empty_schema: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     async with await psycopg.AsyncConnection.connect(dsn) as connection:
         yield connection
 

@@ -1,0 +1,273 @@
+"""Run one job, read top to bottom: resolve the worker → apply its timeout → perform → classify
+the result → compute the backoff → hand the outcome to the completer → emit telemetry.
+
+The executor never writes to the database itself: it produces an :class:`Ack`, which the runtime's
+completer writes in batches and the testing helpers write at once (or not at all).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from . import telemetry
+from .backoff import default_backoff
+from .errors import TimeoutError as JobTimeoutError
+from .errors import UnknownWorkerError
+from .job import Job, JobState
+from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
+
+__all__ = ["Ack", "Execution", "Executor", "Outcome", "ack_params", "is_cancelled"]
+
+_log = logging.getLogger("pgqueue.executor")
+_MAX_ERROR_CHARS = 16_000
+
+
+class Outcome:
+    """How an attempt ended, as counted by ``drain_queue`` (Oban's names)."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+    DISCARD = "discard"
+    SNOOZED = "snoozed"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What to write for one finished attempt; applied only if the job still runs this attempt."""
+
+    job_id: int
+    attempt: int
+    state: JobState
+    #: seconds from the database's now() until the job is due again (retryable, scheduled)
+    delay: float = 0.0
+    #: appended to the job's errors as {attempt, at, error}
+    error: str | None = None
+
+
+def ack_params(acks: Sequence[Ack]) -> dict[str, list[Any]]:
+    """The parameters of ``queries/ack_jobs.sql`` for a batch of acks: one array per column."""
+    return {
+        "id": [a.job_id for a in acks],
+        "attempt": [a.attempt for a in acks],
+        "state": [a.state.value for a in acks],
+        "delay": [float(a.delay) for a in acks],
+        "error": [a.error for a in acks],
+        "meta": [None] * len(acks),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """The full story of one attempt, for the caller and for telemetry."""
+
+    job: Job
+    ack: Ack
+    outcome: str
+    result: Any = None
+    exception: BaseException | None = None
+    duration: float = 0.0
+
+
+class _CancelFlag:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+
+_current_flag: ContextVar[_CancelFlag | None] = ContextVar("pgqueue_cancel_flag", default=None)
+
+
+def is_cancelled() -> bool:
+    """True when the job running in this context was asked to stop (a cancel or a timeout).
+
+    Sync ``perform`` methods run in threads that can't be interrupted: check this in long loops.
+    """
+    flag = _current_flag.get()
+    return flag is not None and flag.cancelled
+
+
+def _describe(exc: BaseException) -> str:
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    summary = f"{name}: {exc}" if str(exc) else name
+    trace = "".join(traceback.format_exception(exc))
+    text = f"{summary}\n\n{trace}"
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 15] + "\n… (truncated)"
+
+
+def _outcome_error(outcome: JobOutcome) -> str:
+    return (
+        f"{type(outcome).__name__}: {outcome.reason!r}"
+        if outcome.reason is not None
+        else type(outcome).__name__
+    )
+
+
+class Executor:
+    """Runs jobs through the worker registry; shared by the runtime and ``pgqueue.testing``."""
+
+    def __init__(
+        self,
+        workers: WorkerRegistry = registry,
+        *,
+        completer: Callable[[Ack], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.workers = workers
+        self.completer = completer
+        self.clock = clock
+
+    async def execute(
+        self,
+        job: Job,
+        *,
+        thread_limiter: anyio.CapacityLimiter | None = None,
+        cancel_scope: anyio.CancelScope | None = None,
+        safe: bool = True,
+    ) -> Execution:
+        """Run ``job`` once and return what happened; with ``safe=False`` exceptions propagate."""
+        started = self.clock()
+        meta = {"job": job, "id": job.id, "queue": job.queue, "worker": job.worker, "attempt": job.attempt}
+        telemetry.emit(("job", "start"), {"system_time": time.time()}, meta)
+
+        worker_cls = self.workers.get(job.worker)
+        if worker_cls is None:
+            execution = self._failure(job, None, UnknownWorkerError(f"unknown worker: {job.worker}"), started)
+        elif not isinstance(job.args, dict):
+            error = f"args must be a JSON object, got {type(job.args).__name__}"
+            ack = Ack(job.id, job.attempt, JobState.DISCARDED, error=error)
+            execution = Execution(job, ack, Outcome.DISCARD, duration=self.clock() - started)
+        else:
+            execution = await self._perform(worker_cls, job, thread_limiter, cancel_scope, safe, started)
+
+        if self.completer is not None:
+            await self.completer(execution.ack)
+        measurements = {"duration": execution.duration}
+        stop_meta = {**meta, "state": execution.ack.state.value, "outcome": execution.outcome}
+        if execution.exception is not None and execution.outcome in (Outcome.FAILURE, Outcome.DISCARD):
+            telemetry.emit(("job", "exception"), measurements, {**stop_meta, "error": execution.exception})
+        else:
+            telemetry.emit(("job", "stop"), measurements, stop_meta)
+        return execution
+
+    async def _perform(
+        self,
+        worker_cls: type[Worker],
+        job: Job,
+        thread_limiter: anyio.CapacityLimiter | None,
+        cancel_scope: anyio.CancelScope | None,
+        safe: bool,
+        started: float,
+    ) -> Execution:
+        worker = worker_cls()
+        timeout: float | None = None
+        try:
+            timeout = worker.timeout(job)
+            result = await self._call(worker, job, timeout, thread_limiter, cancel_scope)
+        except JobOutcome as outcome:
+            return self._classify(worker, job, outcome, started)
+        except JobTimeoutError as exc:
+            if not safe:
+                raise
+            return self._failure(job, worker, exc, started)
+        except Exception as exc:
+            if not safe:
+                raise
+            return self._failure(job, worker, exc, started)
+        if cancel_scope is not None and cancel_scope.cancelled_caught:
+            reason = Cancel("cancelled while executing")
+            return self._classify(worker, job, reason, started)
+        return self._classify(worker, job, result, started)
+
+    async def _call(
+        self,
+        worker: Worker,
+        job: Job,
+        timeout: float | None,
+        thread_limiter: anyio.CapacityLimiter | None,
+        cancel_scope: anyio.CancelScope | None,
+    ) -> Any:
+        flag = _CancelFlag()
+        token = _current_flag.set(flag)
+        scope = cancel_scope or anyio.CancelScope()
+        try:
+            with scope:
+                deadline = math.inf if timeout is None else timeout
+                with anyio.move_on_after(deadline) as timer:
+                    if worker.is_async:
+                        return await worker.perform(job)
+                    # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
+                    # stop waiting for it and raise its flag (see is_cancelled()).
+                    return await anyio.to_thread.run_sync(
+                        worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
+                    )
+                if timer.cancelled_caught:
+                    flag.cancelled = True
+                    raise JobTimeoutError(f"{job.worker} timed out after {_seconds(timeout)}")
+            flag.cancelled = True  # the job's own scope was cancelled: a cancel request
+            return None
+        finally:
+            _current_flag.reset(token)
+
+    def _classify(self, worker: Worker, job: Job, result: Any, started: float) -> Execution:
+        duration = self.clock() - started
+        if isinstance(result, Snooze):
+            ack = Ack(job.id, job.attempt, JobState.SCHEDULED, delay=result.seconds)
+            return Execution(job, ack, Outcome.SNOOZED, result, duration=duration)
+        if isinstance(result, Cancel):
+            ack = Ack(job.id, job.attempt, JobState.CANCELLED, error=_outcome_error(result))
+            return Execution(job, ack, Outcome.CANCELLED, result, duration=duration)
+        if isinstance(result, Discard):
+            ack = Ack(job.id, job.attempt, JobState.DISCARDED, error=_outcome_error(result))
+            return Execution(job, ack, Outcome.DISCARD, result, duration=duration)
+        if isinstance(result, Error):
+            return self._failure(job, worker, result, started, result=result)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            problem = TypeError("perform returned an awaitable it never awaited (a missing `await`?)")
+            return self._failure(job, worker, problem, started, result=result)
+        if isinstance(result, BaseException):
+            return self._failure(job, worker, result, started, result=result)
+        ack = Ack(job.id, job.attempt, JobState.COMPLETED)
+        return Execution(job, ack, Outcome.SUCCESS, result, duration=duration)
+
+    def _failure(
+        self, job: Job, worker: Worker | None, exc: BaseException, started: float, *, result: Any = None
+    ) -> Execution:
+        duration = self.clock() - started
+        error = _outcome_error(exc) if isinstance(exc, JobOutcome) else _describe(exc)
+        if job.attempt >= job.max_attempts:
+            ack = Ack(job.id, job.attempt, JobState.DISCARDED, error=error)
+            return Execution(job, ack, Outcome.DISCARD, result, exc, duration)
+        ack = Ack(job.id, job.attempt, JobState.RETRYABLE, delay=self._backoff(worker, job), error=error)
+        return Execution(job, ack, Outcome.FAILURE, result, exc, duration)
+
+    def _backoff(self, worker: Worker | None, job: Job) -> float:
+        if worker is not None:
+            try:
+                delay = float(worker.backoff(job))
+                if math.isfinite(delay) and delay >= 0:
+                    return delay
+                _log.warning("%s.backoff returned %r; using the default backoff", job.worker, delay)
+            except Exception:
+                _log.exception("%s.backoff failed; using the default backoff", job.worker)
+        return float(default_backoff(job.attempt, job.max_attempts))
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "∞"
+    return f"{value * 1000:g}ms" if value < 1 else f"{value:g}s"

@@ -1,0 +1,286 @@
+"""Insert jobs into the caller's transaction: ``insert``/``insert_all`` and their async twins.
+
+The job rows are written on the caller's own connection, inside whatever transaction it has
+open: roll it back and no job exists; commit it and the jobs become visible and their queues
+are woken (``pg_notify`` sent in the same transaction, delivered at commit).
+
+``insert_all`` is one round trip for any number of jobs. Unique jobs are enforced by the
+database's unique index; when some collide, a second round trip reads the jobs that hold their
+keys, applies ``replace`` and the uniqueness period, and returns the existing jobs with
+``conflict=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.rows import tuple_row
+
+from .errors import PgQueueError
+from .job import Job, NewJob
+from .store import Queries, channel_name, queries_for
+from .targets import async_connection, sync_connection
+
+__all__ = ["UniqueConflictError", "ainsert", "ainsert_all", "insert", "insert_all"]
+
+_JOB_WIDTH = 18  # the Job columns at the start of every job-returning row
+_MAX_ROUNDS = 5
+
+#: When set (by ``pgqueue.testing.inline()``), inserts run jobs at once instead of writing them.
+inline_runner: ContextVar[Callable[[Sequence[NewJob]], list[Job]] | None] = ContextVar(
+    "pgqueue_inline_runner", default=None
+)
+ainline_runner: ContextVar[Callable[[Sequence[NewJob]], Awaitable[list[Job]]] | None] = ContextVar(
+    "pgqueue_ainline_runner", default=None
+)
+
+
+class UniqueConflictError(PgQueueError):
+    """A unique job kept colliding with a job this transaction can't see (e.g. under REPEATABLE READ)."""
+
+
+def _job(row: Sequence[Any], *, conflict: bool = False) -> Job:
+    job = Job(*row[:_JOB_WIDTH])
+    return dataclasses.replace(job, conflict=True) if conflict else job
+
+
+@dataclass
+class _Plan:
+    """One insert: the jobs, which of them are still unresolved, and the results so far."""
+
+    jobs: Sequence[NewJob]
+    results: list[Job | None] = field(init=False)
+    #: indices to send in the next INSERT round
+    pending: list[int] = field(init=False)
+    #: later jobs in the batch with the same unique key as an earlier one: index → first index
+    duplicates: dict[int, int] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.jobs)
+        first_with_key: dict[bytes, int] = {}
+        self.pending = []
+        for index, job in enumerate(self.jobs):
+            if not isinstance(job, NewJob):
+                raise TypeError(
+                    f"jobs must be built with Worker.new(...), got {type(job).__name__} at {index}"
+                )
+            if job.unique_key is not None:
+                earlier = first_with_key.setdefault(job.unique_key, index)
+                if earlier != index:
+                    self.duplicates[index] = earlier
+                    continue
+            self.pending.append(index)
+
+    def insert_params(self, schema: str, notify: bool) -> dict[str, Any]:
+        jobs = [self.jobs[i] for i in self.pending]
+        return {
+            "worker": [j.worker for j in jobs],
+            "queue": [j.queue for j in jobs],
+            "args": [j.args_json for j in jobs],
+            "meta": [j.meta_json for j in jobs],
+            "tags": [json.dumps(j.tags) for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "scheduled_at": [j.scheduled_at for j in jobs],
+            "schedule_in": [j.schedule_in for j in jobs],
+            "unique_key": [j.unique_key for j in jobs],
+            "unique_states": [_states_literal(j) for j in jobs],
+            "channel": channel_name(schema, "insert"),
+            "notify": notify,
+        }
+
+    def take_inserted(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Match inserted rows back to their jobs; unique jobs that were skipped stay pending."""
+        by_key: dict[bytes, Sequence[Any]] = {}
+        plain: list[Sequence[Any]] = []
+        for row in rows:
+            key = row[_JOB_WIDTH]
+            if key is None:
+                plain.append(row)
+            else:
+                by_key[bytes(key)] = row
+        # Rows were inserted in input order, so their ids ascend in it.
+        plain.sort(key=lambda row: int(row[0]))
+        plain_iter = iter(plain)
+        still_pending: list[int] = []
+        for index in self.pending:
+            key = self.jobs[index].unique_key
+            if key is None:
+                self.results[index] = _job(next(plain_iter))
+            elif key in by_key:
+                self.results[index] = _job(by_key[key])
+            else:
+                still_pending.append(index)
+        self.pending = still_pending
+
+    def pending_keys(self) -> list[bytes]:
+        return [k for k in (self.jobs[i].unique_key for i in self.pending) if k is not None]
+
+    def resolve_conflicts(
+        self, holders: Sequence[Sequence[Any]]
+    ) -> tuple[list[int], list[tuple[int, Sequence[Any]]]]:
+        """Split pending jobs by their key's holder: expired holders to release, live ones to return."""
+        holder_by_key = {bytes(row[_JOB_WIDTH]): row for row in holders}
+        expired: list[int] = []
+        live: list[tuple[int, Sequence[Any]]] = []
+        retry: list[int] = []
+        for index in self.pending:
+            job = self.jobs[index]
+            assert job.unique_key is not None
+            assert job.unique is not None
+            holder = holder_by_key.get(job.unique_key)
+            if holder is None:
+                retry.append(index)  # the holder changed state or vanished meanwhile: insert again
+                continue
+            period = job.unique.period
+            stamp: datetime = holder[11] if job.unique.timestamp == "inserted_at" else holder[12]
+            db_now: datetime = holder[_JOB_WIDTH + 1]
+            if period is not None and stamp < db_now - timedelta(seconds=period):
+                expired.append(int(holder[0]))
+                retry.append(index)
+            else:
+                live.append((index, holder))
+        self.pending = retry
+        return expired, live
+
+    def finish(self) -> list[Job]:
+        if self.pending:
+            raise UniqueConflictError(
+                "a unique job kept colliding with a job this transaction can't see; "
+                "retry the transaction (under READ COMMITTED this does not happen)"
+            )
+        for index, earlier in self.duplicates.items():
+            original = self.results[earlier]
+            assert original is not None
+            self.results[index] = dataclasses.replace(original, conflict=True)
+        return [job for job in self.results if job is not None]
+
+
+def _states_literal(job: NewJob) -> str | None:
+    if job.unique is None:
+        return None
+    return "{" + ",".join(state.value for state in job.unique.states) + "}"
+
+
+def _replace_params(job: NewJob, holder: Sequence[Any]) -> dict[str, Any] | None:
+    fields = job.replace.get(str(holder[1]), ())
+    if not fields:
+        return None
+    params: dict[str, Any] = {
+        f"set_{name}": name in fields
+        for name in ("args", "max_attempts", "meta", "priority", "queue", "scheduled_at", "tags", "worker")
+    }
+    params.update(
+        id=holder[0],
+        args=job.args_json,
+        max_attempts=job.max_attempts,
+        meta=job.meta_json,
+        priority=job.priority,
+        queue=job.queue,
+        scheduled_at=job.scheduled_at,
+        schedule_in=job.schedule_in,
+        tags=json.dumps(job.tags),
+        worker=job.worker,
+    )
+    return params
+
+
+def _check_jobs(jobs: Sequence[NewJob]) -> None:
+    if isinstance(jobs, NewJob):
+        raise TypeError("insert_all takes a list of jobs; use insert() for one job")
+
+
+def insert_all(
+    target: Any, jobs: Sequence[NewJob], *, schema: str = "public", notify: bool = True
+) -> list[Job]:
+    """Insert ``jobs`` in the transaction of ``target`` and return them saved, in order.
+
+    ``target`` is a psycopg ``Connection`` or ``Cursor``, or a SQLAlchemy ``Session`` or
+    ``Connection`` on the psycopg driver. One round trip however many jobs; unique jobs that
+    collide come back as the existing job with ``conflict=True``.
+    """
+    _check_jobs(jobs)
+    runner = inline_runner.get()
+    if runner is not None:
+        return runner(jobs)
+    if not jobs:
+        return []
+    conn = sync_connection(target)
+    queries = queries_for(schema)
+    plan = _Plan(jobs)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        for _ in range(_MAX_ROUNDS):
+            if not plan.pending:
+                break
+            rows = cur.execute(queries.insert_jobs, plan.insert_params(schema, notify)).fetchall()
+            plan.take_inserted(rows)
+            if not plan.pending:
+                break
+            holders = cur.execute(
+                queries.find_unique_holders, {"unique_keys": plan.pending_keys()}
+            ).fetchall()
+            expired, live = plan.resolve_conflicts(holders)
+            if expired:
+                cur.execute(queries.release_unique_keys, {"ids": expired})
+            for index, holder in live:
+                plan.results[index] = _sync_replace(cur, queries, plan.jobs[index], holder)
+    return plan.finish()
+
+
+def _sync_replace(cur: Any, queries: Queries, job: NewJob, holder: Sequence[Any]) -> Job:
+    params = _replace_params(job, holder)
+    if params is not None:
+        holder = cur.execute(queries.replace_job, params).fetchone()
+    return _job(holder, conflict=True)
+
+
+def insert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = True) -> Job:
+    """Insert one job in the transaction of ``target``; see :func:`insert_all`."""
+    return insert_all(target, [job], schema=schema, notify=notify)[0]
+
+
+async def ainsert_all(
+    target: Any, jobs: Sequence[NewJob], *, schema: str = "public", notify: bool = True
+) -> list[Job]:
+    """The async twin of :func:`insert_all`: a psycopg ``AsyncConnection``/``AsyncCursor`` or a
+    SQLAlchemy ``AsyncSession``/``AsyncConnection`` on the psycopg driver."""
+    _check_jobs(jobs)
+    arunner = ainline_runner.get()
+    if arunner is not None:
+        return await arunner(jobs)
+    if not jobs:
+        return []
+    conn = await async_connection(target)
+    queries = queries_for(schema)
+    plan = _Plan(jobs)
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        for _ in range(_MAX_ROUNDS):
+            if not plan.pending:
+                break
+            await cur.execute(queries.insert_jobs, plan.insert_params(schema, notify))
+            plan.take_inserted(await cur.fetchall())
+            if not plan.pending:
+                break
+            await cur.execute(queries.find_unique_holders, {"unique_keys": plan.pending_keys()})
+            expired, live = plan.resolve_conflicts(await cur.fetchall())
+            if expired:
+                await cur.execute(queries.release_unique_keys, {"ids": expired})
+            for index, holder in live:
+                job = plan.jobs[index]
+                params = _replace_params(job, holder)
+                if params is not None:
+                    await cur.execute(queries.replace_job, params)
+                    holder = await cur.fetchone() or holder
+                plan.results[index] = _job(holder, conflict=True)
+    return plan.finish()
+
+
+async def ainsert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = True) -> Job:
+    """Insert one job; the async twin of :func:`insert`."""
+    return (await ainsert_all(target, [job], schema=schema, notify=notify))[0]

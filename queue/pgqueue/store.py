@@ -1,0 +1,165 @@
+"""Every SQL statement pgqueue runs, by name.
+
+Each statement is one file in ``queries/`` (``queries/fetch_jobs.sql`` is the fetch). This module
+loads them and renders them for one schema: the files refer to pgqueue's objects through
+placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.sql`:
+
+==============  ==============================================
+``{jobs}``      the jobs table
+``{job_state}`` the job state enum type (for casts)
+``{producers}`` the producers (heartbeat) table
+``{leaders}``   the leader lease table
+==============  ==============================================
+
+Values are always parameters (``%(name)s``). Because the files are ``str.format``-style templates,
+a literal brace must be doubled, and a literal ``%`` is written ``%%``; prefer
+``jsonb_build_object()`` and ``'[]'::jsonb`` spelled with doubled braces where needed.
+
+Nothing outside this module and ``queries/`` writes SQL for the queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from psycopg import sql
+
+from .migrate import validate_schema_name
+
+__all__ = ["JobFilter", "Queries", "channel_name", "filtered", "queries_for"]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
+_FILTERED_RE = re.compile(r"^[a-z][a-z0-9_]*\.filtered\.sql$")
+_MAX_CHANNEL_BYTES = 63
+
+
+def _load_templates(pattern: re.Pattern[str]) -> dict[str, str]:
+    templates: dict[str, str] = {}
+    for entry in (files("pgqueue") / "queries").iterdir():
+        if pattern.match(entry.name):
+            templates[entry.name.split(".", 1)[0]] = entry.read_text(encoding="utf-8")
+    return templates
+
+
+_TEMPLATES = _load_templates(_NAME_RE)
+#: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
+_FILTERED = _load_templates(_FILTERED_RE)
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """The statements of ``queries/`` rendered for one schema; look them up by file name."""
+
+    schema: str
+    statements: dict[str, str]
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.statements[name]
+        except KeyError:
+            raise AttributeError(f"no statement named {name!r} in pgqueue/queries/") from None
+
+    def __getitem__(self, name: str) -> str:
+        return self.statements[name]
+
+
+def _render(template: str, schema: str, **extra: sql.Composable) -> str:
+    composed = sql.SQL(template).format(
+        jobs=sql.Identifier(schema, "jobs"),
+        job_state=sql.Identifier(schema, "job_state"),
+        producers=sql.Identifier(schema, "pgqueue_producers"),
+        leaders=sql.Identifier(schema, "pgqueue_leaders"),
+        **extra,
+    )
+    return composed.as_string(None)
+
+
+@functools.lru_cache(maxsize=64)
+def queries_for(schema: str = "public") -> Queries:
+    """All statements rendered for ``schema`` (cached: rendering happens once per schema)."""
+    validate_schema_name(schema)
+    return Queries(schema, {name: _render(text, schema) for name, text in _TEMPLATES.items()})
+
+
+def channel_name(schema: str, topic: str) -> str:
+    """The LISTEN/NOTIFY channel for ``topic`` (insert, signal, leader …) in ``schema``.
+
+    Channels are namespaced by schema so two queues in one database never hear each other.
+    PostgreSQL caps channel names at 63 bytes; a long schema name is replaced by a digest.
+    """
+    name = f"pgqueue.{schema}.{topic}"
+    if len(name.encode("utf-8")) <= _MAX_CHANNEL_BYTES:
+        return name
+    import hashlib
+
+    digest = hashlib.blake2b(schema.encode("utf-8"), digest_size=8).hexdigest()
+    return f"pgqueue.{digest}.{topic}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a bulk operation or query touches. Every given criterion must hold.
+
+    A scalar means equality and a list means "any of"; ``tags`` matches jobs carrying all of the
+    given tags; ``args``/``meta`` match jobs whose JSON contains the given object.
+    """
+
+    ids: Sequence[int] | None = None
+    queue: str | Sequence[str] | None = None
+    worker: str | Sequence[str] | None = None
+    state: str | Sequence[str] | None = None
+    priority: int | Sequence[int] | None = None
+    tags: Sequence[str] | None = None
+    args: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] | None = None
+
+    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
+        """The WHERE condition (without the keyword) and its parameters."""
+        clauses: list[sql.Composable] = []
+        params: dict[str, Any] = {}
+
+        def any_of(column: str, value: Any, cast_to: str) -> None:
+            values = [value] if isinstance(value, str | int) else list(value)
+            params[f"f_{column}"] = values
+            clauses.append(
+                sql.SQL("{} = ANY ({}::" + cast_to + "[])").format(
+                    sql.Identifier(column), sql.Placeholder(f"f_{column}")
+                )
+            )
+
+        if self.ids is not None:
+            any_of("id", list(self.ids), "bigint")
+        if self.queue is not None:
+            any_of("queue", self.queue, "text")
+        if self.worker is not None:
+            any_of("worker", self.worker, "text")
+        if self.state is not None:
+            any_of("state", self.state, "text")
+            clauses[-1] = sql.SQL("state::text = ANY ({}::text[])").format(sql.Placeholder("f_state"))
+        if self.priority is not None:
+            any_of("priority", self.priority, "smallint")
+        if self.tags is not None:
+            params["f_tags"] = list(self.tags)
+            clauses.append(sql.SQL("tags @> {}::text[]").format(sql.Placeholder("f_tags")))
+        for column, value in (("args", self.args), ("meta", self.meta)):
+            if value is not None:
+                params[f"f_{column}"] = json.dumps(value)
+                clauses.append(
+                    sql.SQL("{} @> {}::jsonb").format(sql.Identifier(column), sql.Placeholder(f"f_{column}"))
+                )
+        if not clauses:
+            return sql.SQL("true"), params
+        return sql.SQL(" AND ").join(clauses), params
+
+
+def filtered(name: str, schema: str, job_filter: JobFilter) -> tuple[str, dict[str, Any]]:
+    """The statement ``queries/<name>.filtered.sql`` for ``schema``, restricted by ``job_filter``."""
+    validate_schema_name(schema)
+    where, params = job_filter.where()
+    return _render(_FILTERED[name], schema, where=where), params
