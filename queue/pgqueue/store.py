@@ -32,7 +32,7 @@ from psycopg import sql
 
 from .migrate import validate_schema_name
 
-__all__ = ["JobFilter", "Queries", "channel_name", "filtered", "queries_for"]
+__all__ = ["JobFilter", "Queries", "channel_name", "drop_index", "filtered", "queries_for", "reindex_index"]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
 _FILTERED_RE = re.compile(r"^[a-z][a-z0-9_]*\.filtered\.sql$")
@@ -163,3 +163,15 @@ def filtered(name: str, schema: str, job_filter: JobFilter) -> tuple[str, dict[s
     validate_schema_name(schema)
     where, params = job_filter.where()
     return _render(_FILTERED[name], schema, where=where), params
+
+
+def reindex_index(schema: str, index: str) -> str:
+    """``REINDEX INDEX CONCURRENTLY`` one of pgqueue's indexes (outside any transaction)."""
+    return sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(schema, index)).as_string(None)
+
+
+def drop_index(schema: str, index: str) -> str:
+    """``DROP INDEX CONCURRENTLY`` an index left invalid by an interrupted rebuild."""
+    return (
+        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, index)).as_string(None)
+    )

@@ -1,0 +1,118 @@
+"""The completer: records finished attempts in batches, one statement for many jobs.
+
+Executors hand it an :class:`~pgqueue.executor.Ack` and move on; the completer writes what has
+gathered every few milliseconds (or as soon as ``max_batch`` acks wait) with the fenced
+``ack_jobs`` statement. A database error keeps the batch and retries it with backoff, so an outage
+delays acks but loses none. A crash loses at most the acks not yet written: those jobs are still
+``executing`` in the database, so the lifeline rescues them and they run again (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from psycopg_pool import AsyncConnectionPool
+
+from . import telemetry
+from .executor import Ack, ack_params
+from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
+from .store import queries_for
+
+__all__ = ["Completer"]
+
+_log = logging.getLogger("pgqueue.completer")
+
+
+class Completer:
+    """Batches acks for one runtime. A :class:`~pgqueue.lifecycle.Service`."""
+
+    name = "completer"
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        schema: str,
+        *,
+        max_batch: int = 1000,
+        max_delay: float = 0.002,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.pool = pool
+        self.queries = queries_for(schema)
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.clock = clock
+        self._pending: list[Ack] = []
+        self._wakeup = Wakeup(clock)
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.written = 0
+        self.rejected = 0
+
+    @property
+    def backlog(self) -> int:
+        """Acks waiting to be written; producers stop fetching when it grows past their limit."""
+        return len(self._pending)
+
+    async def ack(self, ack: Ack) -> None:
+        """Queue ``ack`` for the next batch (returns at once)."""
+        self._pending.append(ack)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        if len(self._pending) >= self.max_batch or len(self._pending) == 1:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait(3600)
+            if not self._pending:
+                continue
+            # Let a burst gather: the acks of jobs finishing together go out in one statement.
+            if len(self._pending) < self.max_batch and self.max_delay > 0:
+                await self.clock.sleep(self.max_delay)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything pending now, retrying on database errors until it is written."""
+        backoff = Backoff(0.05, 5.0)
+        failures = 0
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                failures += 1
+                delay = backoff.delay(failures, self.clock.random())
+                _log.warning(
+                    "pgqueue completer could not write %d acks (%s); retrying in %.2fs",
+                    len(batch),
+                    describe_error(exc),
+                    delay,
+                )
+                await self.clock.sleep(delay)
+                continue
+            failures = 0
+            del self._pending[: len(batch)]
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once every ack handed in so far has been written."""
+        await self._idle.wait()
+
+    async def _write(self, batch: list[Ack]) -> None:
+        started = self.clock.monotonic()
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(self.queries.ack_jobs, ack_params(batch))
+            acked = len(await cursor.fetchall())
+        self.written += acked
+        self.rejected += len(batch) - acked
+        if acked < len(batch):
+            # The fence refused some: those jobs were rescued, cancelled or re-run meanwhile.
+            _log.debug("pgqueue completer: %d of %d acks were fenced out", len(batch) - acked, len(batch))
+        telemetry.emit(
+            ("completer", "flush"),
+            {"duration": self.clock.monotonic() - started, "count": len(batch), "acked": acked},
+            {},
+        )

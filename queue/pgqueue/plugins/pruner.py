@@ -1,0 +1,45 @@
+"""The pruner: deletes finished jobs older than ``max_age``, in bounded batches."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ..errors import ConfigError
+from ..lifecycle import Clock
+from . import PluginContext
+
+__all__ = ["Pruner"]
+
+
+@dataclass
+class Pruner:
+    """Leader-only; every ``interval`` seconds deletes at most ``limit`` jobs that finished
+    (completed, cancelled or discarded) more than ``max_age`` seconds ago."""
+
+    max_age: float | timedelta = 60.0
+    interval: float = 30.0
+    limit: int = 10_000
+    name: str = "pruner"
+    leader_only: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_age, timedelta):
+            self.max_age = self.max_age.total_seconds()
+        for field_name in ("max_age", "interval", "limit"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"pruner {field_name} must be a positive number, got {value!r}")
+
+    def next_delay(self, clock: Clock) -> float:
+        return float(self.interval)
+
+    async def run_once(self, ctx: PluginContext) -> Mapping[str, Any]:
+        async with ctx.pool.connection() as conn:
+            cursor = await conn.execute(
+                ctx.queries.prune_jobs, {"max_age": self.max_age, "limit": int(self.limit)}
+            )
+            rows = await cursor.fetchall()
+        return {"pruned_count": len(rows)}

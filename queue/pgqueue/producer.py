@@ -1,0 +1,218 @@
+"""A producer runs one queue on one node: it fetches by demand and starts each job it claims.
+
+Demand is ``limit - running``. A fetch happens when something may have changed it: an insert
+notification for the queue, a job finishing, or the slow safety poll. Wake-ups that arrive while a
+fetch is in flight collapse into a single follow-up fetch, so a burst of inserts or completions
+costs one query, and an idle producer answers a notification with no added delay.
+
+Jobs run in the producer's own task group: async ``perform`` methods on the event loop, sync ones
+in worker threads bounded by the queue's limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from . import telemetry
+from .completer import Completer
+from .executor import Executor
+from .job import Job
+from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
+from .options import validate_queue
+from .store import queries_for
+
+__all__ = ["Producer", "QueueConfig"]
+
+_log = logging.getLogger("pgqueue.producer")
+_MAX_LIMIT = 10_000
+
+
+@dataclass
+class QueueConfig:
+    """How a queue runs on this node: its concurrency limit and whether it is paused."""
+
+    limit: int
+    paused: bool = False
+
+    @classmethod
+    def parse(cls, queue: str, value: Any) -> QueueConfig:
+        """``10`` or ``{"limit": 10, "paused": True}``; errors name the queue."""
+        validate_queue(queue)
+        if isinstance(value, QueueConfig):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"limit", "paused"}
+            if unknown:
+                raise ValueError(
+                    f"queue {queue!r}: unknown option {sorted(unknown)[0]!r} (valid: limit, paused)"
+                )
+            limit, paused = value.get("limit"), value.get("paused", False)
+        else:
+            limit, paused = value, False
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= _MAX_LIMIT:
+            raise ValueError(f"queue {queue!r}: limit must be an integer 1..{_MAX_LIMIT}, got {limit!r}")
+        if not isinstance(paused, bool):
+            raise ValueError(f"queue {queue!r}: paused must be true or false, got {paused!r}")
+        return cls(limit, paused)
+
+
+@dataclass
+class _Running:
+    job: Job
+    scope: anyio.CancelScope
+    started: float
+
+
+@dataclass
+class Producer:
+    """Fetches and runs the jobs of one queue. A :class:`~pgqueue.lifecycle.Service`."""
+
+    queue: str
+    config: QueueConfig
+    pool: AsyncConnectionPool[Any]
+    schema: str
+    node: str
+    executor: Executor
+    completer: Completer
+    #: called once before the first fetch, so the lifeline knows this producer is alive
+    register: Callable[[Producer], Awaitable[None]]
+    poll_interval: float = 1.0
+    max_backlog: int = 10_000
+    clock: Clock = SYSTEM_CLOCK
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    running: dict[int, _Running] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.queries = queries_for(self.schema)
+        self.limiter = anyio.CapacityLimiter(self.config.limit)
+        self._wakeup = Wakeup(self.clock)
+        self._stopping = False
+        self._drained = anyio.Event()
+        self._jobs: anyio.abc.TaskGroup | None = None
+        self.fetched = 0
+
+    @property
+    def name(self) -> str:
+        return f"producer[{self.queue}]"
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something may be waiting: fetch soon (now, when idle)."""
+        self._wakeup.set()
+
+    def pause(self) -> None:
+        self.config.paused = True
+
+    def resume(self) -> None:
+        self.config.paused = False
+        self.wake()
+
+    def scale(self, limit: int) -> None:
+        self.config = QueueConfig.parse(self.queue, {"limit": limit, "paused": self.config.paused})
+        self.limiter.total_tokens = limit
+        self.wake()
+
+    def cancel_job(self, job_id: int) -> bool:
+        """Stop a running job (its ack then records it cancelled); False when it isn't running here."""
+        running = self.running.get(job_id)
+        if running is None:
+            return False
+        running.scope.cancel()
+        return True
+
+    def stop_fetching(self) -> None:
+        """The first step of a graceful shutdown: claim nothing more."""
+        self._stopping = True
+        if not self.running:
+            self._drained.set()
+
+    async def wait_drained(self, timeout: float) -> list[int]:
+        """Wait up to ``timeout`` for running jobs to finish; returns the ids still running."""
+        with anyio.move_on_after(timeout):
+            await self._drained.wait()
+        return sorted(self.running)
+
+    def check(self) -> dict[str, Any]:
+        """What ``check_queue`` reports for this producer."""
+        return {
+            "queue": self.queue,
+            "limit": self.config.limit,
+            "paused": self.config.paused,
+            "running": sorted(self.running),
+            "node": self.node,
+            "uuid": self.uuid,
+        }
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.register(self)
+        backoff = Backoff(0.1, 5.0)
+        failures = 0
+        async with anyio.create_task_group() as jobs:
+            self._jobs = jobs
+            while True:
+                await self._wakeup.wait(self.poll_interval)
+                try:
+                    await self._dispatch()
+                    failures = 0
+                except Exception as exc:
+                    # Never let a database error escape: it would cancel the jobs running here.
+                    failures += 1
+                    delay = backoff.delay(failures, self.clock.random())
+                    _log.warning(
+                        "pgqueue %s fetch failed (%s); retrying in %.2fs",
+                        self.name,
+                        describe_error(exc),
+                        delay,
+                    )
+                    await self.clock.sleep(delay)
+                    self.wake()
+
+    def _demand(self) -> int:
+        if self._stopping or self.config.paused or self.completer.backlog >= self.max_backlog:
+            return 0
+        return self.config.limit - len(self.running)
+
+    async def _dispatch(self) -> None:
+        demand = self._demand()
+        if demand <= 0:
+            return
+        started = self.clock.monotonic()
+        params = {"queue": self.queue, "demand": demand, "node": self.node, "producer": self.uuid}
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute(self.queries.fetch_jobs, params)
+            rows = await cursor.fetchall()
+        self.fetched += len(rows)
+        assert self._jobs is not None
+        for row in rows:
+            job = Job(*row)
+            scope = anyio.CancelScope()
+            self.running[job.id] = _Running(job, scope, self.clock.monotonic())
+            self._jobs.start_soon(self._execute, job, scope, name=f"pgqueue job {job.id}")
+        telemetry.emit(
+            ("producer", "fetch"),
+            {"duration": self.clock.monotonic() - started, "count": len(rows)},
+            {"queue": self.queue, "demand": demand},
+        )
+        if len(rows) == demand:
+            self.wake()  # the queue may hold more than we could take
+
+    async def _execute(self, job: Job, scope: anyio.CancelScope) -> None:
+        try:
+            await self.executor.execute(job, thread_limiter=self.limiter, cancel_scope=scope)
+        finally:
+            self.running.pop(job.id, None)
+            if self._stopping and not self.running:
+                self._drained.set()
+            self.wake()

@@ -1,0 +1,20 @@
+-- Delete finished jobs older than max_age, judged by when they finished, at most `limit` a run.
+-- Bounded so a large backlog is worked off in small transactions that never hold locks long.
+WITH doomed AS (
+    (SELECT id FROM {jobs}
+     WHERE state = 'completed' AND completed_at < now() - make_interval(secs => %(max_age)s)
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id FROM {jobs}
+     WHERE state = 'cancelled' AND cancelled_at < now() - make_interval(secs => %(max_age)s)
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id FROM {jobs}
+     WHERE state = 'discarded' AND discarded_at < now() - make_interval(secs => %(max_age)s)
+     LIMIT %(limit)s)
+    LIMIT %(limit)s
+)
+DELETE FROM {jobs} AS j
+USING doomed
+WHERE j.id = doomed.id
+RETURNING j.id, j.queue, j.state::text

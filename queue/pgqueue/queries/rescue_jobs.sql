@@ -1,0 +1,39 @@
+-- The lifeline: executing jobs whose producer stopped heartbeating (or that have run longer than
+-- the rescue_after backstop) go back to `available`, or to `discarded` when out of attempts.
+-- attempted_by[2] is the uuid of the producer that claimed the job. A producer registers before it
+-- fetches, so a job whose producer row is missing or stale is an orphan. meta.rescued counts it.
+WITH orphans AS (
+    SELECT j.id
+    FROM {jobs} AS j
+    WHERE j.state = 'executing'
+      AND (
+          NOT EXISTS (
+              SELECT 1 FROM {producers} AS p
+              WHERE p.uuid::text = j.attempted_by[2]
+                AND p.updated_at > now() - make_interval(secs => %(window)s)
+          )
+          OR j.attempted_at < now() - make_interval(secs => %(rescue_after)s)
+      )
+    ORDER BY j.attempted_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+rescued AS (
+    UPDATE {jobs} AS j
+    SET state = CASE WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'discarded' END::{job_state},
+        discarded_at = CASE WHEN j.attempt < j.max_attempts THEN j.discarded_at ELSE now() END,
+        errors = CASE WHEN j.attempt < j.max_attempts THEN j.errors
+                      ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                          'attempt', j.attempt, 'at', now(),
+                          'error', 'rescued after its node stopped heartbeating, with no attempts left'))
+                 END,
+        meta = jsonb_set(j.meta, ARRAY['rescued'], to_jsonb(coalesce((j.meta ->> 'rescued')::integer, 0) + 1))
+    FROM orphans
+    WHERE j.id = orphans.id
+    RETURNING j.id, j.queue, j.state
+),
+woken AS (
+    SELECT count(pg_notify(%(channel)s, json_build_object('queue', q.queue)::text)) AS n
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+)
+SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken

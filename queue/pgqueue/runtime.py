@@ -1,0 +1,479 @@
+"""The runtime: runs a node's queues and plugins in one anyio task group.
+
+::
+
+    runtime = pgqueue.Runtime(dsn, queues={"default": 10, "media": {"limit": 5}}, workers=["myapp.workers"])
+    async with runtime:          # start everything; leave the block to shut down gracefully
+        ...
+    runtime.run()                # or: block until SIGTERM/SIGINT, then shut down gracefully
+
+Inside: a connection pool; a notifier (one LISTEN connection); a leader (lease election); a
+completer (batched acks); a heartbeat; one producer per queue; and the plugins (stager and
+lifeline by default). Every part has the same lifecycle (:func:`pgqueue.lifecycle.supervise`): a
+database outage makes parts log, back off and resume, never stop the node.
+
+Shutting down: producers stop fetching; running jobs get ``shutdown_grace_period`` seconds to
+finish; their acks are flushed; leadership is given up; the producers' rows are deleted, so any job
+still running is rescued by the lifeline elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import migrate, telemetry
+from .completer import Completer
+from .errors import ConfigError, NotMigratedError
+from .executor import Executor
+from .heartbeat import Heartbeat
+from .leader import Leader
+from .lifecycle import SYSTEM_CLOCK, Clock, Service, supervise
+from .manage import acancel_job
+from .notifier import Notifier, Payload, PostgresNotifier
+from .plugins import Plugin, PluginContext, PluginRunner
+from .plugins.lifeline import Lifeline
+from .plugins.stager import Stager
+from .producer import Producer, QueueConfig
+from .worker import WorkerRegistry, registry
+
+__all__ = ["Runtime", "default_node_name"]
+
+_log = logging.getLogger("pgqueue.runtime")
+SIGNAL_TOPIC = "signal"
+INSERT_TOPIC = "insert"
+
+
+def default_node_name() -> str:
+    """``host:pid``: unique per process, so two processes never share heartbeats or leadership."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_worker_modules(modules: Iterable[str]) -> None:
+    """Import the modules the operator named; their Worker classes register themselves.
+
+    This is the only place pgqueue imports code by name, and the names come from configuration,
+    never from a job row.
+    """
+    for module in modules:
+        if not isinstance(module, str) or not module or module.startswith("."):
+            raise ConfigError(f"workers must be absolute module paths, got {module!r}")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"can't import worker module {module!r}: {exc}") from None
+
+
+@dataclass
+class _Running:
+    producer: Producer
+    scope: anyio.CancelScope
+
+
+class Runtime:
+    """Runs queues and plugins for one node. See the module docstring."""
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: AsyncConnectionPool[Any] | None = None,
+        queues: Mapping[str, int | Mapping[str, Any]] | None = None,
+        workers: Sequence[str] = (),
+        schema: str = "public",
+        node: str | None = None,
+        plugins: Sequence[Plugin] | None = None,
+        leadership: bool = True,
+        shutdown_grace_period: float = 15.0,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 2.0,
+        notifier: Notifier | None = None,
+        worker_registry: WorkerRegistry = registry,
+        verify_schema: bool = True,
+        pool_size: int | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if pool is None and not conninfo:
+            raise ConfigError("Runtime needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
+        migrate.validate_schema_name(schema)
+        self.schema = schema
+        self.node = node or default_node_name()
+        self.queue_configs = {q: QueueConfig.parse(q, v) for q, v in (queues or {}).items()}
+        self.worker_modules = tuple(workers)
+        self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
+        self.leadership = leadership
+        self.shutdown_grace_period = float(shutdown_grace_period)
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.registry = worker_registry
+        self.verify_schema = verify_schema
+        self.clock = clock
+        self._own_pool = pool is None
+        size = pool_size or max(4, len(self.queue_configs) + 4)
+        self.pool: AsyncConnectionPool[Any] = pool or AsyncConnectionPool(
+            conninfo or "", min_size=min(2, size), max_size=size, open=False, name=f"pgqueue-{self.node}"
+        )
+        pool_conninfo = self.pool.conninfo
+        if not conninfo and not isinstance(pool_conninfo, str):
+            raise ConfigError("pass conninfo as well when the pool's conninfo is a callable")
+        self.conninfo: str = conninfo or str(pool_conninfo)
+        self.notifier: Notifier = notifier or PostgresNotifier(self.conninfo, schema, pool=self.pool)
+        self.leader: Leader | None = (
+            Leader(self.pool, schema, self.node, notifier=self.notifier) if leadership else None
+        )
+        self.completer = Completer(self.pool, schema, clock=clock)
+        self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)
+        self.heartbeat = Heartbeat(
+            self.pool, schema, self.node, self._producers, interval=heartbeat_interval, clock=clock
+        )
+        self._queues: dict[str, _Running] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._service_scope: anyio.CancelScope | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the pool, check the schema, and start every service and queue."""
+        if self.started:
+            raise RuntimeError("this runtime is already started")
+        load_worker_modules(self.worker_modules)
+        if self._own_pool:
+            await self.pool.open(wait=True, timeout=30)
+        if self.verify_schema:
+            async with self.pool.connection() as conn:
+                await _averify(conn, self.schema)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self.started = True
+        self._unsubscribe = [
+            self.notifier.subscribe(INSERT_TOPIC, self._on_insert),
+            self.notifier.subscribe(SIGNAL_TOPIC, self._on_signal),
+            self.notifier.on_status(self._on_notifier_status),
+        ]
+        services: list[Service] = [self.notifier, self.completer, self.heartbeat]
+        if self.leader is not None:
+            services.append(self.leader)
+        context = PluginContext(
+            self.pool,
+            self.conninfo,
+            self.schema,
+            self.node,
+            self.notifier,
+            self.is_leader,
+            self._wake_queue,
+            self.clock,
+        )
+        services += [PluginRunner(plugin, context) for plugin in self.plugins]
+        for service in services:
+            self._tg.start_soon(supervise, service, name=f"pgqueue {service.name}")
+        with anyio.move_on_after(5):
+            await self.notifier.wait_ready(5)
+        for queue, config in self.queue_configs.items():
+            self._start_producer(queue, config)
+
+    def is_leader(self) -> bool:
+        return self.leader is not None and self.leader.is_leader
+
+    def _producers(self) -> list[Producer]:
+        return [running.producer for running in self._queues.values()]
+
+    def _start_producer(self, queue: str, config: QueueConfig) -> Producer:
+        assert self._tg is not None
+        producer = Producer(
+            queue,
+            QueueConfig(config.limit, config.paused),
+            self.pool,
+            self.schema,
+            self.node,
+            self.executor,
+            self.completer,
+            self.heartbeat.register,
+            poll_interval=self._poll_interval(),
+            clock=self.clock,
+        )
+        scope = anyio.CancelScope()
+        self._queues[queue] = _Running(producer, scope)
+
+        async def run() -> None:
+            with scope:
+                await supervise(producer)
+
+        self._tg.start_soon(run, name=f"pgqueue {producer.name}")
+        return producer
+
+    def _poll_interval(self) -> float:
+        # Without notifications, poll often enough that pickup stays quick.
+        return self.poll_interval if self.notifier.status == "listening" else min(self.poll_interval, 0.1)
+
+    async def stop(self) -> None:
+        """Shut down gracefully (see the module docstring). Safe to call twice."""
+        if not self.started or self._tg is None:
+            return
+        self.started = False
+        running = self._producers()
+        for producer in running:
+            producer.stop_fetching()
+        orphaned: dict[str, list[int]] = {}
+
+        async def drain(producer: Producer) -> None:
+            left = await producer.wait_drained(self.shutdown_grace_period)
+            if left:
+                orphaned[producer.queue] = left
+
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as tg:
+                for producer in running:
+                    tg.start_soon(drain, producer)
+            for entry in self._queues.values():
+                entry.scope.cancel()
+            for queue, ids in orphaned.items():
+                _log.warning(
+                    "pgqueue: %d jobs of queue %r still running at shutdown; left for the lifeline",
+                    len(ids),
+                    queue,
+                )
+                telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": ids})
+            await _quietly(self.completer.flush(), "flush acks")
+            await _quietly(self.heartbeat.goodbye(running), "remove producer rows")
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        # Cancelling the group stops the remaining services; the leader resigns as it stops.
+        self._tg.cancel_scope.cancel()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            self._queues.clear()
+            if self._own_pool:
+                with anyio.CancelScope(shield=True):
+                    await self.pool.close()
+
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully. Blocks; for a process's main."""
+        anyio.run(self._run_until_signalled)
+
+    async def _run_until_signalled(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with self:
+                _log.info("pgqueue node %s running queues %s", self.node, sorted(self.queue_configs))
+                async for signum in signals:
+                    _log.info(
+                        "pgqueue node %s: %s received, shutting down", self.node, signal.Signals(signum).name
+                    )
+                    break
+
+    # -- notifications -----------------------------------------------------------------------------
+
+    def _on_insert(self, payload: Payload) -> None:
+        queue = payload.get("queue")
+        if isinstance(queue, str):
+            self._wake_queue(queue)
+
+    def _wake_queue(self, queue: str) -> None:
+        running = self._queues.get(queue)
+        if running is not None:
+            running.producer.wake()
+
+    def _on_notifier_status(self, status: str) -> None:
+        telemetry.emit(("notifier", "status"), {}, {"status": status, "node": self.node})
+        interval = self._poll_interval()
+        for producer in self._producers():
+            producer.poll_interval = interval
+            producer.wake()  # notifications may have been missed while reconnecting
+
+    def _on_signal(self, payload: Payload) -> None:
+        target = payload.get("node")
+        if target is not None and target != self.node:
+            return
+        try:
+            self._apply_signal(payload)
+        except (ConfigError, ValueError, TypeError) as exc:
+            _log.warning("pgqueue: ignored a malformed queue signal (%s)", exc)
+
+    def _apply_signal(self, payload: Mapping[str, Any]) -> None:
+        action = payload.get("action")
+        if action == "pkill":
+            job_id = payload.get("job_id")
+            if isinstance(job_id, int):
+                for producer in self._producers():
+                    producer.cancel_job(job_id)
+            return
+        queue = payload.get("queue")
+        if not isinstance(queue, str):
+            raise ConfigError(f"signal {action!r} needs a queue")
+        targets = (
+            self._producers() if queue == "*" else [r.producer for q, r in self._queues.items() if q == queue]
+        )
+        if action == "pause":
+            for producer in targets:
+                producer.pause()
+        elif action == "resume":
+            for producer in targets:
+                producer.resume()
+        elif action == "scale":
+            for producer in targets:
+                if "limit" in payload:
+                    producer.scale(payload["limit"])
+                if payload.get("paused") is True:
+                    producer.pause()
+                elif payload.get("paused") is False:
+                    producer.resume()
+        elif action == "start":
+            if queue not in self._queues and self.started:
+                config = QueueConfig.parse(
+                    queue, {"limit": payload.get("limit"), "paused": payload.get("paused", False)}
+                )
+                self._start_producer(queue, config)
+        elif action == "stop":
+            running = self._queues.get(queue)
+            if running is not None and self._tg is not None:
+                self._tg.start_soon(self._stop_queue_gracefully, queue, running)
+        else:
+            raise ConfigError(f"unknown signal action {action!r}")
+
+    async def _stop_queue_gracefully(self, queue: str, running: _Running) -> None:
+        running.producer.stop_fetching()
+        left = await running.producer.wait_drained(self.shutdown_grace_period)
+        running.scope.cancel()
+        self._queues.pop(queue, None)
+        await _quietly(self.completer.flush(), "flush acks")
+        await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
+        if left:
+            telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": left})
+
+    # -- queue control -----------------------------------------------------------------------------
+
+    async def _signal(self, payload: dict[str, Any], *, node: str | None, local_only: bool) -> None:
+        if local_only:
+            if payload.get("action") not in ("start",) and payload.get("queue") not in (*self._queues, "*"):
+                raise ConfigError(f"queue {payload.get('queue')!r} does not exist locally")
+            self._apply_signal(payload)
+            return
+        if node is not None:
+            payload["node"] = node
+        if self.notifier.status != "listening":
+            # Nobody (including this node) will hear it: apply it here at least, and say so.
+            _log.warning(
+                "pgqueue: notifications are unavailable; %s applies to this node only", payload.get("action")
+            )
+            if node is None or node == self.node:
+                self._apply_signal(payload)
+            return
+        await self.notifier.notify(SIGNAL_TOPIC, payload)
+
+    async def pause_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
+        """Stop fetching new jobs of ``queue`` (running ones finish); ``"*"`` pauses every queue."""
+        await self._signal({"action": "pause", "queue": queue}, node=node, local_only=local_only)
+
+    async def resume_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
+        """Resume a paused queue; ``"*"`` resumes every queue."""
+        await self._signal({"action": "resume", "queue": queue}, node=node, local_only=local_only)
+
+    async def scale_queue(
+        self,
+        queue: str,
+        limit: int,
+        *,
+        paused: bool | None = None,
+        node: str | None = None,
+        local_only: bool = False,
+    ) -> None:
+        """Change ``queue``'s concurrency limit (and optionally pause or resume it)."""
+        QueueConfig.parse(queue, limit)
+        payload: dict[str, Any] = {"action": "scale", "queue": queue, "limit": limit}
+        if paused is not None:
+            payload["paused"] = paused
+        await self._signal(payload, node=node, local_only=local_only)
+
+    async def start_queue(
+        self,
+        queue: str,
+        limit: int,
+        *,
+        paused: bool = False,
+        node: str | None = None,
+        local_only: bool = False,
+    ) -> None:
+        """Start running ``queue`` (on every node, one node, or only here)."""
+        QueueConfig.parse(queue, {"limit": limit, "paused": paused})
+        await self._signal(
+            {"action": "start", "queue": queue, "limit": limit, "paused": paused},
+            node=node,
+            local_only=local_only,
+        )
+
+    async def stop_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
+        """Stop running ``queue`` gracefully (running jobs get the grace period)."""
+        await self._signal({"action": "stop", "queue": queue}, node=node, local_only=local_only)
+
+    async def cancel_job(self, job_id: int) -> bool:
+        """Cancel a job in the database and, when it is executing, stop it wherever it runs."""
+        async with self.pool.connection() as conn:
+            changed = await acancel_job(conn, job_id, schema=self.schema)
+        if changed:
+            # The statement signalled every node at commit; stop it here too in case we can't hear.
+            for producer in self._producers():
+                producer.cancel_job(job_id)
+        return changed
+
+    def check_queue(self, queue: str) -> dict[str, Any] | None:
+        """This node's view of ``queue``: limit, paused, running job ids, node; None if not run here."""
+        running = self._queues.get(queue)
+        return running.producer.check() if running is not None else None
+
+    def check_all_queues(self) -> list[dict[str, Any]]:
+        return [self._queues[q].producer.check() for q in sorted(self._queues)]
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no job runs here and every ack is written (useful in tests)."""
+        with anyio.fail_after(timeout):
+            while any(p.running for p in self._producers()):  # noqa: ASYNC110 - a test helper's poll
+                await anyio.sleep(0.005)
+            await self.completer.wait_idle()
+
+
+async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    table = psycopg.sql.Identifier(schema, migrate.VERSION_TABLE).as_string(None)
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    exists = (await cursor.fetchone() or (False,))[0]
+    version = 0
+    if exists:
+        query = psycopg.sql.SQL(
+            "SELECT coalesce(max(version), 0) FROM {} WHERE component = 'pgqueue'"
+        ).format(psycopg.sql.Identifier(schema, migrate.VERSION_TABLE))
+        version = int((await (await conn.execute(query)).fetchone() or (0,))[0])
+    if version != migrate.PGQUEUE.latest:
+        raise NotMigratedError(
+            f"schema {schema!r} is at pgqueue version {version}, expected {migrate.PGQUEUE.latest}; "
+            f"run: python -m pgqueue migrate --schema {schema!r}"
+        )
+
+
+async def _quietly(work: Any, what: str) -> None:
+    try:
+        await work
+    except Exception as exc:
+        _log.warning("pgqueue: could not %s during shutdown (%s)", what, exc)
