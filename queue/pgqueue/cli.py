@@ -7,6 +7,7 @@ an invalid flag) ends as one clear line on stderr and a non-zero exit, never a t
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,17 @@ import psycopg
 
 from . import __version__
 from .errors import PgQueueError
-from .migrate import PGQUEUE, migrate, rollback, validate_schema_name
+from .job import JobState
+from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
+from .migrate import PGQUEUE, migrate, rollback, validate_schema_name, verify_migrated
+from .plugins import Plugin
+from .plugins.lifeline import Lifeline
+from .plugins.pruner import Pruner
+from .plugins.stager import Stager
+from .producer import QueueConfig
+from .runtime import Runtime
+from .store import queries_for
+from .telemetry import JsonFormatter, attach_default_logger
 
 __all__ = ["main"]
 
@@ -41,10 +52,7 @@ def _schema(value: str) -> str:
 
 
 def _connect(dsn: str | None) -> psycopg.Connection[Any]:
-    dsn = dsn or os.environ.get("DATABASE_URL")
-    if not dsn:
-        raise _UsageError("no database given: pass --dsn or set DATABASE_URL")
-    return psycopg.connect(dsn, connect_timeout=10)
+    return psycopg.connect(_dsn(dsn), connect_timeout=10)
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -71,6 +79,162 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queues(value: str) -> dict[str, int]:
+    """``default:10,media:5`` → {"default": 10, "media": 5}."""
+    queues: dict[str, int] = {}
+    for part in value.split(","):
+        name, sep, limit = part.strip().partition(":")
+        if not name or not sep or not limit.strip().isdigit():
+            raise argparse.ArgumentTypeError(
+                f"queues must look like default:10,media:5; got {part.strip()!r}"
+            )
+        try:
+            QueueConfig.parse(name, int(limit))
+        except (ValueError, PgQueueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        queues[name] = int(limit)
+    return queues
+
+
+def _modules(value: str) -> list[str]:
+    modules = [m.strip() for m in value.split(",") if m.strip()]
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise argparse.ArgumentTypeError(
+                f"workers must be module paths like myapp.workers; got {module!r}"
+            )
+    return modules
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {value!r}")
+    return number
+
+
+def _configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("psycopg").setLevel(logging.WARNING)
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    dsn = _dsn(args.dsn)
+    _configure_logging(args.log_format, args.log_level)
+    attach_default_logger()
+    plugins: list[Plugin] = [Stager(), Lifeline(rescue_window=args.rescue_window)]
+    if args.prune_after is not None:
+        plugins.append(Pruner(max_age=args.prune_after))
+    runtime = Runtime(
+        dsn,
+        queues=args.queues,
+        workers=args.workers,
+        schema=args.schema,
+        node=args.node,
+        plugins=plugins,
+        shutdown_grace_period=args.shutdown_grace,
+        heartbeat_interval=args.heartbeat_interval,
+    )
+    runtime.run()
+    return 0
+
+
+def _dsn(value: str | None) -> str:
+    dsn = value or os.environ.get("DATABASE_URL")
+    if not dsn:
+        raise _UsageError("no database given: pass --dsn or set DATABASE_URL")
+    return dsn
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    queries = queries_for(args.schema)
+    with _connect(args.dsn) as conn:
+        verify_migrated(conn, args.schema)
+        counts = conn.execute(queries.queue_counts).fetchall()
+        producers = conn.execute(queries.producers_list, {"window": 60}).fetchall()
+        leader = conn.execute(queries.leader_current, {"name": "pgqueue"}).fetchone()
+    print(f"schema {args.schema!r}; leader: {leader[0] if leader else 'none'}")
+    print("\njobs")
+    if not counts:
+        print("  (none)")
+    for queue, state, count in counts:
+        print(f"  {queue:<24} {state:<10} {count:>10}")
+    print("\nproducers (heartbeat within 60 s)")
+    if not producers:
+        print("  (none)")
+    for _uuid, node, queue, meta, _started, updated in producers:
+        print(
+            f"  {queue:<24} {node:<32} limit={meta.get('limit')} paused={meta.get('paused')} "
+            f"running={meta.get('running')} last={updated:%H:%M:%S}"
+        )
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> JobFilter:
+    if not (args.id or args.queue or args.worker or args.state):
+        raise _UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
+    return JobFilter(
+        ids=args.id or None,
+        queue=args.queue or None,
+        worker=args.worker or None,
+        state=args.state or None,
+    )
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    with _connect(args.dsn) as conn:
+        count = retry_all_jobs(conn, _filter(args), schema=args.schema)
+    print(f"retried {count} job{'s' if count != 1 else ''}")
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _connect(args.dsn) as conn:
+        count = cancel_all_jobs(conn, _filter(args), schema=args.schema)
+    print(f"cancelled {count} job{'s' if count != 1 else ''}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    queries = queries_for(args.schema)
+    total = 0
+    with _connect(args.dsn) as conn:
+        while True:
+            rows = conn.execute(queries.prune_jobs, {"max_age": args.max_age, "limit": args.limit}).fetchall()
+            conn.commit()
+            total += len(rows)
+            if len(rows) < args.limit or not args.all:
+                break
+    print(f"pruned {total} finished job{'s' if total != 1 else ''} older than {args.max_age:g} s")
+    return 0
+
+
+def _add_selection(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--id", type=int, action="append", default=[], help="a job id (repeatable)")
+    command.add_argument("--queue", action="append", default=[], help="jobs of this queue (repeatable)")
+    command.add_argument("--worker", action="append", default=[], help="jobs of this worker (repeatable)")
+    command.add_argument(
+        "--state", action="append", default=[], choices=[s.value for s in JobState], help="jobs in this state"
+    )
+
+
+def _add_database(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dsn", help="PostgreSQL connection string (default: $DATABASE_URL)")
+    command.add_argument(
+        "--schema", type=_schema, default="public", help="the queue's schema (default: public)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pgqueue", description="A PostgreSQL-native job queue.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -84,6 +248,54 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--down", action="store_true", help="roll back instead (one version, or to --to)")
     mig.add_argument("--to", type=int, default=None, metavar="VERSION", help="target version")
     mig.set_defaults(handler=_cmd_migrate)
+
+    start = commands.add_parser("start", help="run queues on this node until SIGTERM/SIGINT")
+    _add_database(start)
+    start.add_argument("--queues", type=_queues, required=True, help="queues and limits: default:10,media:5")
+    start.add_argument(
+        "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
+    )
+    start.add_argument("--node", default=None, help="node name (default: host:pid)")
+    start.add_argument("--shutdown-grace", type=_positive, default=15.0, metavar="SECONDS")
+    start.add_argument(
+        "--rescue-window",
+        type=_positive,
+        default=15.0,
+        metavar="SECONDS",
+        help="rescue a dead node's jobs after its heartbeats stop this long",
+    )
+    start.add_argument("--heartbeat-interval", type=_positive, default=2.0, metavar="SECONDS")
+    start.add_argument(
+        "--prune-after",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="delete finished jobs older than this (default: keep them)",
+    )
+    start.add_argument("--log-format", choices=["text", "json"], default="text")
+    start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    start.set_defaults(handler=_cmd_start)
+
+    status = commands.add_parser("status", help="jobs per queue and state, live producers, the leader")
+    _add_database(status)
+    status.set_defaults(handler=_cmd_status)
+
+    retry = commands.add_parser("retry", help="make jobs available again (by id or filter)")
+    _add_database(retry)
+    _add_selection(retry)
+    retry.set_defaults(handler=_cmd_retry)
+
+    cancel = commands.add_parser("cancel", help="cancel unfinished jobs (by id or filter)")
+    _add_database(cancel)
+    _add_selection(cancel)
+    cancel.set_defaults(handler=_cmd_cancel)
+
+    prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
+    _add_database(prune)
+    prune.add_argument("--max-age", type=_positive, default=86_400.0, metavar="SECONDS")
+    prune.add_argument("--limit", type=int, default=10_000)
+    prune.add_argument("--all", action="store_true", help="repeat until nothing older is left")
+    prune.set_defaults(handler=_cmd_prune)
     return parser
 
 

@@ -158,6 +158,7 @@ class Producer:
         await self.register(self)
         backoff = Backoff(0.1, 5.0)
         failures = 0
+        self.wake()  # jobs may be waiting already: fetch at once
         async with anyio.create_task_group() as jobs:
             self._jobs = jobs
             while True:

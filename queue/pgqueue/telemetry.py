@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Handler", "attach", "detach", "emit"]
+__all__ = ["Handler", "JsonFormatter", "Metrics", "attach", "attach_default_logger", "detach", "emit"]
 
 Event = tuple[str, ...]
 Handler = Callable[[Event, Mapping[str, float], Mapping[str, Any]], None]
@@ -44,3 +44,95 @@ def emit(event: Event, measurements: Mapping[str, float], metadata: Mapping[str,
         except Exception:
             _log.exception("telemetry handler %r failed and was detached", handler_id)
             detach(handler_id)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message and any structured fields.
+
+    Structured fields are passed as ``extra={"fields": {...}}``; job arguments never are.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+_JOB_EVENTS = (("job", "stop"), ("job", "exception"))
+
+
+def attach_default_logger(level: int = logging.INFO, logger_name: str = "pgqueue.jobs") -> None:
+    """Log one structured line per finished attempt: id, worker, queue, attempt, state, duration.
+
+    Job args and meta are never logged: they may carry personal data.
+    """
+    job_log = logging.getLogger(logger_name)
+
+    def handler(event: Event, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
+        fields = {
+            "event": ".".join(event),
+            "job_id": metadata.get("id"),
+            "worker": metadata.get("worker"),
+            "queue": metadata.get("queue"),
+            "attempt": metadata.get("attempt"),
+            "state": metadata.get("state"),
+            "outcome": metadata.get("outcome"),
+            "duration_us": int(measurements.get("duration", 0) * 1_000_000),
+        }
+        if event == ("job", "exception"):
+            error = metadata.get("error")
+            fields["error"] = type(error).__name__ if error is not None else None
+        job_log.log(level, "job %s %s", fields["job_id"], fields["outcome"], extra={"fields": fields})
+
+    attach("pgqueue-default-logger", handler, _JOB_EVENTS)
+
+
+class Metrics:
+    """Job counters and durations in Prometheus' text format: ``attach()`` it, serve ``render()``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._seconds: dict[str, float] = {}
+
+    def attach(self, handler_id: str = "pgqueue-metrics") -> None:
+        attach(handler_id, self._handle, _JOB_EVENTS)
+
+    def _handle(self, event: Event, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
+        queue, outcome = str(metadata.get("queue")), str(metadata.get("outcome"))
+        with self._lock:
+            self._counts[(queue, outcome)] = self._counts.get((queue, outcome), 0) + 1
+            self._seconds[queue] = self._seconds.get(queue, 0.0) + float(measurements.get("duration", 0.0))
+
+    def render(self) -> str:
+        def label(value: str) -> str:
+            return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+        lines = [
+            "# HELP pgqueue_jobs_total Finished job attempts by queue and outcome.",
+            "# TYPE pgqueue_jobs_total counter",
+        ]
+        with self._lock:
+            for (queue, outcome), count in sorted(self._counts.items()):
+                lines.append(
+                    f'pgqueue_jobs_total{{queue="{label(queue)}",outcome="{label(outcome)}"}} {count}'
+                )
+            lines += [
+                "# HELP pgqueue_job_seconds_total Time spent performing jobs, by queue.",
+                "# TYPE pgqueue_job_seconds_total counter",
+            ]
+            for queue, seconds in sorted(self._seconds.items()):
+                lines.append(f'pgqueue_job_seconds_total{{queue="{label(queue)}"}} {seconds:.6f}')
+        return "\n".join(lines) + "\n"
