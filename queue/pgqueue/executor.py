@@ -139,8 +139,16 @@ class Executor:
     ) -> Execution:
         """Run ``job`` once and return what happened; with ``safe=False`` exceptions propagate."""
         started = self.clock()
-        meta = {"job": job, "id": job.id, "queue": job.queue, "worker": job.worker, "attempt": job.attempt}
-        telemetry.emit(("job", "start"), {"system_time": time.time()}, meta)
+        observed = telemetry.has_handlers()
+        if observed:
+            meta = {
+                "job": job,
+                "id": job.id,
+                "queue": job.queue,
+                "worker": job.worker,
+                "attempt": job.attempt,
+            }
+            telemetry.emit(("job", "start"), {"system_time": time.time()}, meta)
 
         worker_cls = self.workers.get(job.worker)
         if worker_cls is None:
@@ -154,6 +162,8 @@ class Executor:
 
         if self.completer is not None:
             await self.completer(execution.ack)
+        if not observed:
+            return execution
         measurements = {"duration": execution.duration}
         stop_meta = {**meta, "state": execution.ack.state.value, "outcome": execution.outcome}
         if execution.exception is not None and execution.outcome in (Outcome.FAILURE, Outcome.DISCARD):
@@ -186,7 +196,7 @@ class Executor:
             if not safe:
                 raise
             return self._failure(job, worker, exc, started)
-        if cancel_scope is not None and cancel_scope.cancelled_caught:
+        if cancel_scope is not None and cancel_scope.cancelled_caught and cancel_scope.cancel_called:
             reason = Cancel("cancelled while executing")
             return self._classify(worker, job, reason, started)
         return self._classify(worker, job, result, started)
@@ -201,23 +211,30 @@ class Executor:
     ) -> Any:
         flag = _CancelFlag()
         token = _current_flag.set(flag)
+        # One cancel scope per attempt serves both a cancel request (scope.cancel()) and the
+        # timeout (its deadline): nesting a second scope per job costs measurable time.
         scope = cancel_scope or anyio.CancelScope()
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        scope.deadline = deadline
         try:
             with scope:
-                deadline = math.inf if timeout is None else timeout
-                with anyio.move_on_after(deadline) as timer:
-                    if worker.is_async:
-                        return await worker.perform(job)
-                    # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
-                    # stop waiting for it and raise its flag (see is_cancelled()).
-                    return await anyio.to_thread.run_sync(
-                        worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
-                    )
-                if timer.cancelled_caught:
-                    flag.cancelled = True
-                    raise JobTimeoutError(f"{job.worker} timed out after {_seconds(timeout)}")
-            flag.cancelled = True  # the job's own scope was cancelled: a cancel request
-            return None
+                if worker.is_async:
+                    return await worker.perform(job)
+                # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
+                # stop waiting for it and raise its flag (see is_cancelled()).
+                return await anyio.to_thread.run_sync(
+                    worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
+                )
+            flag.cancelled = True
+            if anyio.current_time() >= deadline:
+                raise JobTimeoutError(f"{job.worker} timed out after {_seconds(timeout)}")
+            return None  # the job's own scope was cancelled: a cancel request
+        except anyio.get_cancelled_exc_class():
+            # Abandoned from outside (a shutdown past its grace period): a sync perform still
+            # running in its thread must hear it as well, or it runs on after its node said goodbye
+            # (while the lifeline hands the job to another node) and holds the process open.
+            flag.cancelled = True
+            raise
         finally:
             _current_flag.reset(token)
 

@@ -85,6 +85,9 @@ class Producer:
     #: called once before the first fetch, so the lifeline knows this producer is alive
     register: Callable[[Producer], Awaitable[None]]
     poll_interval: float = 1.0
+    #: after a job finishes, wait up to this long for more slots to free before fetching, so a
+    #: queue of fast jobs fetches in batches instead of one round trip per finished job
+    dispatch_cooldown: float = 0.001
     max_backlog: int = 10_000
     clock: Clock = SYSTEM_CLOCK
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -163,6 +166,10 @@ class Producer:
             self._jobs = jobs
             while True:
                 await self._wakeup.wait(self.poll_interval)
+                if 0 < self._demand() < self.config.limit // 2 and self.dispatch_cooldown > 0:
+                    # Only a few slots are free (jobs are finishing one by one): let a few more
+                    # finish and take them all in one fetch. An idle queue fetches at once.
+                    await self.clock.sleep(self.dispatch_cooldown)
                 try:
                     await self._dispatch()
                     failures = 0

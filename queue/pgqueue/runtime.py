@@ -31,7 +31,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from . import migrate, telemetry
@@ -40,7 +42,7 @@ from .errors import ConfigError, NotMigratedError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
-from .lifecycle import SYSTEM_CLOCK, Clock, Service, supervise
+from .lifecycle import SYSTEM_CLOCK, Clock, Service, describe_error, supervise
 from .manage import acancel_job
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
@@ -74,6 +76,12 @@ def load_worker_modules(modules: Iterable[str]) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"can't import worker module {module!r}: {exc}") from None
+        except ConfigError:
+            raise  # a worker defined with a bad option: the message names it already
+        except Exception as exc:
+            # Importing runs the module's code; a bug there (or a SyntaxError) is still a
+            # configuration error that names the module, not a traceback out of start().
+            raise ConfigError(f"can't import worker module {module!r}: {describe_error(exc)}") from exc
 
 
 @dataclass
@@ -123,7 +131,12 @@ class Runtime:
         self._own_pool = pool is None
         size = pool_size or max(4, len(self.queue_configs) + 4)
         self.pool: AsyncConnectionPool[Any] = pool or AsyncConnectionPool(
-            conninfo or "", min_size=min(2, size), max_size=size, open=False, name=f"pgqueue-{self.node}"
+            conninfo or "",
+            min_size=min(2, size),
+            max_size=size,
+            open=False,
+            name=f"pgqueue-{self.node}",
+            configure=_configure_connection,
         )
         pool_conninfo = self.pool.conninfo
         if not conninfo and not isinstance(pool_conninfo, str):
@@ -453,6 +466,11 @@ class Runtime:
             while any(p.running for p in self._producers()):  # noqa: ASYNC110 - a test helper's poll
                 await anyio.sleep(0.005)
             await self.completer.wait_idle()
+
+
+async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Decoding job args and meta is on the hot path of every fetch; orjson is several times faster.
+    set_json_loads(orjson.loads, conn)
 
 
 async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:

@@ -12,7 +12,16 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Handler", "JsonFormatter", "Metrics", "attach", "attach_default_logger", "detach", "emit"]
+__all__ = [
+    "Handler",
+    "JsonFormatter",
+    "Metrics",
+    "attach",
+    "attach_default_logger",
+    "detach",
+    "emit",
+    "has_handlers",
+]
 
 Event = tuple[str, ...]
 Handler = Callable[[Event, Mapping[str, float], Mapping[str, Any]], None]
@@ -31,6 +40,11 @@ def attach(handler_id: str, handler: Handler, events: Iterable[Event] | None = N
 def detach(handler_id: str) -> None:
     with _lock:
         _handlers.pop(handler_id, None)
+
+
+def has_handlers() -> bool:
+    """Whether anyone listens: hot paths skip building event metadata when nobody does."""
+    return bool(_handlers)
 
 
 def emit(event: Event, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
