@@ -24,8 +24,8 @@ from psycopg.rows import tuple_row
 
 from .errors import PgQueueError
 from .job import Job, NewJob
-from .store import Queries, channel_name, queries_for
-from .targets import async_connection, sync_connection
+from .store import channel_name, queries_for
+from .targets import async_connection, sync_executor
 
 __all__ = ["UniqueConflictError", "ainsert", "ainsert_all", "insert", "insert_all"]
 
@@ -211,33 +211,25 @@ def insert_all(
         return runner(jobs)
     if not jobs:
         return []
-    conn = sync_connection(target)
+    execute = sync_executor(target)
     queries = queries_for(schema)
     plan = _Plan(jobs)
-    with conn.cursor(row_factory=tuple_row) as cur:
-        for _ in range(_MAX_ROUNDS):
-            if not plan.pending:
-                break
-            rows = cur.execute(queries.insert_jobs, plan.insert_params(schema, notify)).fetchall()
-            plan.take_inserted(rows)
-            if not plan.pending:
-                break
-            holders = cur.execute(
-                queries.find_unique_holders, {"unique_keys": plan.pending_keys()}
-            ).fetchall()
-            expired, live = plan.resolve_conflicts(holders)
-            if expired:
-                cur.execute(queries.release_unique_keys, {"ids": expired})
-            for index, holder in live:
-                plan.results[index] = _sync_replace(cur, queries, plan.jobs[index], holder)
+    for _ in range(_MAX_ROUNDS):
+        if not plan.pending:
+            break
+        plan.take_inserted(execute(queries.insert_jobs, plan.insert_params(schema, notify)))
+        if not plan.pending:
+            break
+        holders = execute(queries.find_unique_holders, {"unique_keys": plan.pending_keys()})
+        expired, live = plan.resolve_conflicts(holders)
+        if expired:
+            execute(queries.release_unique_keys, {"ids": expired})
+        for index, holder in live:
+            params = _replace_params(plan.jobs[index], holder)
+            if params is not None:
+                holder = execute(queries.replace_job, params)[0]
+            plan.results[index] = _job(holder, conflict=True)
     return plan.finish()
-
-
-def _sync_replace(cur: Any, queries: Queries, job: NewJob, holder: Sequence[Any]) -> Job:
-    params = _replace_params(job, holder)
-    if params is not None:
-        holder = cur.execute(queries.replace_job, params).fetchone()
-    return _job(holder, conflict=True)
 
 
 def insert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = True) -> Job:

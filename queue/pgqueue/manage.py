@@ -25,7 +25,7 @@ from . import options as opt
 from .errors import ConfigError, JobNotFoundError, PgQueueError
 from .job import Job
 from .store import JobFilter, channel_name, filtered, queries_for
-from .targets import async_connection, sync_connection
+from .targets import async_connection, sync_executor
 
 __all__ = [
     "JobFilter",
@@ -66,11 +66,7 @@ class _Operation(Generic[T]):
 
 
 def _run(target: Any, op: _Operation[T]) -> T:
-    conn = sync_connection(target)
-    with conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(op.statement, op.params)
-        rows = cur.fetchall() if cur.description else []
-    return op.read(rows)
+    return op.read(sync_executor(target)(op.statement, op.params))
 
 
 async def _arun(target: Any, op: _Operation[T]) -> T:
@@ -233,18 +229,14 @@ def update_job(
     job_id = _job_id(job)
     queries = queries_for(schema)
     select = _get(schema, job_id)
-    conn = sync_connection(target)
-    with conn.cursor(row_factory=tuple_row) as cur:
-        locked = cur.execute(queries.lock_job, {"id": job_id}).fetchone()
-        current = _first_job(cur.execute(select.statement, select.params).fetchall())
-        if current is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        if locked is None:
-            raise JobLockedError(f"job {job_id} is locked by another transaction")
-        row = cur.execute(
-            queries.update_job, _update_params(job_id, _resolve_changes(current, changes))
-        ).fetchone()
-    assert row is not None
+    execute = sync_executor(target)
+    locked = execute(queries.lock_job, {"id": job_id})
+    current = _first_job(execute(select.statement, select.params))
+    if current is None:
+        raise JobNotFoundError(f"no job with id {job_id}")
+    if not locked:
+        raise JobLockedError(f"job {job_id} is locked by another transaction")
+    (row,) = execute(queries.update_job, _update_params(job_id, _resolve_changes(current, changes)))
     return Job(*row)
 
 

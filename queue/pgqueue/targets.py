@@ -8,11 +8,13 @@ drivers are refused with a clear message rather than half-supported.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import psycopg
+from psycopg.rows import tuple_row
 
-__all__ = ["async_connection", "sync_connection"]
+__all__ = ["SyncExecutor", "async_connection", "sync_connection", "sync_executor"]
 
 _SYNC_HINT = "a psycopg Connection or Cursor, or a SQLAlchemy Session or Connection"
 _ASYNC_HINT = "a psycopg AsyncConnection or AsyncCursor, or a SQLAlchemy AsyncSession or AsyncConnection"
@@ -23,6 +25,59 @@ def _driver_error(dbapi: Any) -> TypeError:
         "pgqueue writes through psycopg 3: create the SQLAlchemy engine with the psycopg driver "
         f"(postgresql+psycopg://…); this one uses {type(dbapi).__module__}.{type(dbapi).__name__}"
     )
+
+
+class SyncExecutor(Protocol):
+    """Runs one statement in the caller's transaction and returns its rows as tuples."""
+
+    def __call__(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
+
+
+def sync_executor(target: Any) -> SyncExecutor:
+    """How to run statements in ``target``'s transaction from synchronous code.
+
+    Usually straight on the psycopg connection underneath. One case needs SQLAlchemy itself: a
+    sync ``Session`` handed out by ``AsyncSession.run_sync``, whose driver connection is async;
+    SQLAlchemy's own ``exec_driver_sql`` bridges that.
+    """
+    sa_connection = _sqlalchemy_sync_connection(target)
+    if sa_connection is not None:
+        dbapi = sa_connection.connection.driver_connection
+        if isinstance(dbapi, psycopg.AsyncConnection):
+
+            def through_sqlalchemy(query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                result = sa_connection.exec_driver_sql(query, dict(params))
+                return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
+
+            return through_sqlalchemy
+    conn = sync_connection(target)
+
+    def direct(query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    return direct
+
+
+_PSYCOPG_TYPES = (psycopg.Connection, psycopg.Cursor, psycopg.AsyncConnection, psycopg.AsyncCursor)
+
+
+def _sqlalchemy_sync_connection(target: Any) -> Any:
+    if isinstance(target, _PSYCOPG_TYPES):
+        return None
+    try:
+        from sqlalchemy.engine import Connection as SAConnection
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(target, Session):
+        target = target.connection()
+    if isinstance(target, SAConnection):
+        if not target.in_transaction():
+            target.begin()
+        return target
+    return None
 
 
 def sync_connection(target: Any) -> psycopg.Connection[Any]:

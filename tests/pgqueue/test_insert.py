@@ -434,3 +434,17 @@ def test_replace_per_state(conn: psycopg.Connection[Any], schema: str) -> None:
     set_state(conn, schema, executing.id, "executing", attempt=1)
     assert pgqueue.insert(conn, PerState.new({"id": 2}, priority=2), schema=schema).priority == 1
     assert scheduled.id != executing.id
+
+
+@pytest.mark.anyio
+async def test_async_session_run_sync_inserts_in_the_same_transaction(
+    sa_async_engine: AsyncEngine, dsn: str, schema: str
+) -> None:
+    async with AsyncSession(sa_async_engine) as session:
+        job = await session.run_sync(lambda s: pgqueue.insert(s, Ok.new({"via": "run_sync"}), schema=schema))
+        assert job.args == {"via": "run_sync"}
+        await session.rollback()
+        assert count_jobs(dsn, schema) == 0
+        await session.run_sync(lambda s: pgqueue.insert_all(s, [Ok.new({}), Ok.new({})], schema=schema))
+        await session.commit()
+    assert count_jobs(dsn, schema) == 2
