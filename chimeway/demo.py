@@ -1,34 +1,219 @@
-"""``make demo``: a real end-to-end run on whatever database :mod:`pgqueue.localdb` finds."""
+"""``make demo``: Chimeway end to end, on whatever database :mod:`pgqueue.localdb` finds.
+
+Migrates a fresh schema, starts a local webhook receiver that fails some requests on purpose,
+triggers a few hundred notifications over a ``webhook`` channel and a ``logger`` channel, runs the
+real worker process (``python -m chimeway.worker``) until every delivery has ended, then prints
+a summary by status and reason and the story of one delivery that needed a retry.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from pgqueue.localdb import find_database
-from pgqueue.migrate import migrate
 
-SCHEMA = "pgqueue_demo"
+from .config import Settings
+from .deliveries import explain_delivery, terminal_states
+from .migrations import migrate_all
+from .models import Delivery, DeliveryAttempt
+from .notifier import Notifier, Recipient
+from .testing import ScriptedWebhookServer
+from .trigger import trigger
+from .worker import engine_for, session_factory
+
+SCHEMA = "chimeway_demo"
+EVENTS = 100
+RECIPIENTS_PER_EVENT = 3
+RETRY_BACKOFF = 0.2
+DEADLINE = 90.0
+
+
+def receiver_script(recipient: str) -> Sequence[int]:
+    """What the receiver answers each attempt for a recipient, by the recipient's number."""
+    number = int(recipient.rsplit(":", 1)[-1])
+    return {
+        0: [500, 200],  # fails once, then succeeds: retried
+        1: [410],  # gone: bounced, never retried
+        2: [400],  # rejected: permanent, never retried
+        3: [503],  # always failing: retries exhausted after 5 attempts
+        4: [429, 429, 200],  # throttled twice
+    }.get(number % 10, [200])
+
+
+class OrderShipped(Notifier):
+    notification_key = "order_shipped"
+
+    def recipients(self, params: Mapping[str, Any]) -> Sequence[Recipient]:
+        return [Recipient(f"user:{user}") for user in params["users"]]
+
+    def channels(self, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
+        return ["webhook", "in_app"]
+
+    def build(self, params: Mapping[str, Any], recipient: Recipient) -> Mapping[str, Any]:
+        return {"text": f"Order {params['order']} has shipped"}
+
+
+def _reset_schema(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    with psycopg.connect(dsn) as conn:
+        for status in migrate_all(conn, SCHEMA):
+            print(f"  {status.component} schema at version {status.version}")
+
+
+def _trigger_all(sessions: Any) -> int:
+    planned = 0
+    with sessions() as session:
+        for order in range(EVENTS):
+            users = [order * RECIPIENTS_PER_EVENT + i for i in range(RECIPIENTS_PER_EVENT)]
+            result = trigger(
+                session,
+                OrderShipped(),
+                {"order": order, "users": users},
+                idempotency_key=f"order-shipped-{order}",
+                queue_schema=SCHEMA,
+            )
+            planned += len(result.deliveries)
+        session.commit()
+    return planned
+
+
+def _counts(session: Session) -> tuple[int, int]:
+    total = session.scalar(select(func.count()).select_from(Delivery)) or 0
+    ended = session.scalar(select(func.count()).where(Delivery.status.in_(terminal_states()))) or 0
+    return int(total), int(ended)
+
+
+_last_line = [0.0]
+
+
+def _progress(done: int, total: int, elapsed: float) -> None:
+    width = 40
+    filled = int(width * done / total) if total else width
+    bar = f"  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} ended  {elapsed:4.1f}s"
+    if sys.stdout.isatty():
+        sys.stdout.write("\r" + bar)
+    elif elapsed - _last_line[0] >= 3 or (total and done == total):
+        # Not a terminal (CI, a pipe): a line every few seconds instead of a redrawn bar.
+        _last_line[0] = elapsed
+        sys.stdout.write(bar + "\n")
+    sys.stdout.flush()
+
+
+def _summary(session: Session) -> None:
+    rows = session.execute(
+        select(Delivery.channel, Delivery.status, Delivery.suppression_reason, func.count())
+        .group_by(Delivery.channel, Delivery.status, Delivery.suppression_reason)
+        .order_by(Delivery.channel, Delivery.status, Delivery.suppression_reason)
+    ).all()
+    attempts = session.scalar(select(func.count()).select_from(DeliveryAttempt))
+    print("\n  channel   status      reason               deliveries")
+    print("  " + "-" * 54)
+    for channel, status, reason, count in rows:
+        print(f"  {channel:<9} {status:<11} {reason or '-':<20} {count:>10}")
+    print(f"\n  {attempts} attempts recorded in all")
+
+
+def _explain_a_retry(session: Session) -> None:
+    retried = session.scalar(
+        select(Delivery.id)
+        .join(DeliveryAttempt, DeliveryAttempt.delivery_id == Delivery.id)
+        .where(Delivery.status == "succeeded")
+        .group_by(Delivery.id)
+        .having(func.count() >= 2)
+        .limit(1)
+    )
+    if retried is None:
+        return
+    story = explain_delivery(session, retried)
+    print(f"\n  The story of delivery {story.delivery_id} ({story.channel} to {story.recipient}):")
+    for entry in story.timeline:
+        detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items() if v is not None)
+        print(f"    {entry.at:%H:%M:%S.%f}  {entry.event:<22} {detail}")
+    print(f"  Why: {story.why}")
 
 
 def main() -> int:
+    started = time.monotonic()
+    print("Chimeway demo")
     found = find_database()
-    with psycopg.connect(found.dsn) as conn:
-        result = migrate(conn, SCHEMA)
-        print(f"schema {SCHEMA!r} at version {result.version}")
-        with conn.transaction():
-            row = conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (worker, args) VALUES (%s, %s) "
-                    "RETURNING id, state, queue, worker, args, inserted_at"
-                ).format(sql.Identifier(SCHEMA, "jobs")),
-                ("demo.Hello", json.dumps({"greeting": "hello"})),
-            ).fetchone()
-        print(f"enqueued inside a transaction and committed: {row}")
-    return 0
+    print(f"- migrating schema {SCHEMA!r} (dropped first if it exists)")
+    _reset_schema(found.dsn)
+    settings = Settings(database_url=found.dsn, schema=SCHEMA)
+    engine = engine_for(settings, pool_size=2)
+    sessions = session_factory(engine, SCHEMA)
+
+    with ScriptedWebhookServer(receiver_script) as receiver, tempfile.TemporaryDirectory() as tmp:
+        print(f"- webhook receiver on {receiver.url}: it fails some requests on purpose (5xx, 429, 410, 400)")
+        planned = _trigger_all(sessions)
+        print(
+            f"- triggered {EVENTS} events for {EVENTS * RECIPIENTS_PER_EVENT} recipients: "
+            f"{planned} deliveries"
+        )
+        config = Path(tmp) / "chimeway.toml"
+        config.write_text(
+            f'schema = "{SCHEMA}"\nqueue_limit = 20\nretry_backoff = {RETRY_BACKOFF}\nrescue_window = 5\n'
+            f'shutdown_grace = 5\n\n[channels.webhook]\nadapter = "webhook"\n'
+            f'config = {{ url = "{receiver.url}", timeout = 5 }}\n\n[channels.in_app]\nadapter = "logger"\n'
+        )
+        print(f"- retry backoff shortened to {RETRY_BACKOFF}s for the demo (the default is 15 s + 2^attempt)")
+        log = Path(tmp) / "worker.log"
+        env = {**os.environ, "DATABASE_URL": found.dsn, "PYTHONUNBUFFERED": "1"}
+        with log.open("w") as log_file:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "chimeway.worker", "--config", str(config)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+            print(f"- started the worker: python -m chimeway.worker (pid {worker.pid})")
+            try:
+                finished = _wait_for_all(sessions, worker, started)
+                if sys.stdout.isatty():
+                    print()
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                code = worker.wait(30)
+        print(f"- worker stopped on SIGTERM with exit code {code}")
+        if not finished:
+            print("\n".join(log.read_text().splitlines()[-20:]), file=sys.stderr)
+            print("demo: not every delivery ended in time", file=sys.stderr)
+            return 1
+
+    with sessions() as session:
+        _summary(session)
+        _explain_a_retry(session)
+    engine.dispose()
+    print(f"\nDone in {time.monotonic() - started:.1f}s. Schema {SCHEMA!r} keeps the rows for a look.")
+    return 0 if code == 0 else 1
+
+
+def _wait_for_all(sessions: Any, worker: subprocess.Popen[bytes], started: float) -> bool:
+    deadline = time.monotonic() + DEADLINE
+    total, ended = 0, 0
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            total, ended = _counts(session)
+        _progress(ended, total, time.monotonic() - started)
+        if total and ended == total:
+            return True
+        if worker.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
 
 
 if __name__ == "__main__":

@@ -4,18 +4,21 @@ dead node's jobs from a slow node's."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from .lifecycle import SYSTEM_CLOCK, Clock
+from .lifecycle import SYSTEM_CLOCK, Clock, describe_error
 from .store import queries_for
 
 if TYPE_CHECKING:
     from .producer import Producer
 
 __all__ = ["Heartbeat"]
+
+_log = logging.getLogger("pgqueue.heartbeat")
 
 
 class Heartbeat:
@@ -41,8 +44,15 @@ class Heartbeat:
         self.clock = clock
 
     async def run(self) -> None:
+        # Retried at the heartbeat's own pace, not with the usual growing backoff: a live node whose
+        # heartbeats lapse for longer than the rescue window would have its own jobs rescued.
         while True:
-            await self.beat(self.producers())
+            try:
+                await self.beat(self.producers())
+            except Exception as exc:
+                _log.warning(
+                    "pgqueue heartbeat failed (%s); retrying in %.1fs", describe_error(exc), self.interval
+                )
             await self.clock.sleep(self.interval)
 
     async def beat(self, producers: Sequence[Producer]) -> None:

@@ -139,7 +139,26 @@ def encode_json_object(value: object, name: str) -> str:
             raise TypeError(f"{name} must not contain unpaired surrogate characters") from None
     if json.loads(text) != value:
         raise TypeError(f"{name} must round-trip through JSON unchanged (use str keys, lists not tuples)")
+    if "e+" in text:
+        _refuse_inexact_floats(value, name)
     return text
+
+
+def _refuse_inexact_floats(value: object, name: str) -> None:
+    # jsonb keeps numbers as exact decimals and prints large ones without an exponent, so a float
+    # such as 1.945024906436851e+16 comes back as the integer 19450249064368510, which is not the
+    # float that was stored. Floats that large are only ever integral: ask for an int instead.
+    if isinstance(value, float):
+        if abs(value) >= 1e16:
+            raise TypeError(
+                f"{name}: the float {value!r} can't round-trip through jsonb exactly; pass an int"
+            )
+    elif isinstance(value, dict):
+        for item in value.values():
+            _refuse_inexact_floats(item, name)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_inexact_floats(item, name)
 
 
 def _unique_states(value: object) -> tuple[JobState, ...]:

@@ -107,6 +107,7 @@ class Runtime:
         shutdown_grace_period: float = 15.0,
         poll_interval: float = 1.0,
         heartbeat_interval: float = 2.0,
+        leader_interval: float = 15.0,
         notifier: Notifier | None = None,
         worker_registry: WorkerRegistry = registry,
         verify_schema: bool = True,
@@ -144,7 +145,9 @@ class Runtime:
         self.conninfo: str = conninfo or str(pool_conninfo)
         self.notifier: Notifier = notifier or PostgresNotifier(self.conninfo, schema, pool=self.pool)
         self.leader: Leader | None = (
-            Leader(self.pool, schema, self.node, notifier=self.notifier) if leadership else None
+            Leader(self.pool, schema, self.node, notifier=self.notifier, interval=leader_interval)
+            if leadership
+            else None
         )
         self.completer = Completer(self.pool, schema, clock=clock)
         self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)

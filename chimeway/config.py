@@ -1,0 +1,150 @@
+"""Settings for ``python -m chimeway.worker``: ``DATABASE_URL`` and an optional ``chimeway.toml``.
+
+Everything is validated once, at start, and every mistake is reported with the key that holds it::
+
+    schema = "public"          # where chimeway's tables and pgqueue's jobs table live
+    node = "worker-1"          # default: host:pid
+    queue_limit = 20           # deliveries performed at once by this process
+    shutdown_grace = 15        # seconds running deliveries get on SIGTERM
+    rescue_window = 15         # seconds of silence after which a dead worker's jobs are rescued
+    retry_backoff = 1.0        # seconds between retries (default: the queue's exponential backoff)
+    prune_after = 604800       # delete finished jobs older than this many seconds (default: keep)
+
+    [channels.email]
+    adapter = "webhook"        # logger (default), webhook or test
+    config = { url = "https://hooks.example.com/notify", timeout = 5 }
+
+``DATABASE_URL`` wins over ``database_url`` in the file. Secrets in adapter configs (keys named
+like password, token, secret) are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgqueue.migrate import validate_schema_name
+
+from .adapters import adapter_names
+from .errors import ChimewayError
+
+__all__ = ["ChannelSettings", "ConfigError", "Settings", "load_settings"]
+
+_TOP_LEVEL = {
+    "database_url",
+    "schema",
+    "node",
+    "queue_limit",
+    "shutdown_grace",
+    "rescue_window",
+    "retry_backoff",
+    "prune_after",
+    "channels",
+}
+
+
+class ConfigError(ChimewayError, ValueError):
+    """The configuration is invalid; the message names the key and what would be valid."""
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    adapter: str = "logger"
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    schema: str = "public"
+    node: str | None = None
+    queue_limit: int = 20
+    shutdown_grace: float = 15.0
+    rescue_window: float = 15.0
+    retry_backoff: float | None = None
+    prune_after: float | None = None
+    channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
+
+
+def _number(data: Mapping[str, Any], key: str, *, integer: bool = False, minimum: float = 0) -> Any:
+    value = data[key]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{key} must be {kind} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def _channels(raw: Any) -> dict[str, ChannelSettings]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"channels must be a table of [channels.<name>] sections, got {raw!r}")
+    channels: dict[str, ChannelSettings] = {}
+    for name, section in raw.items():
+        where = f"channels.{name}"
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where} must be a table, got {section!r}")
+        unknown = set(section) - {"adapter", "config"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (valid: adapter, config)")
+        adapter = section.get("adapter", "logger")
+        if adapter not in adapter_names():
+            raise ConfigError(f"{where}.adapter must be one of {list(adapter_names())}, got {adapter!r}")
+        config = section.get("config", {})
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{where}.config must be a table, got {config!r}")
+        if adapter == "webhook" and not isinstance(config.get("url"), str):
+            raise ConfigError(f"{where}.config.url is required for the webhook adapter")
+        channels[str(name)] = ChannelSettings(adapter, dict(config))
+    return channels
+
+
+def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Validate a parsed configuration (the TOML file's contents) plus the environment."""
+    unknown = set(data) - _TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}; valid: {sorted(_TOP_LEVEL)}")
+    url = env.get("DATABASE_URL") or data.get("database_url")
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("no database: set DATABASE_URL or database_url in the config file")
+    options: dict[str, Any] = {"database_url": url}
+    if "schema" in data:
+        try:
+            options["schema"] = validate_schema_name(data["schema"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if "node" in data:
+        if not isinstance(data["node"], str) or not data["node"].strip():
+            raise ConfigError(f"node must be a non-blank string, got {data['node']!r}")
+        options["node"] = data["node"]
+    if "queue_limit" in data:
+        options["queue_limit"] = _number(data, "queue_limit", integer=True, minimum=1)
+    for key in ("shutdown_grace", "rescue_window", "retry_backoff", "prune_after"):
+        if key in data:
+            options[key] = float(_number(data, key, minimum=0.001 if key != "shutdown_grace" else 0))
+    if "channels" in data:
+        options["channels"] = _channels(data["channels"])
+    return Settings(**options)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (or ``$CHIMEWAY_CONFIG``; none is fine) and the environment, and validate."""
+    env = os.environ if env is None else env
+    chosen = path or env.get("CHIMEWAY_CONFIG")
+    data: dict[str, Any] = {}
+    if chosen:
+        file = Path(chosen)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"can't read config file {file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    return parse_settings(data, env)

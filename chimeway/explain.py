@@ -1,0 +1,213 @@
+"""Tell the story of one delivery from its durable rows: ``explain_delivery(session, delivery_id)``.
+
+Everything comes from the event, notification, delivery and attempt rows; nothing depends on
+logs or telemetry having been kept.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import DeliveryNotFound, InvalidValue
+from .models import Delivery, DeliveryAttempt, Event, Notification
+from .states import Reason
+
+__all__ = ["AttemptSummary", "Explanation", "TimelineEntry", "explain_delivery"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSummary:
+    """One recorded adapter call."""
+
+    number: int
+    outcome: str
+    error_class: str | None
+    adapter: str | None
+    provider_message_id: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One dated fact in a delivery's life: ``event`` names it, ``detail`` gives its particulars."""
+
+    at: datetime
+    event: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Who a delivery was for, where it stands, every attempt, its timeline, and why it ended there."""
+
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    notification_id: uuid.UUID
+    correlation_id: str | None
+    notification_key: str
+    recipient: str
+    channel: str
+    status: str
+    suppression_reason: str | None
+    policy_checkpoint: str | None
+    attempts: tuple[AttemptSummary, ...]
+    timeline: tuple[TimelineEntry, ...]
+    #: one sentence, e.g. "cancelled after 5 temporary failures: retries exhausted"
+    why: str
+
+    @property
+    def last_attempt(self) -> AttemptSummary | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanation:
+    """The full story of a delivery; raises DeliveryNotFound when there is no such delivery."""
+    try:
+        key = delivery_id if isinstance(delivery_id, uuid.UUID) else uuid.UUID(str(delivery_id))
+    except ValueError:
+        raise InvalidValue("delivery_id", delivery_id, "a UUID") from None
+    row = session.execute(
+        select(Delivery, Notification, Event)
+        .join(Notification, Notification.id == Delivery.notification_id)
+        .join(Event, Event.id == Notification.event_id)
+        .where(Delivery.id == key)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if row is None:
+        raise DeliveryNotFound(delivery_id)
+    delivery, notification, event = row
+    attempts = tuple(
+        AttemptSummary(
+            a.attempt_number, a.outcome, a.error_class, a.adapter, a.provider_message_id, a.inserted_at
+        )
+        for a in session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id == key)
+            .order_by(DeliveryAttempt.attempt_number)
+        )
+    )
+    checkpoint = delivery.metadata_.get("policy_checkpoint")
+    return Explanation(
+        delivery_id=delivery.id,
+        event_id=event.id,
+        notification_id=notification.id,
+        correlation_id=event.correlation_id,
+        notification_key=event.notification_key,
+        recipient=notification.recipient_identity,
+        channel=delivery.channel,
+        status=delivery.status,
+        suppression_reason=delivery.suppression_reason,
+        policy_checkpoint=checkpoint if isinstance(checkpoint, str) else None,
+        attempts=attempts,
+        timeline=_timeline(event, notification, delivery, attempts),
+        why=_why(delivery.status, delivery.suppression_reason, checkpoint, attempts),
+    )
+
+
+def _timeline(
+    event: Event, notification: Notification, delivery: Delivery, attempts: Sequence[AttemptSummary]
+) -> tuple[TimelineEntry, ...]:
+    entries = [
+        TimelineEntry(
+            event.inserted_at,
+            "event_created",
+            {"notification_key": event.notification_key, "correlation_id": event.correlation_id},
+        ),
+        TimelineEntry(
+            delivery.inserted_at,
+            "delivery_planned",
+            {"channel": delivery.channel, "recipient": notification.recipient_identity},
+        ),
+    ]
+    if notification.read_at is not None:
+        entries.append(TimelineEntry(notification.read_at, "notification_read", {}))
+    entries += [
+        TimelineEntry(
+            a.at,
+            f"attempt_{a.outcome}",
+            {
+                "attempt_number": a.number,
+                "error_class": a.error_class,
+                "adapter": a.adapter,
+                "provider_message_id": a.provider_message_id,
+            },
+        )
+        for a in attempts
+    ]
+    if delivery.status != "pending" and delivery.status != "failed":
+        # The last status change is dated by updated_at; earlier ones are told by the attempts.
+        entries.append(
+            TimelineEntry(
+                delivery.updated_at,
+                delivery.status,
+                {
+                    "suppression_reason": delivery.suppression_reason,
+                    "policy_checkpoint": delivery.metadata_.get("policy_checkpoint"),
+                },
+            )
+        )
+    # Stable: facts written in one transaction share a timestamp and keep their logical order.
+    return tuple(sorted(entries, key=lambda entry: entry.at))
+
+
+_CLASS_WORDS = {
+    "temporary": "temporary",
+    "permanent": "permanent",
+    "bounced": "bounced",
+    "unknown_classification": "unclassified",
+}
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _failures(attempts: Sequence[AttemptSummary]) -> str:
+    """'5 temporary failures', or '3 failed attempts (2 temporary, 1 unclassified)' when mixed."""
+    classes = Counter(a.error_class or "unknown_classification" for a in attempts if a.outcome != "succeeded")
+    total = sum(classes.values())
+    if total == 0:
+        return "no failed attempt"
+    if len(classes) == 1:
+        (only,) = classes
+        return _plural(total, f"{_CLASS_WORDS.get(only, only)} failure")
+    parts = ", ".join(f"{n} {_CLASS_WORDS.get(c, c)}" for c, n in classes.most_common())
+    return f"{_plural(total, 'failed attempt')} ({parts})"
+
+
+def _why(status: str, reason: str | None, checkpoint: object, attempts: Sequence[AttemptSummary]) -> str:
+    last = attempts[-1] if attempts else None
+    if status == "succeeded":
+        if last is None:
+            return "succeeded"
+        earlier = attempts[:-1]
+        return f"succeeded on attempt {last.number}" + (f" after {_failures(earlier)}" if earlier else "")
+    if status == "cancelled":
+        if reason == Reason.RETRIES_EXHAUSTED:
+            return f"cancelled after {_failures(attempts)}: retries exhausted"
+        if reason == Reason.PERMANENT_FAILURE and last is not None:
+            return f"cancelled on attempt {last.number}: the provider refused it for good (permanent failure)"
+        if reason == Reason.BOUNCED and last is not None:
+            return f"cancelled on attempt {last.number}: the address bounced"
+        if reason is None:
+            sent = f"after {_plural(len(attempts), 'attempt')}" if attempts else "before it was sent"
+            return f"cancelled by hand {sent}, with no reason recorded"
+        return f"cancelled: {reason}"
+    if status == "suppressed":
+        if reason is None:
+            return "suppressed by hand, with no reason recorded"
+        where = f" at the {checkpoint} checkpoint" if isinstance(checkpoint, str) else ""
+        return f"suppressed by policy{where}: {reason}"
+    if status == "failed" and last is not None:
+        return f"failed on attempt {last.number} ({last.error_class}); a retry is expected"
+    if status == "dispatched":
+        return f"dispatched for attempt {len(attempts) + 1}; its outcome is not recorded yet"
+    return "pending: planned, not dispatched yet"

@@ -1,0 +1,153 @@
+"""Typed SQLAlchemy models of Chimeway's tables (``sql/chimeway/``, the source of truth).
+
+The tables carry no schema: map them to yours per engine or connection with
+``execution_options(schema_translate_map={None: "my_schema"})``. Change rows' status only through
+:mod:`chimeway.deliveries`; attempts are append-only (the database refuses an UPDATE).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, MetaData, Text, Uuid, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "CategoryPreference",
+    "Delivery",
+    "DeliveryAttempt",
+    "Event",
+    "Notification",
+    "NotificationPreference",
+]
+
+
+class Base(DeclarativeBase):
+    """The declarative base of Chimeway's models; its ``metadata`` holds only Chimeway's tables."""
+
+    metadata = MetaData()
+    type_annotation_map = {
+        uuid.UUID: Uuid(as_uuid=True),
+        datetime: DateTime(timezone=True),
+        str: Text(),
+        dict[str, Any]: JSONB(),
+    }
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, server_default=func.gen_random_uuid())
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now())
+
+
+def _updated() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Event(Base):
+    """One trigger call: which notification, with what payload, under which idempotency key."""
+
+    __tablename__ = "chimeway_events"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    notification_key: Mapped[str]
+    notification_version: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str]
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
+    correlation_id: Mapped[str | None]
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class Notification(Base):
+    """One recipient of an event; its seen/read/archived timestamps make it an inbox entry."""
+
+    __tablename__ = "chimeway_notifications"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Event.id, ondelete="CASCADE"))
+    recipient_identity: Mapped[str]
+    recipient_type: Mapped[str]
+    seen_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]
+    # ``metadata`` is reserved on declarative classes; the column keeps its name.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    event: Mapped[Event] = relationship(viewonly=True)
+
+
+class Delivery(Base):
+    """One notification on one channel: the row whose ``status`` is the delivery state machine."""
+
+    __tablename__ = "chimeway_deliveries"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Notification.id, ondelete="CASCADE"))
+    channel: Mapped[str]
+    status: Mapped[str] = mapped_column(server_default="pending")
+    suppression_reason: Mapped[str | None]
+    delay_fallback: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
+    orchestration_state: Mapped[str] = mapped_column(server_default="ready")
+    tenant_id: Mapped[str] = mapped_column(server_default="default")
+    actor_id: Mapped[str] = mapped_column(server_default="system")
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+    notification: Mapped[Notification] = relationship(viewonly=True)
+    attempts: Mapped[list[DeliveryAttempt]] = relationship(
+        viewonly=True, order_by="DeliveryAttempt.attempt_number"
+    )
+
+
+class DeliveryAttempt(Base):
+    """One adapter call for a delivery and what came of it. Rows are only ever inserted."""
+
+    __tablename__ = "chimeway_delivery_attempts"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Delivery.id, ondelete="CASCADE"))
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str]
+    error_class: Mapped[str | None]
+    # none_as_null: Python None is SQL NULL ("no response"), not the JSON value null
+    provider_response: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    provider_message_id: Mapped[str | None]
+    adapter: Mapped[str | None]
+    inserted_at: Mapped[datetime] = _created()
+
+
+class NotificationPreference(Base):
+    """A recipient's choice for one notification key on one channel; no row means enabled."""
+
+    __tablename__ = "chimeway_notification_preferences"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    recipient_id: Mapped[str]
+    notification_key: Mapped[str]
+    channel: Mapped[str]
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class CategoryPreference(Base):
+    """A recipient's choice for a whole notification category; no row means enabled."""
+
+    __tablename__ = "chimeway_category_preferences"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    recipient_id: Mapped[str]
+    notification_category: Mapped[str]
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()

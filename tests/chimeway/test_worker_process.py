@@ -1,0 +1,109 @@
+"""``python -m chimeway.worker`` as a real process, against the webhook adapter and a scripted receiver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+import pgqueue
+from chimeway import deliveries
+from chimeway.dispatch import dispatch_job
+from chimeway.models import Delivery, DeliveryAttempt
+from chimeway.testing import ScriptedWebhookServer
+
+from ..helpers import wait_until
+from .conftest import MakeNotification
+
+SCRIPTS: dict[str, Sequence[int]] = {
+    "user:ok": [200],
+    "user:flaky": [500, 200],
+    "user:down": [500],
+    "user:gone": [410],
+    "user:bad": [400],
+}
+EXPECTED = {
+    "user:ok": ("succeeded", None, 1),
+    "user:flaky": ("succeeded", None, 2),
+    "user:down": ("cancelled", "retries_exhausted", 5),
+    "user:gone": ("cancelled", "bounced", 1),
+    "user:bad": ("cancelled", "permanent_failure", 1),
+}
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_the_worker_process_drives_every_delivery_to_its_end(
+    sa_engine: Engine, dsn: str, schema: str, make_notification: MakeNotification, tmp_path: Path
+) -> None:
+    engine = sa_engine.execution_options(schema_translate_map={None: schema})
+    ids: dict[str, Any] = {}
+    with ScriptedWebhookServer(lambda r: SCRIPTS[r]) as receiver:
+        with Session(engine, expire_on_commit=False) as session:
+            for recipient in SCRIPTS:
+                delivery = deliveries.plan_delivery(
+                    session, make_notification(recipient=recipient), "webhook"
+                )
+                ids[recipient] = delivery.id
+                pgqueue.insert(session, _dispatch_job(delivery.id), schema=schema)
+            session.commit()
+        config = tmp_path / "chimeway.toml"
+        config.write_text(
+            f'schema = "{schema}"\nqueue_limit = 5\nretry_backoff = 0.05\nshutdown_grace = 2\n'
+            f'[channels.webhook]\nadapter = "webhook"\nconfig = {{ url = "{receiver.url}", timeout = 2 }}\n'
+        )
+        env = {**os.environ, "DATABASE_URL": dsn}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "chimeway.worker", "--config", str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+
+            def all_ended() -> bool:
+                with Session(engine) as session:
+                    statuses = session.scalars(
+                        select(Delivery.status).where(Delivery.id.in_(ids.values()))
+                    ).all()
+                return all(s in deliveries.terminal_states() for s in statuses)
+
+            wait_until(all_ended, timeout=60)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            output, _ = worker.communicate(timeout=30)
+        assert worker.returncode == 0, output
+
+        with Session(engine) as session:
+            for recipient, (status, reason, attempts) in EXPECTED.items():
+                delivery = session.get(Delivery, ids[recipient])
+                assert delivery is not None
+                numbers = session.scalars(
+                    select(DeliveryAttempt.attempt_number)
+                    .where(DeliveryAttempt.delivery_id == delivery.id)
+                    .order_by(DeliveryAttempt.attempt_number)
+                ).all()
+                assert (delivery.status, delivery.suppression_reason) == (status, reason), recipient
+                assert list(numbers) == list(range(1, attempts + 1)), recipient
+                sent = receiver.for_recipient(recipient)
+                assert [r.idempotency_key for r in sent] == [f"{delivery.id}:{n}" for n in numbers]
+            jobs = pgqueue.all_jobs(session, schema=schema)
+        assert {j.state for j in jobs} == {"completed"}, (
+            "exhaustion completes the job rather than discarding it"
+        )
+        assert '"status": "succeeded"' in output or "succeeded" in output
+        assert "s3cret" not in output
+
+
+def _dispatch_job(delivery_id: Any) -> pgqueue.NewJob:
+    return dispatch_job(delivery_id)
