@@ -38,7 +38,7 @@ import pgqueue
 from . import deliveries, telemetry
 from .adapters import Adapter, DeliveryContext, Failed, resolve_adapter
 from .adapters.base import classify
-from .errors import ChimewayError
+from .errors import ChimewayError, DeliveryNotFound
 from .models import Delivery, Notification
 from .states import Reason
 
@@ -113,11 +113,28 @@ class Dispatcher:
         delivery_id = _delivery_id(job.args)
         if delivery_id is None:
             return pgqueue.Cancel(f"malformed delivery_id: {job.args.get('delivery_id')!r}")
+        try:
+            return self._attempt(delivery_id, lambda session, recorded: self._result(session, recorded, job))
+        except DeliveryNotFound:
+            return pgqueue.Cancel(f"delivery {delivery_id} not found")
 
+    def deliver_now(self, delivery_id: uuid.UUID | str) -> Delivery:
+        """Send one attempt of a delivery now, in this thread, without the queue (sync dispatch).
+
+        Nothing retries it: a temporary failure leaves the delivery ``failed``. Permanent and
+        bounced failures end it as usual. Returns the delivery as it is afterwards.
+        """
+        key = uuid.UUID(str(delivery_id))
+        self._attempt(key, lambda session, recorded: None)
         with self.session_factory() as session:
-            delivery = deliveries.fetch_delivery(session, delivery_id)
-            if delivery is None:
-                return pgqueue.Cancel(f"delivery {delivery_id} not found")
+            return deliveries.get_delivery(session, key)
+
+    def _attempt(
+        self, delivery_id: uuid.UUID, finish: Callable[[Session, deliveries.RecordedAttempt], Any]
+    ) -> Any:
+        """Steps 2 to 6 of the module docstring; ``finish`` maps the recorded attempt to a result."""
+        with self.session_factory() as session:
+            delivery = deliveries.get_delivery(session, delivery_id)
             if delivery.status in deliveries.terminal_states() or delivery.orchestration_state != "ready":
                 return None
             if delivery.delay_fallback and _notification_read(session, delivery):
@@ -138,12 +155,12 @@ class Dispatcher:
             outcome = deliveries.AttemptOutcome(*classify(result), adapter=route.adapter.name)
             recorded = deliveries.record_attempt(session, delivery_id, outcome)
             session.commit()
-            return self._result(session, recorded, job)
+            self._log(recorded.delivery, recorded.attempt.attempt_number)
+            return finish(session, recorded)
 
     def _result(self, session: Session, recorded: deliveries.RecordedAttempt, job: pgqueue.Job) -> Any:
         delivery, attempt = recorded.delivery, recorded.attempt
         final = job.attempt >= job.max_attempts
-        self._log(delivery, attempt.attempt_number)
         if attempt.outcome == "succeeded":
             return None
         if attempt.error_class in ("permanent", "bounced") and delivery.status == "cancelled":

@@ -257,3 +257,33 @@ def test_an_always_failing_adapter_drained_with_retries_exhausts_after_five_atte
     assert final is not None
     assert (final.state, final.attempt) == ("completed", 5), "completed, not discarded"
     assert count == 5
+
+
+def test_sync_dispatch_of_a_delivered_notification_is_not_repeated(
+    dispatcher: Dispatcher, make_delivery: MakeDelivery, test_adapter: TestAdapter
+) -> None:
+    delivery_id = make_delivery()
+    assert dispatcher.deliver_now(delivery_id).status == "succeeded"
+    assert dispatcher.deliver_now(delivery_id).status == "succeeded"
+    assert len(test_adapter.calls()) == 1
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (Failed("permanent"), ("cancelled", "permanent_failure")),
+        (Failed("bounced"), ("cancelled", "bounced")),
+        (Failed("temporary"), ("failed", None)),
+    ],
+)
+def test_sync_dispatch_converges_like_the_worker_but_never_retries(
+    dispatcher: Dispatcher,
+    make_delivery: MakeDelivery,
+    test_adapter: TestAdapter,
+    result: Failed,
+    expected: tuple[str, str | None],
+) -> None:
+    delivery_id = make_delivery()
+    test_adapter.script(result)
+    delivery = dispatcher.deliver_now(delivery_id)
+    assert (delivery.status, delivery.suppression_reason) == expected
