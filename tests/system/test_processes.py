@@ -276,7 +276,11 @@ def test_killed_node_is_rescued_in_time_and_only_its_in_flight_jobs_run_twice(
         "SELECT id, attempt, attempted_by[1], (meta ->> 'rescued')::int FROM {s}.jobs WHERE id = ANY(%s)",
         (list(in_flight),),
     )
-    assert {(attempt, node, rescued) for _id, attempt, node, rescued in finished} == {(2, survivor.name, 1)}
+    # Each was rescued and finished by the survivor, unless the victim's last ack batch was already
+    # on its way: PostgreSQL finishes a statement it received even if the client dies meanwhile.
+    outcomes = {(attempt, node, rescued) for _id, attempt, node, rescued in finished}
+    assert outcomes <= {(2, survivor.name, 1), (1, victim.name, None)}, outcomes
+    assert (2, survivor.name, 1) in outcomes
     assert_clean_exit(survivor)
 
 
