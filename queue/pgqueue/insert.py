@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from psycopg.rows import tuple_row
 
 from .errors import PgQueueError
@@ -78,29 +79,41 @@ class _Plan:
             self.pending.append(index)
 
     def insert_params(self, schema: str, notify: bool) -> dict[str, Any]:
-        jobs = [self.jobs[i] for i in self.pending]
+        # One JSON document for the whole batch, encoded in C; args and meta are already JSON and
+        # are spliced in as they are.
+        rows = [
+            {
+                "o": order,
+                "w": job.worker,
+                "q": job.queue,
+                "a": orjson.Fragment(job.args_json),
+                "m": orjson.Fragment(job.meta_json),
+                "t": job.tags or None,
+                "x": job.max_attempts,
+                "p": job.priority,
+                "s": job.scheduled_at,
+                "d": job.schedule_in,
+                "k": job.unique_key.hex() if job.unique_key is not None else None,
+                "u": [state.value for state in job.unique.states] if job.unique is not None else None,
+            }
+            for order, job in enumerate(self.jobs[i] for i in self.pending)
+        ]
         return {
-            "worker": [j.worker for j in jobs],
-            "queue": [j.queue for j in jobs],
-            "args": [j.args_json for j in jobs],
-            "meta": [j.meta_json for j in jobs],
-            "tags": [json.dumps(j.tags) for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs],
-            "priority": [j.priority for j in jobs],
-            "scheduled_at": [j.scheduled_at for j in jobs],
-            "schedule_in": [j.schedule_in for j in jobs],
-            "unique_key": [j.unique_key for j in jobs],
-            "unique_states": [_states_literal(j) for j in jobs],
+            "rows": orjson.dumps(rows).decode(),
             "channel": channel_name(schema, "insert"),
             "notify": notify,
         }
 
     def take_inserted(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Match inserted rows back to their jobs; unique jobs that were skipped stay pending."""
+        """Match inserted rows back to their jobs; unique jobs that were skipped stay pending.
+
+        A row is (id, state, inserted_at, scheduled_at, unique_key): the job is built from it and
+        from what the caller gave, which the database stored unchanged (checked by ``new()``).
+        """
         by_key: dict[bytes, Sequence[Any]] = {}
         plain: list[Sequence[Any]] = []
         for row in rows:
-            key = row[_JOB_WIDTH]
+            key = row[4]
             if key is None:
                 plain.append(row)
             else:
@@ -110,11 +123,12 @@ class _Plan:
         plain_iter = iter(plain)
         still_pending: list[int] = []
         for index in self.pending:
-            key = self.jobs[index].unique_key
+            job = self.jobs[index]
+            key = job.unique_key
             if key is None:
-                self.results[index] = _job(next(plain_iter))
+                self.results[index] = _saved(job, next(plain_iter))
             elif key in by_key:
-                self.results[index] = _job(by_key[key])
+                self.results[index] = _saved(job, by_key[key])
             else:
                 still_pending.append(index)
         self.pending = still_pending
@@ -162,10 +176,28 @@ class _Plan:
         return [job for job in self.results if job is not None]
 
 
-def _states_literal(job: NewJob) -> str | None:
-    if job.unique is None:
-        return None
-    return "{" + ",".join(state.value for state in job.unique.states) + "}"
+def _saved(new: NewJob, row: Sequence[Any]) -> Job:
+    job_id, state, inserted_at, scheduled_at = row[0], row[1], row[2], row[3]
+    return Job(
+        job_id,
+        state,
+        new.queue,
+        new.worker,
+        new.args,
+        new.meta,
+        list(new.tags),
+        [],
+        0,
+        new.max_attempts,
+        new.priority,
+        inserted_at,
+        scheduled_at,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _replace_params(job: NewJob, holder: Sequence[Any]) -> dict[str, Any] | None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from .errors import ConfigError
 from .job import JobState, UniqueSpec
@@ -126,17 +129,38 @@ def encode_json_object(value: object, name: str) -> str:
     """
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict (a JSON object), got {type(value).__name__}")
+    # The fast path: orjson encodes in C and refuses non-string keys, sets and bad UTF-8 itself;
+    # decoding it again and comparing catches what it would silently change (NaN becomes null,
+    # tuples become lists, datetimes become strings).
+    try:
+        encoded = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return _encode_json_object_slowly(value, name)  # e.g. integers beyond 64 bits
+    if orjson.loads(encoded) != value:
+        raise TypeError(f"{name} must round-trip through JSON unchanged (use str keys, lists not tuples)")
+    if _NUL.search(encoded):
+        raise TypeError(f"{name} must not contain NUL characters (jsonb can't store them)")
+    if _EXPONENT.search(encoded):
+        _refuse_inexact_floats(value, name)
+    return encoded.decode()
+
+
+_EXPONENT = re.compile(rb"[0-9]e\+")
+# An escaped NUL (\u0000), not preceded by an escaped backslash (a literal "\\u0000" is fine).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _encode_json_object_slowly(value: dict[Any, Any], name: str) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must contain only JSON values: {exc}") from None
-    if "\\u0000" in text:
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError(f"{name} must not contain unpaired surrogate characters") from None
+    if _NUL.search(encoded):
         raise TypeError(f"{name} must not contain NUL characters (jsonb can't store them)")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise TypeError(f"{name} must not contain unpaired surrogate characters") from None
     if json.loads(text) != value:
         raise TypeError(f"{name} must round-trip through JSON unchanged (use str keys, lists not tuples)")
     if "e+" in text:
