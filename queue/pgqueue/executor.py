@@ -7,6 +7,7 @@ completer writes in batches and the testing helpers write at once (or not at all
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -26,7 +27,7 @@ from .errors import UnknownWorkerError
 from .job import Job, JobState
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
-__all__ = ["Ack", "Execution", "Executor", "Outcome", "ack_params", "is_cancelled"]
+__all__ = ["Ack", "Cancellation", "Execution", "Executor", "Outcome", "ack_params", "is_cancelled"]
 
 _log = logging.getLogger("pgqueue.executor")
 _MAX_ERROR_CHARS = 16_000
@@ -77,6 +78,20 @@ class Execution:
     result: Any = None
     exception: BaseException | None = None
     duration: float = 0.0
+
+
+class Cancellation:
+    """Handed to :meth:`Executor.execute` by whoever runs the job: set ``requested`` before
+    cancelling the job's task to ask for a cancel (acked as ``cancelled``), as opposed to a
+    shutdown abandoning it (not acked, left for the lifeline)."""
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+_CANCELLED = object()
 
 
 class _CancelFlag:
@@ -134,7 +149,7 @@ class Executor:
         job: Job,
         *,
         thread_limiter: anyio.CapacityLimiter | None = None,
-        cancel_scope: anyio.CancelScope | None = None,
+        cancellation: Cancellation | None = None,
         safe: bool = True,
     ) -> Execution:
         """Run ``job`` once and return what happened; with ``safe=False`` exceptions propagate."""
@@ -158,7 +173,7 @@ class Executor:
             ack = Ack(job.id, job.attempt, JobState.DISCARDED, error=error)
             execution = Execution(job, ack, Outcome.DISCARD, duration=self.clock() - started)
         else:
-            execution = await self._perform(worker_cls, job, thread_limiter, cancel_scope, safe, started)
+            execution = await self._perform(worker_cls, job, thread_limiter, cancellation, safe, started)
 
         if self.completer is not None:
             await self.completer(execution.ack)
@@ -177,7 +192,7 @@ class Executor:
         worker_cls: type[Worker],
         job: Job,
         thread_limiter: anyio.CapacityLimiter | None,
-        cancel_scope: anyio.CancelScope | None,
+        cancellation: Cancellation | None,
         safe: bool,
         started: float,
     ) -> Execution:
@@ -185,7 +200,7 @@ class Executor:
         timeout: float | None = None
         try:
             timeout = worker.timeout(job)
-            result = await self._call(worker, job, timeout, thread_limiter, cancel_scope)
+            result = await self._call(worker, job, timeout, thread_limiter, cancellation)
         except JobOutcome as outcome:
             return self._classify(worker, job, outcome, started)
         except JobTimeoutError as exc:
@@ -196,9 +211,8 @@ class Executor:
             if not safe:
                 raise
             return self._failure(job, worker, exc, started)
-        if cancel_scope is not None and cancel_scope.cancelled_caught and cancel_scope.cancel_called:
-            reason = Cancel("cancelled while executing")
-            return self._classify(worker, job, reason, started)
+        if result is _CANCELLED:
+            return self._classify(worker, job, Cancel("cancelled while executing"), started)
         return self._classify(worker, job, result, started)
 
     async def _call(
@@ -207,33 +221,41 @@ class Executor:
         job: Job,
         timeout: float | None,
         thread_limiter: anyio.CapacityLimiter | None,
-        cancel_scope: anyio.CancelScope | None,
+        cancellation: Cancellation | None,
     ) -> Any:
         flag = _CancelFlag()
         token = _current_flag.set(flag)
-        # One cancel scope per attempt serves both a cancel request (scope.cancel()) and the
-        # timeout (its deadline): nesting a second scope per job costs measurable time.
-        scope = cancel_scope or anyio.CancelScope()
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        scope.deadline = deadline
+        # Plain asyncio here, not anyio scopes: this runs once per job, and a cancel scope per job
+        # costs measurable time. The timeout schedules nothing when there is none.
+        timer = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            with scope:
-                if worker.is_async:
-                    return await worker.perform(job)
+            if worker.is_async:
+                call = worker.perform(job)
+            else:
                 # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
                 # stop waiting for it and raise its flag (see is_cancelled()).
-                return await anyio.to_thread.run_sync(
+                call = anyio.to_thread.run_sync(
                     worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
                 )
+            if timer is None:
+                return await call
+            async with timer:
+                return await call
+        except TimeoutError:
+            if timer is not None and timer.expired():
+                flag.cancelled = True
+                raise JobTimeoutError(f"{job.worker} timed out after {_seconds(timeout)}") from None
+            raise
+        except asyncio.CancelledError:
+            # Either a cancel request for this job, or the node abandoning it at shutdown past the
+            # grace period. A sync perform still running in its thread must hear both, or it runs
+            # on after its node said goodbye (while the lifeline hands the job elsewhere).
             flag.cancelled = True
-            if anyio.current_time() >= deadline:
-                raise JobTimeoutError(f"{job.worker} timed out after {_seconds(timeout)}")
-            return None  # the job's own scope was cancelled: a cancel request
-        except anyio.get_cancelled_exc_class():
-            # Abandoned from outside (a shutdown past its grace period): a sync perform still
-            # running in its thread must hear it as well, or it runs on after its node said goodbye
-            # (while the lifeline hands the job to another node) and holds the process open.
-            flag.cancelled = True
+            if cancellation is not None and cancellation.requested:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                return _CANCELLED
             raise
         finally:
             _current_flag.reset(token)
