@@ -64,6 +64,25 @@ class Completer:
         if len(self._pending) >= self.max_batch or len(self._pending) == 1:
             self._wakeup.set()
 
+    def take(self) -> list[Ack]:
+        """Hand every pending ack to a producer that writes them with its next fetch."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    def give_back(self, acks: list[Ack]) -> None:
+        """Acks a producer took but could not write: the completer writes them after all."""
+        if acks:
+            self._pending[:0] = acks
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self._wakeup.set()
+
+    def taken_written(self, count: int) -> None:
+        """A producer wrote ``count`` taken acks; settle the books (and ``wait_idle``)."""
+        self.written += count
+        if not self._pending:
+            self._idle.set()
+
     async def run(self) -> None:
         while True:
             await self._wakeup.wait(3600)
@@ -79,10 +98,14 @@ class Completer:
         backoff = Backoff(0.05, 5.0)
         failures = 0
         while self._pending:
+            # Take the batch out before writing it: while the write awaits, a producer may take
+            # the acks that are still pending to write them with its fetch.
             batch = self._pending[: self.max_batch]
+            del self._pending[: len(batch)]
             try:
                 await self._write(batch)
             except Exception as exc:
+                self._pending[:0] = batch
                 failures += 1
                 delay = backoff.delay(failures, self.clock.random())
                 _log.warning(
@@ -94,7 +117,6 @@ class Completer:
                 await self.clock.sleep(delay)
                 continue
             failures = 0
-            del self._pending[: len(batch)]
         self._idle.set()
 
     async def wait_idle(self) -> None:

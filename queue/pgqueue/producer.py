@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
 from .completer import Completer
-from .executor import Cancellation, Executor
+from .executor import Cancellation, Executor, ack_params
 from .job import Job
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .options import validate_queue
@@ -91,7 +91,7 @@ class Producer:
     poll_interval: float = 1.0
     #: after a job finishes, wait up to this long for more slots to free before fetching, so a
     #: queue of fast jobs fetches in batches instead of one round trip per finished job
-    dispatch_cooldown: float = 0.001
+    dispatch_cooldown: float = 0.0
     max_backlog: int = 10_000
     clock: Clock = SYSTEM_CLOCK
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -209,10 +209,21 @@ class Producer:
             return
         started = self.clock.monotonic()
         params = {"queue": self.queue, "demand": demand, "node": self.node, "producer": self.uuid}
-        async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=tuple_row)
-            await cursor.execute(self.queries.fetch_jobs, params)
-            rows = await cursor.fetchall()
+        # Acks waiting in the completer ride along with this fetch: one round trip for both.
+        acks = self.completer.take()
+        try:
+            async with self.pool.connection() as conn:
+                cursor = conn.cursor(row_factory=tuple_row)
+                if acks:
+                    await cursor.execute(self.queries.ack_and_fetch_jobs, {**params, **ack_params(acks)})
+                else:
+                    await cursor.execute(self.queries.fetch_jobs, params)
+                rows = await cursor.fetchall()
+        except BaseException:
+            self.completer.give_back(acks)
+            raise
+        if acks:
+            self.completer.taken_written(len(acks))
         self.fetched += len(rows)
         loop = asyncio.get_running_loop()
         now = self.clock.monotonic()

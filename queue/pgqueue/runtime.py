@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -88,6 +88,8 @@ def load_worker_modules(modules: Iterable[str]) -> None:
 class _Running:
     producer: Producer
     scope: anyio.CancelScope
+    #: set once the producer's task has ended (its taken acks handed back to the completer)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
 
 
 class Runtime:
@@ -233,9 +235,14 @@ class Runtime:
         scope = anyio.CancelScope()
         self._queues[queue] = _Running(producer, scope)
 
+        running = self._queues[queue]
+
         async def run() -> None:
-            with scope:
-                await supervise(producer)
+            try:
+                with scope:
+                    await supervise(producer)
+            finally:
+                running.stopped.set()
 
         self._tg.start_soon(run, name=f"pgqueue {producer.name}")
         return producer
@@ -265,6 +272,11 @@ class Runtime:
                     tg.start_soon(drain, producer)
             for entry in self._queues.values():
                 entry.scope.cancel()
+            # A producer stopped mid-fetch hands its acks back to the completer as it ends:
+            # wait for that before the final flush, or those acks would be lost.
+            with anyio.move_on_after(5):
+                for entry in self._queues.values():
+                    await entry.stopped.wait()
             for queue, ids in orphaned.items():
                 _log.warning(
                     "pgqueue: %d jobs of queue %r still running at shutdown; left for the lifeline",
@@ -374,6 +386,8 @@ class Runtime:
         running.producer.stop_fetching()
         left = await running.producer.wait_drained(self.shutdown_grace_period)
         running.scope.cancel()
+        with anyio.move_on_after(5):
+            await running.stopped.wait()
         self._queues.pop(queue, None)
         await _quietly(self.completer.flush(), "flush acks")
         await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
