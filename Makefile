@@ -56,3 +56,9 @@ fmt: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist
+
+# The reliability proof suite (chaos/): crash storms, outages, frozen nodes, a soak, hostile input.
+# Every scenario in full (about 25 min); SHORT=1 for the short form CI runs (a few minutes).
+# The table goes to stdout and to benchmarks/results/chaos-*; a lost job fails the target.
+chaos: setup
+	$(PY) -m chaos $(if $(SHORT),--short,)

@@ -20,6 +20,7 @@ like password, token, secret) are never logged.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -73,7 +74,9 @@ class Settings:
 def _number(data: Mapping[str, Any], key: str, *, integer: bool = False, minimum: float = 0) -> Any:
     value = data[key]
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+    # TOML has inf and nan; neither is a duration (nan even passes the comparison below).
+    not_finite = isinstance(value, float) and not math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not_finite or value < minimum:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{key} must be {kind} >= {minimum:g}, got {value!r}")
     return value
@@ -147,4 +150,6 @@ def load_settings(
             raise ConfigError(f"can't read config file {file}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        except ValueError as exc:  # a path the OS can't take, such as one with a NUL in it
+            raise ConfigError(f"can't read config file {str(file)!r}: {exc}") from None
     return parse_settings(data, env)

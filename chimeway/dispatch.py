@@ -14,11 +14,15 @@ Job args hold only ``delivery_id``; the delivery row is the truth. On each run:
    * delivered → success;
    * permanent or bounced → success (the delivery is already cancelled with its reason);
    * temporary with attempts left → failure, so the queue retries it with its backoff;
-   * temporary on the final attempt (``attempt == max_attempts``) → ``exhaust_delivery``
+   * temporary on the final attempt (attempt :data:`DELIVERY_ATTEMPTS`, 5) → ``exhaust_delivery``
      (cancelled, ``retries_exhausted``), then success: the job ends ``completed``, not
      ``discarded``, and the delivery row holds the explanation;
    * an unclassifiable result → :class:`UnhandledOutcomeError` (retried), or exhausted when it
      happens on the final attempt.
+
+The job itself may run up to :data:`CRASH_ALLOWANCE` times more than the delivery's budget; those
+runs only happen when a run on or after the final attempt ended without reaching step 7 (a killed
+worker, or the database gone mid-run): see :data:`CRASH_ALLOWANCE`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from .models import Delivery, Notification
 from .states import Reason
 
 __all__ = [
+    "CRASH_ALLOWANCE",
+    "DELIVERY_ATTEMPTS",
     "QUEUE",
     "ChannelRoute",
     "DispatchWorker",
@@ -55,6 +61,14 @@ __all__ = [
 ]
 
 QUEUE = "chimeway_delivery"
+#: The retry budget: the fifth attempt is the final one (a temporary failure then exhausts it).
+DELIVERY_ATTEMPTS = 5
+#: Spare runs of the job beyond the budget, for crashes. A worker killed during the final attempt
+#: leaves its job to the lifeline, which discards a job that has no attempts left: the delivery
+#: would then stay ``dispatched`` forever, never ended or explained (found by ``make chaos``).
+#: With spare attempts the rescued job runs again, re-sends under the same idempotency key, and
+#: still ends the delivery.
+CRASH_ALLOWANCE = 5
 _log = logging.getLogger("chimeway.delivery")
 
 
@@ -160,7 +174,8 @@ class Dispatcher:
 
     def _result(self, session: Session, recorded: deliveries.RecordedAttempt, job: pgqueue.Job) -> Any:
         delivery, attempt = recorded.delivery, recorded.attempt
-        final = job.attempt >= job.max_attempts
+        budget = min(job.max_attempts, DELIVERY_ATTEMPTS)
+        final = job.attempt >= budget
         if attempt.outcome == "succeeded":
             return None
         if attempt.error_class in ("permanent", "bounced") and delivery.status == "cancelled":
@@ -172,9 +187,7 @@ class Dispatcher:
                 self._log(delivery, attempt.attempt_number)
                 return None
             return pgqueue.Error(f"adapter_temporary: {_summary(attempt.provider_response)}")
-        raise UnhandledOutcomeError(
-            delivery.id, attempt.outcome, attempt.error_class, job.attempt, job.max_attempts
-        )
+        raise UnhandledOutcomeError(delivery.id, attempt.outcome, attempt.error_class, job.attempt, budget)
 
     def _log(self, delivery: Delivery, attempt_number: int | None) -> None:
         # One structured line per delivery outcome; ids and classes only, never content.
@@ -242,7 +255,7 @@ def current_dispatcher() -> Dispatcher:
 class DispatchWorker(
     pgqueue.Worker,
     queue=QUEUE,
-    max_attempts=5,
+    max_attempts=DELIVERY_ATTEMPTS + CRASH_ALLOWANCE,
     unique={"fields": ["args"], "keys": ["delivery_id"], "period": 60},
     name="chimeway.dispatch.DispatchWorker",
 ):

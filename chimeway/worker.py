@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"chimeway.worker: {exc}", file=sys.stderr)
+        # One line even when a flag or path carries a newline (argparse echoes arguments raw).
+        message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(exc))
+        print(f"chimeway.worker: {message}", file=sys.stderr)
         return EXIT_CONFIG
     _configure_logging(args.log_format, args.log_level)
     try:

@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped: argparse echoes raw arguments, newlines included."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -310,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return int(args.handler(args))
     except _UsageError as exc:
-        print(f"pgqueue: {exc}", file=sys.stderr)
+        print(f"pgqueue: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except psycopg.OperationalError as exc:
         print(f"pgqueue: cannot reach the database: {_first_line(exc)}", file=sys.stderr)

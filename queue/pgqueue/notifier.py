@@ -135,7 +135,9 @@ def decode_payload(text: str) -> Payload | None:
     """The JSON object in ``text``, or None when it is not JSON or not an object."""
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: anyone may pg_notify a payload nested thousands of levels deep; it must
+        # be dropped like any other garbage, not take the listening connection down with it.
         return None
     return value if isinstance(value, dict) else None
 

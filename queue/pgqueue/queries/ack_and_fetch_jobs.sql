@@ -20,10 +20,13 @@ acked AS (
         errors = CASE WHEN a.error IS NULL THEN j.errors
                       ELSE j.errors || jsonb_build_array(jsonb_build_object(
                           'attempt', j.attempt, 'at', now(), 'error', a.error)) END,
-        meta = CASE WHEN a.state = 'scheduled'
+        -- Guarded as in ack_jobs: a hand-written meta that is not an object, or a snoozed count
+        -- that is not a number, must not fail the statement (and with it the acks and the fetch).
+        meta = CASE WHEN a.state = 'scheduled' AND jsonb_typeof(j.meta) = 'object'
                     THEN jsonb_set(j.meta || coalesce(a.meta, jsonb_build_object()), ARRAY['snoozed'],
-                                   to_jsonb(coalesce((j.meta ->> 'snoozed')::integer, 0) + 1))
-                    WHEN a.meta IS NULL THEN j.meta
+                                   to_jsonb(CASE WHEN jsonb_typeof(j.meta -> 'snoozed') = 'number'
+                                                 THEN floor((j.meta ->> 'snoozed')::numeric) ELSE 0 END + 1))
+                    WHEN a.state = 'scheduled' OR a.meta IS NULL THEN j.meta
                     ELSE j.meta || a.meta END
     FROM acks AS a
     -- the fence; re-checked against the newest row version if a concurrent commit changed it

@@ -26,10 +26,13 @@ SET state = t.new_state,
     errors = CASE WHEN t.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(jsonb_build_object(
                       'attempt', j.attempt, 'at', now(), 'error', t.error)) END,
-    meta = CASE WHEN t.new_state = 'scheduled'
+    -- Guarded like the lifeline's rescue: a hand-written meta that is not an object, or a snoozed
+    -- count that is not a number, must not fail the statement and with it every ack in the batch.
+    meta = CASE WHEN t.new_state = 'scheduled' AND jsonb_typeof(j.meta) = 'object'
                 THEN jsonb_set(j.meta || coalesce(t.meta, jsonb_build_object()), ARRAY['snoozed'],
-                               to_jsonb(coalesce((j.meta ->> 'snoozed')::integer, 0) + 1))
-                WHEN t.meta IS NULL THEN j.meta
+                               to_jsonb(CASE WHEN jsonb_typeof(j.meta -> 'snoozed') = 'number'
+                                             THEN floor((j.meta ->> 'snoozed')::numeric) ELSE 0 END + 1))
+                WHEN t.new_state = 'scheduled' OR t.meta IS NULL THEN j.meta
                 ELSE j.meta || t.meta END
 FROM target AS t
 -- repeated here because a row changed by a concurrent commit is re-checked against this WHERE only

@@ -27,7 +27,13 @@ rescued AS (
                           'attempt', j.attempt, 'at', now(),
                           'error', 'rescued after its node stopped heartbeating, with no attempts left'))
                  END,
-        meta = jsonb_set(j.meta, ARRAY['rescued'], to_jsonb(coalesce((j.meta ->> 'rescued')::integer, 0) + 1))
+        -- Guarded: a row written by hand may carry a meta that is not an object, or a rescued count
+        -- that is not a number; either would fail this statement, and with it every rescue.
+        meta = CASE WHEN jsonb_typeof(j.meta) = 'object'
+                    THEN jsonb_set(j.meta, ARRAY['rescued'], to_jsonb(
+                        CASE WHEN jsonb_typeof(j.meta -> 'rescued') = 'number'
+                             THEN floor((j.meta ->> 'rescued')::numeric) ELSE 0 END + 1))
+                    ELSE j.meta END
     FROM orphans
     WHERE j.id = orphans.id
     RETURNING j.id, j.queue, j.state
