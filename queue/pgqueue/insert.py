@@ -12,7 +12,6 @@ keys, applies ``replace`` and the uniqueness period, and returns the existing jo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -48,7 +47,7 @@ class UniqueConflictError(PgQueueError):
 
 def _job(row: Sequence[Any], *, conflict: bool = False) -> Job:
     job = Job(*row[:_JOB_WIDTH])
-    return dataclasses.replace(job, conflict=True) if conflict else job
+    return job._replace(conflict=True) if conflict else job
 
 
 @dataclass
@@ -172,7 +171,7 @@ class _Plan:
         for index, earlier in self.duplicates.items():
             original = self.results[earlier]
             assert original is not None
-            self.results[index] = dataclasses.replace(original, conflict=True)
+            self.results[index] = original._replace(conflict=True)
         return [job for job in self.results if job is not None]
 
 

@@ -376,7 +376,7 @@ def _describe(jobs: Sequence[Job], keys: Sequence[str]) -> str:
     if not jobs:
         return "no jobs are enqueued"
     shown = [
-        {k: getattr(j, k) for k in (keys or ("worker", "queue", "args")) if k in Job.__dataclass_fields__}
+        {k: getattr(j, k) for k in (keys or ("worker", "queue", "args")) if k in Job._fields}
         for j in jobs
     ]
     return "enqueued jobs:\n" + "\n".join(f"  {s}" for s in shown[:20])
@@ -443,7 +443,7 @@ def _commit_snapshot(target: Any) -> None:
 def _inline_job(execution: Execution) -> Job:
     job, ack = execution.job, execution.ack
     now = datetime.now(UTC)
-    fields = {name: getattr(job, name) for name in Job.__dataclass_fields__}
+    fields = {name: getattr(job, name) for name in Job._fields}
     fields["state"] = ack.state.value
     if ack.error is not None:
         fields["errors"] = [*job.errors, {"attempt": job.attempt, "at": now.isoformat(), "error": ack.error}]
