@@ -144,6 +144,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         plugins=plugins,
         shutdown_grace_period=args.shutdown_grace,
         heartbeat_interval=args.heartbeat_interval,
+        synchronous_acks=args.synchronous_acks,
     )
     runtime.run()
     return 0
@@ -265,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="rescue a dead node's jobs after its heartbeats stop this long",
     )
     start.add_argument("--heartbeat-interval", type=_positive, default=2.0, metavar="SECONDS")
+    start.add_argument(
+        "--synchronous-acks",
+        action="store_true",
+        help="make every claim and ack wait for its WAL flush (fewer re-runs after a database crash)",
+    )
     start.add_argument(
         "--prune-after",
         type=_positive,

@@ -2,9 +2,10 @@
 
 Executors hand it an :class:`~pgqueue.executor.Ack` and move on; the completer writes what has
 gathered every few milliseconds (or as soon as ``max_batch`` acks wait) with the fenced
-``ack_jobs`` statement. A database error keeps the batch and retries it with backoff, so an outage
-delays acks but loses none. A crash loses at most the acks not yet written: those jobs are still
-``executing`` in the database, so the lifeline rescues them and they run again (at least once).
+``fetch_jobs`` statement, claiming nothing. A database error keeps the batch and retries it with
+backoff, so an outage delays acks but loses none. A crash loses at most the acks not yet
+written: those jobs are still ``executing`` in the database, so the lifeline rescues them and
+they run again (at least once).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ class Completer:
         *,
         max_batch: int = 1000,
         max_delay: float = 0.002,
+        async_commit: bool = False,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.pool = pool
         self.queries = queries_for(schema)
         self.max_batch = max_batch
         self.max_delay = max_delay
+        self.async_commit = async_commit
         self.clock = clock
         self._pending: list[Ack] = []
         self._wakeup = Wakeup(clock)
@@ -77,9 +80,10 @@ class Completer:
                 self._idle = anyio.Event()
             self._wakeup.set()
 
-    def taken_written(self, count: int) -> None:
-        """A producer wrote ``count`` taken acks; settle the books (and ``wait_idle``)."""
-        self.written += count
+    def taken_written(self, count: int, acked: int) -> None:
+        """A producer wrote ``count`` taken acks, of which ``acked`` passed the fence; settle the
+        books (and ``wait_idle``)."""
+        self._count(count, acked)
         if not self._pending:
             self._idle.set()
 
@@ -123,16 +127,21 @@ class Completer:
         """Return once every ack handed in so far has been written."""
         await self._idle.wait()
 
+    def _count(self, count: int, acked: int) -> None:
+        self.written += acked
+        self.rejected += count - acked
+        if acked < count:
+            # The fence refused some: those jobs were rescued, cancelled or re-run meanwhile.
+            _log.debug("pgqueue completer: %d of %d acks were fenced out", count - acked, count)
+
     async def _write(self, batch: list[Ack]) -> None:
         started = self.clock.monotonic()
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(self.queries.ack_jobs, ack_params(batch))
-            acked = len(await cursor.fetchall())
-        self.written += acked
-        self.rejected += len(batch) - acked
-        if acked < len(batch):
-            # The fence refused some: those jobs were rescued, cancelled or re-run meanwhile.
-            _log.debug("pgqueue completer: %d of %d acks were fenced out", len(batch) - acked, len(batch))
+            params = ack_params(batch, async_commit=self.async_commit)
+            cursor = await conn.execute(self.queries.fetch_jobs, params)
+            row = await cursor.fetchone()
+        acked = int(row[0]) if row is not None else 0
+        self._count(len(batch), acked)
         telemetry.emit(
             ("completer", "flush"),
             {"duration": self.clock.monotonic() - started, "count": len(batch), "acked": acked},

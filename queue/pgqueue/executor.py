@@ -15,10 +15,10 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
+import orjson
 
 from . import telemetry
 from .backoff import default_backoff
@@ -43,8 +43,7 @@ class Outcome:
     SNOOZED = "snoozed"
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(NamedTuple):
     """What to write for one finished attempt; applied only if the job still runs this attempt."""
 
     job_id: int
@@ -56,20 +55,39 @@ class Ack:
     error: str | None = None
 
 
-def ack_params(acks: Sequence[Ack]) -> dict[str, list[Any]]:
-    """The parameters of ``queries/ack_jobs.sql`` for a batch of acks: one array per column."""
+def ack_params(
+    acks: Sequence[Ack],
+    *,
+    queue: str = "",
+    demand: int = 0,
+    node: str = "",
+    producer: str = "",
+    async_commit: bool = False,
+) -> dict[str, Any]:
+    """The parameters of ``queries/fetch_jobs.sql``: ``acks`` to write and what to claim (by
+    default nothing: an ack-only statement). The acks travel as one JSON document.
+
+    ``async_commit`` lets the statement's commit skip waiting for its WAL flush (see
+    ``Runtime(synchronous_acks=...)``); without it the connection's own setting applies."""
+    document = []
+    for ack in acks:
+        item: dict[str, Any] = {"id": ack.job_id, "attempt": ack.attempt, "state": ack.state}
+        if ack.delay:
+            item["delay"] = float(ack.delay)
+        if ack.error is not None:
+            item["error"] = ack.error
+        document.append(item)
     return {
-        "id": [a.job_id for a in acks],
-        "attempt": [a.attempt for a in acks],
-        "state": [a.state.value for a in acks],
-        "delay": [float(a.delay) for a in acks],
-        "error": [a.error for a in acks],
-        "meta": [None] * len(acks),
+        "acks": orjson.dumps(document).decode(),
+        "queue": queue,
+        "demand": demand,
+        "node": node,
+        "producer": producer,
+        "async_commit": async_commit,
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Execution:
+class Execution(NamedTuple):
     """The full story of one attempt, for the caller and for telemetry."""
 
     job: Job
@@ -262,6 +280,10 @@ class Executor:
 
     def _classify(self, worker: Worker, job: Job, result: Any, started: float) -> Execution:
         duration = self.clock() - started
+        if result is None:  # the common case first: perform returned nothing, the job is done
+            return Execution(
+                job, Ack(job.id, job.attempt, JobState.COMPLETED), Outcome.SUCCESS, None, None, duration
+            )
         if isinstance(result, Snooze):
             ack = Ack(job.id, job.attempt, JobState.SCHEDULED, delay=result.seconds)
             return Execution(job, ack, Outcome.SNOOZED, result, duration=duration)

@@ -65,14 +65,16 @@ class QueueConfig:
         return cls(limit, paused)
 
 
-@dataclass
 class _Running(Cancellation):
-    job: Job
-    started: float
-    task: asyncio.Task[None] | None = None
+    """A job running here: what ``cancel_job`` and ``check_queue`` need to find it."""
 
-    def __post_init__(self) -> None:
-        Cancellation.__init__(self)
+    __slots__ = ("job", "started", "task")
+
+    def __init__(self, job: Job, started: float) -> None:
+        self.requested = False
+        self.job = job
+        self.started = started
+        self.task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -89,9 +91,8 @@ class Producer:
     #: called once before the first fetch, so the lifeline knows this producer is alive
     register: Callable[[Producer], Awaitable[None]]
     poll_interval: float = 1.0
-    #: after a job finishes, wait up to this long for more slots to free before fetching, so a
-    #: queue of fast jobs fetches in batches instead of one round trip per finished job
-    dispatch_cooldown: float = 0.0
+    #: commit claims and acks without waiting for the WAL flush (see Runtime's synchronous_acks)
+    async_commit: bool = False
     max_backlog: int = 10_000
     clock: Clock = SYSTEM_CLOCK
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -169,10 +170,6 @@ class Producer:
         try:
             while True:
                 await self._wakeup.wait(self.poll_interval)
-                if 0 < self._demand() < self.config.limit // 2 and self.dispatch_cooldown > 0:
-                    # Only a few slots are free (jobs are finishing one by one): let a few more
-                    # finish and take them all in one fetch. An idle queue fetches at once.
-                    await self.clock.sleep(self.dispatch_cooldown)
                 try:
                     await self._dispatch()
                     failures = 0
@@ -208,32 +205,38 @@ class Producer:
         if demand <= 0:
             return
         started = self.clock.monotonic()
-        params = {"queue": self.queue, "demand": demand, "node": self.node, "producer": self.uuid}
         # Acks waiting in the completer ride along with this fetch: one round trip for both.
         acks = self.completer.take()
+        params = ack_params(
+            acks,
+            queue=self.queue,
+            demand=demand,
+            node=self.node,
+            producer=self.uuid,
+            async_commit=self.async_commit,
+        )
         try:
             async with self.pool.connection() as conn:
                 cursor = conn.cursor(row_factory=tuple_row)
-                if acks:
-                    await cursor.execute(self.queries.ack_and_fetch_jobs, {**params, **ack_params(acks)})
-                else:
-                    await cursor.execute(self.queries.fetch_jobs, params)
+                await cursor.execute(self.queries.fetch_jobs, params)
                 rows = await cursor.fetchall()
         except BaseException:
             self.completer.give_back(acks)
             raise
         if acks:
-            self.completer.taken_written(len(acks))
+            self.completer.taken_written(len(acks), rows[0][0])
+        if rows[0][1] is None:
+            rows = []  # nothing claimed: the one row only carries the ack count
         self.fetched += len(rows)
         loop = asyncio.get_running_loop()
         now = self.clock.monotonic()
         for row in rows:
-            job = Job(*row)
+            job = Job(*row[1:])
             running = _Running(job, now)
             self.running[job.id] = running
             # A plain asyncio task per job (not an anyio task group child): spawning one costs a
             # fraction, and this is the hottest path of the node.
-            running.task = loop.create_task(self._execute(job, running), name=f"pgqueue job {job.id}")
+            running.task = loop.create_task(self._execute(job, running))
         telemetry.emit(
             ("producer", "fetch"),
             {"duration": self.clock.monotonic() - started, "count": len(rows)},

@@ -233,14 +233,14 @@ def drain_queue(
             while remaining > 0:
                 if with_scheduled:
                     cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
-                params = {"queue": queue, "demand": remaining, "node": "drain", "producer": producer}
-                jobs = [Job(*row) for row in cur.execute(queries.fetch_jobs, params).fetchall()]
+                params = ack_params([], queue=queue, demand=remaining, node="drain", producer=producer)
+                jobs = _claimed(cur.execute(queries.fetch_jobs, params).fetchall())
                 conn.commit()
                 if not jobs:
                     break
                 for job in jobs:
                     execution = anyio.run(_execute, executor, job, with_safety)
-                    cur.execute(queries.ack_jobs, ack_params([execution.ack]))
+                    cur.execute(queries.fetch_jobs, ack_params([execution.ack]))
                     conn.commit()
                     result.count(execution)
                 remaining -= len(jobs)
@@ -250,6 +250,11 @@ def drain_queue(
         if own:
             conn.close()
     return result
+
+
+def _claimed(rows: list[tuple[Any, ...]]) -> list[Job]:
+    """The jobs of a ``fetch_jobs`` result (its first column is the count of acks written)."""
+    return [Job(*row[1:]) for row in rows if row[1] is not None]
 
 
 async def _execute(executor: Executor, job: Job, safe: bool) -> Execution:
@@ -280,15 +285,15 @@ async def adrain_queue(
             while remaining > 0:
                 if with_scheduled:
                     await cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
-                params = {"queue": queue, "demand": remaining, "node": "drain", "producer": producer}
+                params = ack_params([], queue=queue, demand=remaining, node="drain", producer=producer)
                 await cur.execute(queries.fetch_jobs, params)
-                jobs = [Job(*row) for row in await cur.fetchall()]
+                jobs = _claimed(await cur.fetchall())
                 await conn.commit()
                 if not jobs:
                     break
                 for job in jobs:
                     execution = await executor.execute(job, safe=with_safety)
-                    await cur.execute(queries.ack_jobs, ack_params([execution.ack]))
+                    await cur.execute(queries.fetch_jobs, ack_params([execution.ack]))
                     await conn.commit()
                     result.count(execution)
                 remaining -= len(jobs)
@@ -376,8 +381,7 @@ def _describe(jobs: Sequence[Job], keys: Sequence[str]) -> str:
     if not jobs:
         return "no jobs are enqueued"
     shown = [
-        {k: getattr(j, k) for k in (keys or ("worker", "queue", "args")) if k in Job._fields}
-        for j in jobs
+        {k: getattr(j, k) for k in (keys or ("worker", "queue", "args")) if k in Job._fields} for j in jobs
     ]
     return "enqueued jobs:\n" + "\n".join(f"  {s}" for s in shown[:20])
 
