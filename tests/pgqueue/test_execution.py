@@ -15,6 +15,7 @@ from psycopg import sql
 import pgqueue
 from pgqueue.executor import Ack, ack_params
 from pgqueue.job import JobState
+from pgqueue.runtime import Runtime
 from pgqueue.store import queries_for
 from pgqueue.testing import drain_queue
 
@@ -169,7 +170,8 @@ def ack(conn: psycopg.Connection[Any], schema: str, acks: list[Ack]) -> int:
     """Write ``acks``; how many passed the fence."""
     rows = conn.execute(queries_for(schema).fetch_jobs, ack_params(acks)).fetchall()
     conn.commit()
-    assert len(rows) == 1 and rows[0][1] is None, "an ack-only statement claims nothing"
+    assert len(rows) == 1, "an ack-only statement returns its count alone"
+    assert rows[0][1] is None, "an ack-only statement claims nothing"
     return int(rows[0][0])
 
 
@@ -262,3 +264,23 @@ def test_one_ack_statement_records_many_outcomes(conn: psycopg.Connection[Any], 
     assert acked == 4
     states = {j.id: j.state for j in pgqueue.all_jobs(conn, schema=schema)}
     assert states == {a.id: "completed", b.id: "retryable", c.id: "cancelled", d.id: "discarded"}
+
+
+def test_async_commit_applies_to_the_fetch_transaction_only(
+    conn: psycopg.Connection[Any], schema: str
+) -> None:
+    show = "SELECT current_setting('synchronous_commit')"
+    queries = queries_for(schema)
+    conn.execute(queries.fetch_jobs, ack_params([], queue="alpha", demand=1, async_commit=True))
+    assert conn.execute(show).fetchone() == ("off",), "the claim's own transaction skips the flush wait"
+    conn.commit()
+    assert conn.execute(show).fetchone() == ("on",), "set_config(…, true) ends with the transaction"
+    conn.execute(queries.fetch_jobs, ack_params([], queue="alpha", demand=1))
+    assert conn.execute(show).fetchone() == ("on",), "synchronous: the connection's setting stands"
+    conn.rollback()
+
+
+def test_runtime_passes_synchronous_acks_to_its_producers_and_completer(dsn: str, schema: str) -> None:
+    durable = Runtime(dsn, schema=schema, queues={"alpha": 1}, synchronous_acks=True)
+    fast = Runtime(dsn, schema=schema, queues={"alpha": 1})
+    assert (durable.completer.async_commit, fast.completer.async_commit) == (False, True)
