@@ -2,7 +2,10 @@
 
 As a user would run it: ``pgqueue.Runtime`` with one queue whose limit is the concurrency, the
 default plugins (stager, lifeline), the default pool, an ``async def perform``, and uvloop (as the
-peers that offer it use it). Enqueue: ``pgqueue.insert`` per transaction, and ``insert_all`` (one
+peers that offer it use it). Two variants: ``default`` (claims and acks commit without waiting for
+the WAL flush, so a database crash may re-run a job but never loses one) and ``durable``
+(``synchronous_acks=True``: every claim and ack waits for its flush, as a peer's ``durable`` mode).
+Enqueue: ``pgqueue.insert`` per transaction, and ``insert_all`` (one
 statement for the whole batch).
 """
 
@@ -44,8 +47,15 @@ def info(_: benchkit.Task) -> benchkit.Result:
             {
                 "name": "default",
                 "scales": True,
-                "settings": "Runtime(queues={'bench': C}), default plugins and pool, async perform, uvloop",
-            }
+                "settings": "Runtime(queues={'bench': C}), default plugins and pool, async perform, uvloop; "
+                "claims and acks commit asynchronously (the default)",
+            },
+            {
+                "name": "durable",
+                "scales": True,
+                "settings": "as default, with synchronous_acks=True: "
+                "every claim and ack waits for its WAL flush",
+            },
         ],
         latency_variant="default",
         done_sql="SELECT count(*) FROM jobs WHERE state = 'completed'",
@@ -84,8 +94,10 @@ def enqueue(task: benchkit.Task) -> benchkit.Result:
 def work(task: benchkit.Task) -> benchkit.Result:
     concurrency = int(task.get("concurrency") or 10)
 
+    durable = task.get("variant") == "durable"
+
     async def main() -> None:
-        async with Runtime(task["dsn"], queues={QUEUE: concurrency}):
+        async with Runtime(task["dsn"], queues={QUEUE: concurrency}, synchronous_acks=durable):
             await benchkit.hold()
 
     anyio.run(main, backend_options={"use_uvloop": True})
