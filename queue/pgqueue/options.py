@@ -133,21 +133,24 @@ def encode_json_object(value: object, name: str) -> str:
     # decoding it again and comparing catches what it would silently change (NaN becomes null,
     # tuples become lists, datetimes become strings).
     try:
-        encoded = orjson.dumps(value)
+        text = orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
         return _encode_json_object_slowly(value, name)  # e.g. integers beyond 64 bits
-    if orjson.loads(encoded) != value:
+    if orjson.loads(text) != value:
         raise TypeError(f"{name} must round-trip through JSON unchanged (use str keys, lists not tuples)")
-    if _NUL.search(encoded):
+    # Bulk inserts call this once per job, so the regexes run only when a cheap substring test on
+    # the str says they could match (a substring test on str is ~10x cheaper than on bytes or a
+    # regex search); almost no document contains an escaped NUL or an exponent.
+    if "\\u0000" in text and _NUL.search(text):
         raise TypeError(f"{name} must not contain NUL characters (jsonb can't store them)")
-    if _EXPONENT.search(encoded):
+    if "e+" in text and _EXPONENT.search(text):
         _refuse_inexact_floats(value, name)
-    return encoded.decode()
+    return text
 
 
-_EXPONENT = re.compile(rb"[0-9]e\+")
+_EXPONENT = re.compile(r"[0-9]e\+")
 # An escaped NUL (\u0000), not preceded by an escaped backslash (a literal "\\u0000" is fine).
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _encode_json_object_slowly(value: dict[Any, Any], name: str) -> str:
@@ -156,10 +159,10 @@ def _encode_json_object_slowly(value: dict[Any, Any], name: str) -> str:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must contain only JSON values: {exc}") from None
     try:
-        encoded = text.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         raise TypeError(f"{name} must not contain unpaired surrogate characters") from None
-    if _NUL.search(encoded):
+    if _NUL.search(text):
         raise TypeError(f"{name} must not contain NUL characters (jsonb can't store them)")
     if json.loads(text) != value:
         raise TypeError(f"{name} must round-trip through JSON unchanged (use str keys, lists not tuples)")

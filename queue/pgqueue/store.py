@@ -4,12 +4,18 @@ Each statement is one file in ``queries/`` (``queries/fetch_jobs.sql`` is the fe
 loads them and renders them for one schema: the files refer to pgqueue's objects through
 placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.sql`:
 
-==============  ==============================================
-``{jobs}``      the jobs table
-``{job_state}`` the job state enum type (for casts)
-``{producers}`` the producers (heartbeat) table
-``{leaders}``   the leader lease table
-==============  ==============================================
+=============== ==============================================
+``{jobs}``       the jobs table
+``{jobs_name}``  the jobs table's quoted name as a string literal, for functions that take a
+                 table by name (``pg_get_serial_sequence``)
+``{job_state}``  the job state enum type (for casts)
+``{producers}``  the producers (heartbeat) table
+``{leaders}``    the leader lease table
+=============== ==============================================
+
+Two kinds of file take one more placeholder, filled per call: ``*.filtered.sql`` a ``{where}``
+condition (see :func:`filtered`) and ``*.columns.sql`` a ``{columns}`` list (see
+:func:`with_columns`).
 
 Values are always parameters (``%(name)s``). Because the files are ``str.format``-style templates,
 a literal brace must be doubled, and a literal ``%`` is written ``%%``; prefer
@@ -32,10 +38,20 @@ from psycopg import sql
 
 from .migrate import validate_schema_name
 
-__all__ = ["JobFilter", "Queries", "channel_name", "drop_index", "filtered", "queries_for", "reindex_index"]
+__all__ = [
+    "JobFilter",
+    "Queries",
+    "channel_name",
+    "drop_index",
+    "filtered",
+    "queries_for",
+    "reindex_index",
+    "with_columns",
+]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
 _FILTERED_RE = re.compile(r"^[a-z][a-z0-9_]*\.filtered\.sql$")
+_COLUMNS_RE = re.compile(r"^[a-z][a-z0-9_]*\.columns\.sql$")
 _MAX_CHANNEL_BYTES = 63
 
 
@@ -43,13 +59,22 @@ def _load_templates(pattern: re.Pattern[str]) -> dict[str, str]:
     templates: dict[str, str] = {}
     for entry in (files("pgqueue") / "queries").iterdir():
         if pattern.match(entry.name):
-            templates[entry.name.split(".", 1)[0]] = entry.read_text(encoding="utf-8")
+            templates[entry.name.split(".", 1)[0]] = _without_comment_lines(entry.read_text(encoding="utf-8"))
     return templates
+
+
+def _without_comment_lines(text: str) -> str:
+    # The files explain themselves at length; the server needn't read that on every call, and
+    # psycopg caches its parse of a query only up to 4 KiB (the fetch is run thousands of times a
+    # second). Only whole-line comments go: a trailing `--` could sit inside a string literal.
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 
 _TEMPLATES = _load_templates(_NAME_RE)
 #: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
 _FILTERED = _load_templates(_FILTERED_RE)
+#: statements with a ``{columns}`` placeholder, completed per call with a list of column names
+_WITH_COLUMNS = _load_templates(_COLUMNS_RE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +95,10 @@ class Queries:
 
 
 def _render(template: str, schema: str, **extra: sql.Composable) -> str:
+    jobs = sql.Identifier(schema, "jobs")
     composed = sql.SQL(template).format(
-        jobs=sql.Identifier(schema, "jobs"),
+        jobs=jobs,
+        jobs_name=sql.Literal(jobs.as_string(None)),
         job_state=sql.Identifier(schema, "job_state"),
         producers=sql.Identifier(schema, "pgqueue_producers"),
         leaders=sql.Identifier(schema, "pgqueue_leaders"),
@@ -163,6 +190,15 @@ def filtered(name: str, schema: str, job_filter: JobFilter) -> tuple[str, dict[s
     validate_schema_name(schema)
     where, params = job_filter.where()
     return _render(_FILTERED[name], schema, where=where), params
+
+
+@functools.lru_cache(maxsize=256)
+def with_columns(name: str, schema: str, columns: tuple[str, ...]) -> str:
+    """The statement ``queries/<name>.columns.sql`` for ``schema``, listing ``columns`` (quoted)."""
+    validate_schema_name(schema)
+    return _render(
+        _WITH_COLUMNS[name], schema, columns=sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
 
 
 def reindex_index(schema: str, index: str) -> str:

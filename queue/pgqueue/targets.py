@@ -9,12 +9,21 @@ drivers are refused with a clear message rather than half-supported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["SyncExecutor", "async_connection", "sync_connection", "sync_executor"]
+if TYPE_CHECKING:
+    from sqlalchemy.engine.interfaces import AdaptedConnection
+
+__all__ = [
+    "SyncExecutor",
+    "async_connection",
+    "async_driver_bridge",
+    "sync_connection",
+    "sync_executor",
+]
 
 _SYNC_HINT = "a psycopg Connection or Cursor, or a SQLAlchemy Session or Connection"
 _ASYNC_HINT = "a psycopg AsyncConnection or AsyncCursor, or a SQLAlchemy AsyncSession or AsyncConnection"
@@ -58,6 +67,22 @@ def sync_executor(target: Any) -> SyncExecutor:
             return cur.fetchall() if cur.description else []
 
     return direct
+
+
+def async_driver_bridge(target: Any) -> AdaptedConnection | None:
+    """For a sync SQLAlchemy ``Session``/``Connection`` whose driver connection is async (one handed
+    out by ``AsyncSession.run_sync``), SQLAlchemy's adapted connection; else None.
+
+    Its ``run_async(fn)`` runs ``fn(psycopg AsyncConnection)`` to completion from synchronous
+    code, in the caller's transaction: the way to use what only the driver offers (``COPY``)
+    where ``exec_driver_sql`` is not enough.
+    """
+    sa_connection = _sqlalchemy_sync_connection(target)
+    if sa_connection is None:
+        return None
+    if isinstance(sa_connection.connection.driver_connection, psycopg.AsyncConnection):
+        return sa_connection.connection.dbapi_connection  # type: ignore[no-any-return]
+    return None
 
 
 _PSYCOPG_TYPES = (psycopg.Connection, psycopg.Cursor, psycopg.AsyncConnection, psycopg.AsyncCursor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,9 @@ import pgqueue
 from pgqueue.store import channel_name
 
 from .workers import Ok, UniqueDefault, UniqueForever
+
+# pgqueue.insert is also the name of the function the package exports.
+insert_module = importlib.import_module("pgqueue.insert")
 
 
 def count_jobs(dsn: str, schema: str, where: str = "true") -> int:
@@ -106,12 +110,29 @@ class CountingCursor(psycopg.Cursor[Any]):
         CountingCursor.statements += 1
         return super().execute(*args, **kwargs)
 
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        CountingCursor.statements += 1
+        return super().copy(*args, **kwargs)
 
-def test_insert_all_of_ten_thousand_jobs_is_one_statement(dsn: str, schema: str) -> None:
+
+def test_a_small_insert_all_is_one_statement(dsn: str, schema: str) -> None:
+    size = insert_module.COPY_THRESHOLD - 1
+    with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
+        CountingCursor.statements = 0
+        jobs = pgqueue.insert_all(conn, [Ok.new({"i": i}) for i in range(size)], schema=schema)
+        assert CountingCursor.statements == 1
+        conn.commit()
+    assert [j.args["i"] for j in jobs] == list(range(size))
+    assert count_jobs(dsn, schema) == size
+
+
+def test_insert_all_of_ten_thousand_jobs_is_two_statements(dsn: str, schema: str) -> None:
+    # A batch this large is written by COPY: one statement reserves the ids (and wakes the
+    # queue), the COPY itself is the second.
     with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
         CountingCursor.statements = 0
         jobs = pgqueue.insert_all(conn, [Ok.new({"i": i}) for i in range(10_000)], schema=schema)
-        assert CountingCursor.statements == 1
+        assert CountingCursor.statements == 2
         conn.commit()
     assert len(jobs) == 10_000
     assert [j.args["i"] for j in jobs] == list(range(10_000))

@@ -5,8 +5,8 @@ default plugins (stager, lifeline), the default pool, an ``async def perform``, 
 peers that offer it use it). Two variants: ``default`` (claims and acks commit without waiting for
 the WAL flush, so a database crash may re-run a job but never loses one) and ``durable``
 (``synchronous_acks=True``: every claim and ack waits for its flush, as a peer's ``durable`` mode).
-Enqueue: ``pgqueue.insert`` per transaction, and ``insert_all`` (one
-statement for the whole batch).
+Enqueue: ``pgqueue.insert`` per transaction, and ``insert_all`` (COPY for a batch of 200 or more
+jobs with no unique job among them).
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ def info(_: benchkit.Task) -> benchkit.Result:
                 "bulk": False,
                 "description": "pgqueue.insert(conn, job), autocommit",
             },
-            {"name": "bulk", "bulk": True, "description": "pgqueue.insert_all(conn, jobs): one statement"},
+            {
+                "name": "bulk",
+                "bulk": True,
+                "description": "pgqueue.insert_all(conn, jobs): ids reserved, then COPY",
+            },
         ],
         variants=[
             {
