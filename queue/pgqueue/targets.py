@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import tuple_row
 
 if TYPE_CHECKING:
@@ -64,7 +65,9 @@ def sync_executor(target: Any) -> SyncExecutor:
     def direct(query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         with conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(query, params)
-            return cur.fetchall() if cur.description else []
+            # (`cur.description` would build a Column per field on every call, just to ask this.)
+            result = cur.pgresult
+            return cur.fetchall() if result is not None and result.status == pq.ExecStatus.TUPLES_OK else []
 
     return direct
 

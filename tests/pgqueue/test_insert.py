@@ -126,6 +126,32 @@ def test_a_small_insert_all_is_one_statement(dsn: str, schema: str) -> None:
     assert count_jobs(dsn, schema) == size
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"schedule_in": 30}, {"scheduled_at": datetime(2031, 1, 2, 3, 4, 5, 6, tzinfo=UTC)}],
+    ids=["available", "schedule_in", "scheduled_at"],
+)
+def test_insert_of_one_plain_job_is_one_plain_statement_returning_the_row(
+    dsn: str, schema: str, options: dict[str, Any]
+) -> None:
+    job = Ok.new({"i": 1, "text": "tab\there"}, tags=["a", "b"], meta={"m": 1}, priority=3, **options)
+    with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
+        CountingCursor.statements = 0
+        saved = pgqueue.insert(conn, job, schema=schema)
+        assert CountingCursor.statements == 1
+        conn.commit()
+        assert pgqueue.get_job(conn, saved.id, schema=schema) == saved
+    assert saved.state == ("available" if not options else "scheduled")
+
+
+@pytest.mark.anyio
+async def test_ainsert_of_one_plain_job_returns_the_row(dsn: str, schema: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        saved = await pgqueue.ainsert(conn, Ok.new({"i": 2}, tags=["t"]), schema=schema)
+        await conn.commit()
+        assert await pgqueue.aget_job(conn, saved.id, schema=schema) == saved
+
+
 def test_insert_all_of_ten_thousand_jobs_is_two_statements(dsn: str, schema: str) -> None:
     # A batch this large is written by COPY: one statement reserves the ids (and wakes the
     # queue), the COPY itself is the second.
