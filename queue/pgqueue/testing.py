@@ -401,17 +401,12 @@ def assert_enqueued(
     **criteria: Any,
 ) -> Job:
     """Assert a matching job is enqueued (polling up to ``timeout`` seconds); return it."""
-    deadline = time.monotonic() + (timeout or 0)
-    while True:
-        found = all_enqueued(target, worker, schema=schema, **criteria)
+    for found in _poll_enqueued(target, worker, schema, timeout, criteria):
         if found:
             return found[0]
-        if time.monotonic() >= deadline:
-            wanted = _criteria(worker, dict(criteria))
-            everything = all_enqueued(target, schema=schema)
-            raise AssertionError(f"expected a job matching {wanted}; {_describe(everything, list(criteria))}")
-        _commit_snapshot(target)
-        time.sleep(0.01)
+    wanted = _criteria(worker, dict(criteria))
+    everything = all_enqueued(target, schema=schema)
+    raise AssertionError(f"expected a job matching {wanted}; {_describe(everything, list(criteria))}")
 
 
 def refute_enqueued(
@@ -423,12 +418,23 @@ def refute_enqueued(
     **criteria: Any,
 ) -> None:
     """Assert no matching job is enqueued, now and (with ``timeout``) for that many seconds."""
-    deadline = time.monotonic() + (timeout or 0)
-    while True:
-        found = all_enqueued(target, worker, schema=schema, **criteria)
+    for found in _poll_enqueued(target, worker, schema, timeout, criteria):
         if found:
             wanted = _criteria(worker, dict(criteria))
             raise AssertionError(f"expected no job matching {wanted}; {_describe(found, list(criteria))}")
+
+
+def _poll_enqueued(
+    target: Any,
+    worker: type[Worker] | str | None,
+    schema: str,
+    timeout: float | None,
+    criteria: dict[str, Any],
+) -> Iterator[list[Job]]:
+    """The matching jobs, read once, then every 10 ms until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + (timeout or 0)
+    while True:
+        yield all_enqueued(target, worker, schema=schema, **criteria)
         if time.monotonic() >= deadline:
             return
         _commit_snapshot(target)
