@@ -9,7 +9,7 @@ Job args hold only ``delivery_id``; the delivery row is the truth. On each run:
 4. Mark it dispatched and commit: no transaction stays open while the adapter runs.
 5. Call the channel's adapter (an exception from it counts as a temporary failure).
 6. ``record_attempt``: row lock, contiguous attempt number, state change, in one transaction.
-7. Map the recorded outcome to the job's result:
+7. Map the recorded outcome to the job's result, in the same transaction as step 6:
 
    * delivered → success;
    * permanent or bounced → success (the delivery is already cancelled with its reason);
@@ -167,10 +167,24 @@ class Dispatcher:
 
         with self.session_factory() as session:
             outcome = deliveries.AttemptOutcome(*classify(result), adapter=route.adapter.name)
+            # The attempt and what it decides (exhaustion, on the final one) commit together: a
+            # worker killed between two commits would leave a failed delivery with its budget
+            # spent, and the rescued job would send it once more than the budget allows.
+            session.begin()
             recorded = deliveries.record_attempt(session, delivery_id, outcome)
+            number = recorded.attempt.attempt_number
+            line = _outcome_fields(recorded.delivery, number)
+            try:
+                decided = finish(session, recorded)
+            except UnhandledOutcomeError:
+                session.commit()  # the attempt stays on record; the job retries
+                _log_outcome(line)
+                raise
             session.commit()
-            self._log(recorded.delivery, recorded.attempt.attempt_number)
-            return finish(session, recorded)
+            _log_outcome(line)
+            if recorded.delivery.status != line["status"]:
+                self._log(recorded.delivery, number)
+            return decided
 
     def _result(self, session: Session, recorded: deliveries.RecordedAttempt, job: pgqueue.Job) -> Any:
         delivery, attempt = recorded.delivery, recorded.attempt
@@ -182,23 +196,28 @@ class Dispatcher:
             return None
         if delivery.status == "failed" and (attempt.error_class == "temporary" or final):
             if final:
-                deliveries.exhaust_delivery(session, delivery)
-                session.commit()
-                self._log(delivery, attempt.attempt_number)
+                deliveries.exhaust_delivery(session, delivery)  # committed with the attempt
                 return None
             return pgqueue.Error(f"adapter_temporary: {_summary(attempt.provider_response)}")
         raise UnhandledOutcomeError(delivery.id, attempt.outcome, attempt.error_class, job.attempt, budget)
 
     def _log(self, delivery: Delivery, attempt_number: int | None) -> None:
-        # One structured line per delivery outcome; ids and classes only, never content.
-        fields = {
-            "delivery_id": str(delivery.id),
-            "channel": delivery.channel,
-            "status": delivery.status,
-            "suppression_reason": delivery.suppression_reason,
-            "attempt_number": attempt_number,
-        }
-        _log.info("delivery %s %s", fields["delivery_id"], fields["status"], extra={"fields": fields})
+        _log_outcome(_outcome_fields(delivery, attempt_number))
+
+
+def _outcome_fields(delivery: Delivery, attempt_number: int | None) -> dict[str, Any]:
+    # One structured line per delivery outcome; ids and classes only, never content.
+    return {
+        "delivery_id": str(delivery.id),
+        "channel": delivery.channel,
+        "status": delivery.status,
+        "suppression_reason": delivery.suppression_reason,
+        "attempt_number": attempt_number,
+    }
+
+
+def _log_outcome(fields: dict[str, Any]) -> None:
+    _log.info("delivery %s %s", fields["delivery_id"], fields["status"], extra={"fields": fields})
 
 
 def _deliver(route: ChannelRoute, context: DeliveryContext) -> object:

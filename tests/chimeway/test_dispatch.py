@@ -112,6 +112,33 @@ def test_temporary_failures_exhaust_on_the_final_attempt(
     assert attempts == [(n, "failed", "temporary") for n in range(1, 6)]
 
 
+def test_the_final_attempt_and_its_exhaustion_commit_together(
+    make_delivery: MakeDelivery,
+    new_session: SessionFactory,
+    test_adapter: TestAdapter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A run that dies between recording the final attempt and exhausting the delivery (here: the
+    # exhaustion fails) must leave neither, so its rerun records the fifth attempt, not a sixth.
+    delivery_id = make_delivery()
+    test_adapter.set_default(Failed("temporary"))
+    for attempt in range(1, 5):
+        run(delivery_id, attempt=attempt)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("worker died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dispatch.deliveries, "exhaust_delivery", crash)
+        with pytest.raises(RuntimeError, match="worker died"):
+            run(delivery_id, attempt=5)
+    assert len(state(new_session, delivery_id)[2]) == 4, "the fifth attempt was rolled back with it"
+    assert run(delivery_id, attempt=6) is None
+    status, reason, attempts = state(new_session, delivery_id)
+    assert (status, reason) == ("cancelled", "retries_exhausted")
+    assert [a[0] for a in attempts] == [1, 2, 3, 4, 5]
+
+
 def test_a_fresh_delivery_run_as_the_last_attempt_exhausts(
     make_delivery: MakeDelivery, new_session: SessionFactory, test_adapter: TestAdapter
 ) -> None:
