@@ -92,6 +92,22 @@ async def test_pruner_deletes_finished_jobs_older_than_max_age(
     assert state(conn, schema, waiting) == "available"
 
 
+async def test_pruner_catches_up_while_its_batches_come_back_full(
+    ctx: Any, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    for _ in range(3):
+        job = pgqueue.insert(conn, Ok.new({}), schema=schema)
+        update(conn, schema, job.id, "state = 'completed', completed_at = now() - interval '2 minutes'")
+    conn.commit()
+    pruner = Pruner(max_age=60, interval=30, limit=2, catch_up_interval=0.5)
+    assert pruner.next_delay(ctx.clock) == 30
+
+    assert (await pruner.run_once(ctx))["pruned_count"] == 2
+    assert pruner.next_delay(ctx.clock) == 0.5, "a full batch: more are waiting"
+    assert (await pruner.run_once(ctx))["pruned_count"] == 1
+    assert pruner.next_delay(ctx.clock) == 30, "caught up: back to the interval"
+
+
 def test_pruner_rejects_non_positive_settings() -> None:
     for bad in ({"max_age": 0}, {"interval": 0}, {"limit": 0}):
         with pytest.raises(pgqueue.ConfigError, match="pruner"):

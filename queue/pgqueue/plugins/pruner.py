@@ -17,24 +17,31 @@ __all__ = ["Pruner"]
 @dataclass
 class Pruner:
     """Leader-only; every ``interval`` seconds deletes at most ``limit`` jobs that finished
-    (completed, cancelled or discarded) more than ``max_age`` seconds ago."""
+    (completed, cancelled or discarded) more than ``max_age`` seconds ago.
+
+    A full batch means more are waiting: the next one follows after ``catch_up_interval``
+    instead, so a queue finishing more than ``limit / interval`` jobs a second (333 with the
+    defaults) doesn't outgrow its pruner, while each batch stays a short transaction.
+    """
 
     max_age: float | timedelta = 60.0
     interval: float = 30.0
     limit: int = 10_000
+    catch_up_interval: float = 1.0
     name: str = "pruner"
     leader_only: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.max_age, timedelta):
             self.max_age = self.max_age.total_seconds()
-        for field_name in ("max_age", "interval", "limit"):
+        for field_name in ("max_age", "interval", "limit", "catch_up_interval"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"pruner {field_name} must be a positive number, got {value!r}")
+        self._behind = False
 
     def next_delay(self, clock: Clock) -> float:
-        return float(self.interval)
+        return float(min(self.catch_up_interval, self.interval) if self._behind else self.interval)
 
     async def run_once(self, ctx: PluginContext) -> Mapping[str, Any]:
         async with ctx.pool.connection() as conn:
@@ -42,4 +49,5 @@ class Pruner:
                 ctx.queries.prune_jobs, {"max_age": self.max_age, "limit": int(self.limit)}
             )
             rows = await cursor.fetchall()
+        self._behind = len(rows) >= int(self.limit)
         return {"pruned_count": len(rows)}
