@@ -196,63 +196,38 @@ class Worker:
         if not isinstance(args, dict):
             args = dict(args) if isinstance(args, Mapping) else args
         args_json = opt.encode_json_object(args, "args")
-        # NewJob is built positionally in both paths: by keyword it costs twice as much.
-        if not options:
-            # The bulk-insert case, called once per job: every option is the class's, already
-            # validated when the class was defined, so only args needed checking, and the empty
-            # meta is "{}" without a trip through the encoder.
-            unique = cls.unique
-            empty_meta: dict[str, Any] = {}
-            key = (
-                None
-                if unique is None
-                else opt.unique_key(unique, worker=cls.name, queue=cls.queue, args=args, meta=empty_meta)
-            )
-            return NewJob(
-                cls.name,
-                args,
-                cls.queue,
-                cls.priority,
-                cls.max_attempts,
-                cls.tags,
-                empty_meta,
-                None,
-                None,
-                unique,
-                key,
-                cls.replace,
-                args_json,
-                "{}",
-            )
-        meta = options.get("meta", _UNSET)
-        if meta is _UNSET:
-            meta = {}
-            meta_json = "{}"
-        else:
-            meta_json = opt.encode_json_object(meta, "meta")
-        queue = opt.validate_queue(options["queue"]) if "queue" in options else cls.queue
-        priority = opt.validate_priority(options["priority"]) if "priority" in options else cls.priority
-        max_attempts = (
-            opt.validate_max_attempts(options["max_attempts"])
-            if "max_attempts" in options
-            else cls.max_attempts
-        )
-        tags = opt.normalize_tags(options["tags"]) if "tags" in options else cls.tags
+        # Every option defaults to the class's, validated when the class was defined: a call with
+        # no options (the bulk-insert case, once per job) checks only its args.
+        queue, priority, max_attempts, tags = cls.queue, cls.priority, cls.max_attempts, cls.tags
+        unique, replace = cls.unique, cls.replace
+        meta: dict[str, Any] = {}
+        meta_json = "{}"
         scheduled_at: datetime | None = None
         schedule_in: float | None = None
-        if options.get("scheduled_at") is not None:
-            scheduled_at = opt.validate_scheduled_at(options["scheduled_at"])
-        elif options.get("schedule_in") is not None:
-            schedule_in = opt.validate_schedule_in(options["schedule_in"])
-        unique = (
-            opt.compile_unique(opt.merge_unique(cls.unique, options["unique"]))
-            if "unique" in options
-            else cls.unique
-        )
-        replace = opt.compile_replace(options["replace"]) if "replace" in options else cls.replace
+        if options:
+            if "meta" in options:
+                meta = options["meta"]
+                meta_json = opt.encode_json_object(meta, "meta")
+            if "queue" in options:
+                queue = opt.validate_queue(options["queue"])
+            if "priority" in options:
+                priority = opt.validate_priority(options["priority"])
+            if "max_attempts" in options:
+                max_attempts = opt.validate_max_attempts(options["max_attempts"])
+            if "tags" in options:
+                tags = opt.normalize_tags(options["tags"])
+            if options.get("scheduled_at") is not None:
+                scheduled_at = opt.validate_scheduled_at(options["scheduled_at"])
+            elif options.get("schedule_in") is not None:
+                schedule_in = opt.validate_schedule_in(options["schedule_in"])
+            if "unique" in options:
+                unique = opt.compile_unique(opt.merge_unique(cls.unique, options["unique"]))
+            if "replace" in options:
+                replace = opt.compile_replace(options["replace"])
         key = None
         if unique is not None:
             key = opt.unique_key(unique, worker=cls.name, queue=queue, args=args, meta=meta)
+        # Built positionally: by keyword it costs twice as much.
         return NewJob(
             cls.name,
             args,
