@@ -17,7 +17,7 @@ import anyio
 from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
-from .executor import Ack, ack_params
+from .executor import Ack, fetch_params, fetch_result
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .store import queries_for
 
@@ -137,10 +137,9 @@ class Completer:
     async def _write(self, batch: list[Ack]) -> None:
         started = self.clock.monotonic()
         async with self.pool.connection() as conn:
-            params = ack_params(batch, async_commit=self.async_commit)
+            params = fetch_params(batch, async_commit=self.async_commit)
             cursor = await conn.execute(self.queries.fetch_jobs, params)
-            row = await cursor.fetchone()
-        acked = int(row[0]) if row is not None else 0
+            acked, _ = fetch_result(await cursor.fetchall())
         self._count(len(batch), acked)
         telemetry.emit(
             ("completer", "flush"),

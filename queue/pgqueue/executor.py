@@ -27,7 +27,16 @@ from .errors import UnknownWorkerError
 from .job import Job, JobState
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
-__all__ = ["Ack", "Cancellation", "Execution", "Executor", "Outcome", "ack_params", "is_cancelled"]
+__all__ = [
+    "Ack",
+    "Cancellation",
+    "Execution",
+    "Executor",
+    "Outcome",
+    "fetch_params",
+    "fetch_result",
+    "is_cancelled",
+]
 
 _log = logging.getLogger("pgqueue.executor")
 _MAX_ERROR_CHARS = 16_000
@@ -55,7 +64,7 @@ class Ack(NamedTuple):
     error: str | None = None
 
 
-def ack_params(
+def fetch_params(
     acks: Sequence[Ack],
     *,
     queue: str = "",
@@ -85,6 +94,15 @@ def ack_params(
         "producer": producer,
         "async_commit": async_commit,
     }
+
+
+def fetch_result(rows: Sequence[Sequence[Any]]) -> tuple[int, list[Job]]:
+    """The result of ``queries/fetch_jobs.sql``: how many acks passed the fence, and the jobs
+    claimed. It always has a row: with nothing claimed, one whose job columns are NULL."""
+    acked = int(rows[0][0])
+    if rows[0][1] is None:
+        return acked, []
+    return acked, [Job(*row[1:]) for row in rows]
 
 
 class Execution(NamedTuple):

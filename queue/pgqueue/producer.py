@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
 from .completer import Completer
-from .executor import Cancellation, Executor, ack_params
+from .executor import Cancellation, Executor, fetch_params, fetch_result
 from .job import Job
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .options import validate_queue
@@ -207,7 +207,7 @@ class Producer:
         started = self.clock.monotonic()
         # Acks waiting in the completer ride along with this fetch: one round trip for both.
         acks = self.completer.take()
-        params = ack_params(
+        params = fetch_params(
             acks,
             queue=self.queue,
             demand=demand,
@@ -219,19 +219,16 @@ class Producer:
             async with self.pool.connection() as conn:
                 cursor = conn.cursor(row_factory=tuple_row)
                 await cursor.execute(self.queries.fetch_jobs, params)
-                rows = await cursor.fetchall()
+                acked, jobs = fetch_result(await cursor.fetchall())
         except BaseException:
             self.completer.give_back(acks)
             raise
         if acks:
-            self.completer.taken_written(len(acks), rows[0][0])
-        if rows[0][1] is None:
-            rows = []  # nothing claimed: the one row only carries the ack count
-        self.fetched += len(rows)
+            self.completer.taken_written(len(acks), acked)
+        self.fetched += len(jobs)
         loop = asyncio.get_running_loop()
         now = self.clock.monotonic()
-        for row in rows:
-            job = Job(*row[1:])
+        for job in jobs:
             running = _Running(job, now)
             self.running[job.id] = running
             # A plain asyncio task per job (not an anyio task group child): spawning one costs a
@@ -239,10 +236,10 @@ class Producer:
             running.task = loop.create_task(self._execute(job, running))
         telemetry.emit(
             ("producer", "fetch"),
-            {"duration": self.clock.monotonic() - started, "count": len(rows)},
+            {"duration": self.clock.monotonic() - started, "count": len(jobs)},
             {"queue": self.queue, "demand": demand},
         )
-        if len(rows) == demand:
+        if len(jobs) == demand:
             self.wake()  # the queue may hold more than we could take
 
     async def _execute(self, job: Job, running: _Running) -> None:

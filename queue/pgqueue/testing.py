@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from .errors import ConfigError
-from .executor import Execution, Executor, Outcome, ack_params
+from .executor import Execution, Executor, Outcome, fetch_params, fetch_result
 from .insert import ainline_runner, inline_runner
 from .job import Job, JobState, NewJob
 from .manage import JobFilter, all_jobs
@@ -233,14 +233,14 @@ def drain_queue(
             while remaining > 0:
                 if with_scheduled:
                     cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
-                params = ack_params([], queue=queue, demand=remaining, node="drain", producer=producer)
-                jobs = _claimed(cur.execute(queries.fetch_jobs, params).fetchall())
+                params = fetch_params([], queue=queue, demand=remaining, node="drain", producer=producer)
+                _, jobs = fetch_result(cur.execute(queries.fetch_jobs, params).fetchall())
                 conn.commit()
                 if not jobs:
                     break
                 for job in jobs:
                     execution = anyio.run(_execute, executor, job, with_safety)
-                    cur.execute(queries.fetch_jobs, ack_params([execution.ack]))
+                    cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
                     conn.commit()
                     result.count(execution)
                 remaining -= len(jobs)
@@ -250,11 +250,6 @@ def drain_queue(
         if own:
             conn.close()
     return result
-
-
-def _claimed(rows: list[tuple[Any, ...]]) -> list[Job]:
-    """The jobs of a ``fetch_jobs`` result (its first column is the count of acks written)."""
-    return [Job(*row[1:]) for row in rows if row[1] is not None]
 
 
 async def _execute(executor: Executor, job: Job, safe: bool) -> Execution:
@@ -285,15 +280,15 @@ async def adrain_queue(
             while remaining > 0:
                 if with_scheduled:
                     await cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
-                params = ack_params([], queue=queue, demand=remaining, node="drain", producer=producer)
+                params = fetch_params([], queue=queue, demand=remaining, node="drain", producer=producer)
                 await cur.execute(queries.fetch_jobs, params)
-                jobs = _claimed(await cur.fetchall())
+                _, jobs = fetch_result(await cur.fetchall())
                 await conn.commit()
                 if not jobs:
                     break
                 for job in jobs:
                     execution = await executor.execute(job, safe=with_safety)
-                    await cur.execute(queries.fetch_jobs, ack_params([execution.ack]))
+                    await cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
                     await conn.commit()
                     result.count(execution)
                 remaining -= len(jobs)

@@ -13,7 +13,7 @@ import pytest
 from psycopg import sql
 
 import pgqueue
-from pgqueue.executor import Ack, ack_params
+from pgqueue.executor import Ack, fetch_params, fetch_result
 from pgqueue.job import JobState
 from pgqueue.runtime import Runtime
 from pgqueue.store import queries_for
@@ -168,20 +168,21 @@ def test_unknown_worker_fails_with_a_clear_error(
 
 def ack(conn: psycopg.Connection[Any], schema: str, acks: list[Ack]) -> int:
     """Write ``acks``; how many passed the fence."""
-    rows = conn.execute(queries_for(schema).fetch_jobs, ack_params(acks)).fetchall()
+    rows = conn.execute(queries_for(schema).fetch_jobs, fetch_params(acks)).fetchall()
     conn.commit()
+    acked, claimed = fetch_result(rows)
     assert len(rows) == 1, "an ack-only statement returns its count alone"
-    assert rows[0][1] is None, "an ack-only statement claims nothing"
-    return int(rows[0][0])
+    assert claimed == [], "an ack-only statement claims nothing"
+    return acked
 
 
 def fetch(
     conn: psycopg.Connection[Any], schema: str, queue: str = "alpha", demand: int = 10
 ) -> list[pgqueue.Job]:
-    params = ack_params([], queue=queue, demand=demand, node="n1", producer="p1")
+    params = fetch_params([], queue=queue, demand=demand, node="n1", producer="p1")
     rows = conn.execute(queries_for(schema).fetch_jobs, params).fetchall()
     conn.commit()
-    return [pgqueue.Job(*r[1:]) for r in rows if r[1] is not None]
+    return fetch_result(rows)[1]
 
 
 def test_fetch_claims_by_demand_and_marks_the_attempt(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -271,11 +272,11 @@ def test_async_commit_applies_to_the_fetch_transaction_only(
 ) -> None:
     show = "SELECT current_setting('synchronous_commit')"
     queries = queries_for(schema)
-    conn.execute(queries.fetch_jobs, ack_params([], queue="alpha", demand=1, async_commit=True))
+    conn.execute(queries.fetch_jobs, fetch_params([], queue="alpha", demand=1, async_commit=True))
     assert conn.execute(show).fetchone() == ("off",), "the claim's own transaction skips the flush wait"
     conn.commit()
     assert conn.execute(show).fetchone() == ("on",), "set_config(…, true) ends with the transaction"
-    conn.execute(queries.fetch_jobs, ack_params([], queue="alpha", demand=1))
+    conn.execute(queries.fetch_jobs, fetch_params([], queue="alpha", demand=1))
     assert conn.execute(show).fetchone() == ("on",), "synchronous: the connection's setting stands"
     conn.rollback()
 
