@@ -1,12 +1,13 @@
-"""Small helpers shared by the tests: waiting on a condition instead of sleeping."""
+"""Small helpers shared by the tests: waiting on a condition instead of sleeping, counting statements."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
+import psycopg
 
 T = TypeVar("T")
 
@@ -48,3 +49,49 @@ async def await_until(
         if time.monotonic() >= deadline:
             raise ConditionTimeout(message or f"condition not met within {timeout}s (last value: {value!r})")
         await anyio.sleep(interval)
+
+
+class CountingCursor(psycopg.Cursor[Any]):
+    """Counts the statements and COPYs run through cursors of this class (``cursor_factory``)."""
+
+    executes = 0
+    copies = 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        CountingCursor.executes += 1
+        return super().execute(*args, **kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        CountingCursor.copies += 1
+        return super().copy(*args, **kwargs)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.executes = cls.copies = 0
+
+    @classmethod
+    def statements(cls) -> int:
+        return cls.executes + cls.copies
+
+
+class AsyncCountingCursor(psycopg.AsyncCursor[Any]):
+    """The async twin of :class:`CountingCursor`."""
+
+    executes = 0
+    copies = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        AsyncCountingCursor.executes += 1
+        return await super().execute(*args, **kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        AsyncCountingCursor.copies += 1
+        return super().copy(*args, **kwargs)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.executes = cls.copies = 0
+
+    @classmethod
+    def statements(cls) -> int:
+        return cls.executes + cls.copies

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 import pgqueue
 from pgqueue.store import channel_name
 
+from ..helpers import CountingCursor
 from .workers import Ok, UniqueDefault, UniqueForever
 
 # pgqueue.insert is also the name of the function the package exports.
@@ -103,24 +104,12 @@ def test_insert_all_rejects_anything_not_built_by_new(conn: psycopg.Connection[A
         pgqueue.insert_all(conn, Ok.new({}), schema=schema)  # type: ignore[arg-type]
 
 
-class CountingCursor(psycopg.Cursor[Any]):
-    statements = 0
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        CountingCursor.statements += 1
-        return super().execute(*args, **kwargs)
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        CountingCursor.statements += 1
-        return super().copy(*args, **kwargs)
-
-
 def test_a_small_insert_all_is_one_statement(dsn: str, schema: str) -> None:
     size = insert_module.COPY_THRESHOLD - 1
     with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
-        CountingCursor.statements = 0
+        CountingCursor.reset()
         jobs = pgqueue.insert_all(conn, [Ok.new({"i": i}) for i in range(size)], schema=schema)
-        assert CountingCursor.statements == 1
+        assert CountingCursor.statements() == 1
         conn.commit()
     assert [j.args["i"] for j in jobs] == list(range(size))
     assert count_jobs(dsn, schema) == size
@@ -136,9 +125,9 @@ def test_insert_of_one_plain_job_is_one_plain_statement_returning_the_row(
 ) -> None:
     job = Ok.new({"i": 1, "text": "tab\there"}, tags=["a", "b"], meta={"m": 1}, priority=3, **options)
     with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
-        CountingCursor.statements = 0
+        CountingCursor.reset()
         saved = pgqueue.insert(conn, job, schema=schema)
-        assert CountingCursor.statements == 1
+        assert CountingCursor.statements() == 1
         conn.commit()
         assert pgqueue.get_job(conn, saved.id, schema=schema) == saved
     assert saved.state == ("available" if not options else "scheduled")
@@ -156,9 +145,9 @@ def test_insert_all_of_ten_thousand_jobs_is_two_statements(dsn: str, schema: str
     # A batch this large is written by COPY: one statement reserves the ids (and wakes the
     # queue), the COPY itself is the second.
     with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
-        CountingCursor.statements = 0
+        CountingCursor.reset()
         jobs = pgqueue.insert_all(conn, [Ok.new({"i": i}) for i in range(10_000)], schema=schema)
-        assert CountingCursor.statements == 2
+        assert CountingCursor.statements() == 2
         conn.commit()
     assert len(jobs) == 10_000
     assert [j.args["i"] for j in jobs] == list(range(10_000))
@@ -168,9 +157,9 @@ def test_insert_all_of_ten_thousand_jobs_is_two_statements(dsn: str, schema: str
 def test_insert_all_is_unique_aware_and_one_statement_without_conflicts(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn, cursor_factory=CountingCursor) as conn:
         batch = [UniqueForever.new({"i": i}) for i in range(10_000)]
-        CountingCursor.statements = 0
+        CountingCursor.reset()
         first = pgqueue.insert_all(conn, batch, schema=schema)
-        assert CountingCursor.statements == 1
+        assert CountingCursor.statements() == 1
         again = pgqueue.insert_all(conn, [*batch[:5], UniqueForever.new({"i": 10_000})], schema=schema)
         conn.commit()
     assert not any(j.conflict for j in first)

@@ -29,6 +29,7 @@ import pgqueue
 from pgqueue.job import JobState
 from pgqueue.store import channel_name
 
+from ..helpers import AsyncCountingCursor, CountingCursor
 from .workers import Ok, UniqueForever
 
 # pgqueue.insert is also the name of the function the package exports.
@@ -39,40 +40,6 @@ THRESHOLD: int = insert_module.COPY_THRESHOLD
 class Odd(pgqueue.Worker, queue="odd\tqueue\\with\nspecials", name='tests.copy\tworker\\ "odd"\r'):
     def perform(self, job: pgqueue.Job) -> None:
         pass
-
-
-class CountingCursor(psycopg.Cursor[Any]):
-    executes = 0
-    copies = 0
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        CountingCursor.executes += 1
-        return super().execute(*args, **kwargs)
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        CountingCursor.copies += 1
-        return super().copy(*args, **kwargs)
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.executes = cls.copies = 0
-
-
-class AsyncCountingCursor(psycopg.AsyncCursor[Any]):
-    executes = 0
-    copies = 0
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        AsyncCountingCursor.executes += 1
-        return await super().execute(*args, **kwargs)
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        AsyncCountingCursor.copies += 1
-        return super().copy(*args, **kwargs)
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.executes = cls.copies = 0
 
 
 def read_back(conn: psycopg.Connection[Any], schema: str, ids: Sequence[int]) -> list[pgqueue.Job]:
@@ -370,10 +337,8 @@ def app_role(dsn: str, schema: str) -> Iterator[str]:
     """A login-less role with INSERT and SELECT on the jobs table and nothing more."""
     role = f"pgq_copy_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(dsn, autocommit=True) as admin:
-        try:
-            admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("the test database user can't create roles")
+        # The suite's user may create roles (a superuser on the local and embedded servers).
+        admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
         admin.execute(
             sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role))
         )
