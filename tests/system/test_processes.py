@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 import pgqueue
+from chaos.database import Probe
 from pgqueue import migrate as migrations
 from pgqueue.localdb import EmbeddedServer, start_embedded
 from pgqueue.plugins.lifeline import Lifeline
@@ -123,61 +123,11 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
                 node.kill()
 
 
-class Probe:
-    """Reads the test schema on its own autocommit connection, reconnecting through outages."""
+def wait_all_completed(probe: Probe, total: int) -> None:
+    def done() -> bool:
+        return probe.count("completed") == total
 
-    def __init__(self, dsn: str, schema: str) -> None:
-        self.dsn = dsn
-        self.schema = schema
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-
-    def rows(self, query: str, params: tuple[Any, ...] = (), *, timeout: float = 30.0) -> list[Any]:
-        """Run ``query``, where ``{s}`` stands for the schema; retried while the server is away."""
-        statement = sql.SQL(query).format(s=sql.Identifier(self.schema))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-                return self._conn.execute(statement, params).fetchall()
-            except psycopg.OperationalError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
-
-    def value(self, query: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.rows(query, params)[0][0]
-
-    def states(self) -> dict[str, int]:
-        return dict(self.rows("SELECT state::text, count(*) FROM {s}.jobs GROUP BY state"))
-
-    def completed(self) -> int:
-        return int(self.value("SELECT count(*) FROM {s}.jobs WHERE state = 'completed'"))
-
-    def executions(self) -> int:
-        return int(self.value("SELECT count(*) FROM {s}.executions"))
-
-    def has_executed(self, count: int) -> bool:
-        return self.executions() >= count
-
-    def executing_on(self, node: str) -> set[int]:
-        rows = self.rows(
-            "SELECT id FROM {s}.jobs WHERE state = 'executing' AND attempted_by[1] = %s", (node,)
-        )
-        return {row[0] for row in rows}
-
-    def executions_by_job(self) -> dict[int, list[tuple[int, str, int]]]:
-        """job id → its executions as (attempt, node, pid), in the order they were recorded."""
-        found: dict[int, list[tuple[int, str, int]]] = {}
-        for job_id, attempt, node, pid in self.rows(
-            "SELECT job_id, attempt, node, pid FROM {s}.executions ORDER BY at"
-        ):
-            found.setdefault(job_id, []).append((attempt, node, pid))
-        return found
+    wait_until(done, timeout=60, interval=0.1, message=str(probe.states()))
 
 
 def prepare(dsn: str, schema: str, jobs: list[pgqueue.NewJob]) -> list[int]:
@@ -221,7 +171,7 @@ def test_two_nodes_complete_every_job_exactly_once(
 
     # When two nodes drain the queue together
     nodes = [launch(dsn, schema, "node-a"), launch(dsn, schema, "node-b")]
-    wait_until(lambda: probe.completed() == JOBS, timeout=60, interval=0.1, message=str(probe.states()))
+    wait_all_completed(probe, JOBS)
 
     # Then every job completed, and ran exactly once, on both nodes between them
     assert probe.states() == {"completed": JOBS}
@@ -254,7 +204,7 @@ def test_killed_node_is_rescued_in_time_and_only_its_in_flight_jobs_run_twice(
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     victim.process.wait(10)
-    in_flight = probe.executing_on(victim.name)
+    in_flight = set(probe.executing_on(victim.name))
     assert in_flight, "the victim held no jobs when it died; the test proves nothing"
 
     # Then its executing jobs are rescued within the rescue window plus one lifeline round
@@ -264,7 +214,7 @@ def test_killed_node_is_rescued_in_time_and_only_its_in_flight_jobs_run_twice(
     assert rescued_after <= deadline, f"rescued after {rescued_after:.1f}s, allowed {deadline:.1f}s"
 
     # And every job completes; the only jobs run twice were in flight on the killed node
-    wait_until(lambda: probe.completed() == JOBS, timeout=60, interval=0.1, message=str(probe.states()))
+    wait_all_completed(probe, JOBS)
     assert probe.states() == {"completed": JOBS}
     executions = probe.executions_by_job()
     assert len(executions) == JOBS
@@ -309,13 +259,13 @@ def test_node_recovers_from_a_postgres_restart_and_keeps_picking_up_jobs(
         wait_until(lambda: probe.executions() >= 300, timeout=30, interval=0.02)
 
         # When the server restarts under it
-        before = probe.completed()
+        before = probe.count("completed")
         embedded.pg_ctl("restart", "-m", "fast")
 
         # Then the node recovers on its own and finishes the rest, each job run once: a blip
         # shorter than the rescue window must not hand a live node's jobs to the lifeline
         assert before < total, "the queue drained before the restart; the test proves nothing"
-        wait_until(lambda: probe.completed() == total, timeout=60, interval=0.1, message=str(probe.states()))
+        wait_all_completed(probe, total)
         assert node.alive(), node.output()
         assert probe.states() == {"completed": total}
         assert_each_ran_once(probe, total)
@@ -353,7 +303,7 @@ def test_node_recovers_when_every_connection_it_has_is_terminated(
         assert terminated, "the node had no connections to terminate"
 
     # Then it recovers on its own and completes every job, each once
-    wait_until(lambda: probe.completed() == total, timeout=60, interval=0.1, message=str(probe.states()))
+    wait_all_completed(probe, total)
     assert node.alive(), node.output()
     assert probe.states() == {"completed": total}
     assert_each_ran_once(probe, total)
