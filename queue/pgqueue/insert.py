@@ -293,39 +293,9 @@ def insert_all(
     return plan.finish()
 
 
-def _single_params(job: NewJob, schema: str, notify: bool) -> dict[str, Any] | None:
-    """The parameters of ``queries/insert_job.sql`` for ``job``, or None when it needs the batch
-    statement (a unique job, or inline mode)."""
-    if not isinstance(job, NewJob) or job.unique_key is not None:
-        return None
-    if inline_runner.get() is not None or ainline_runner.get() is not None:
-        return None
-    return {
-        "worker": job.worker,
-        "queue": job.queue,
-        "args": job.args_json,
-        "meta": job.meta_json,
-        "tags": list(job.tags),
-        "max_attempts": job.max_attempts,
-        "priority": job.priority,
-        "scheduled_at": job.scheduled_at,
-        "schedule_in": job.schedule_in,
-        "channel": channel_name(schema, "insert"),
-        "notify": notify,
-    }
-
-
 def insert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = True) -> Job:
-    """Insert one job in the transaction of ``target``; see :func:`insert_all`.
-
-    A job that isn't unique takes a plain ``INSERT`` (``queries/insert_job.sql``), a quarter
-    cheaper than the batch statement.
-    """
-    params = _single_params(job, schema, notify)
-    if params is None:
-        return insert_all(target, [job], schema=schema, notify=notify)[0]
-    rows = sync_executor(target)(queries_for(schema).insert_job, params)
-    return _saved(job, rows[0])
+    """Insert one job in the transaction of ``target``; see :func:`insert_all`."""
+    return insert_all(target, [job], schema=schema, notify=notify)[0]
 
 
 async def ainsert_all(
@@ -371,12 +341,4 @@ async def ainsert_all(
 
 async def ainsert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = True) -> Job:
     """Insert one job; the async twin of :func:`insert`."""
-    params = _single_params(job, schema, notify)
-    if params is None:
-        return (await ainsert_all(target, [job], schema=schema, notify=notify))[0]
-    conn = await async_connection(target)
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(queries_for(schema).insert_job, params)
-        row = await cur.fetchone()
-    assert row is not None
-    return _saved(job, row)
+    return (await ainsert_all(target, [job], schema=schema, notify=notify))[0]

@@ -120,7 +120,7 @@ def test_a_small_insert_all_is_one_statement(dsn: str, schema: str) -> None:
     [{}, {"schedule_in": 30}, {"scheduled_at": datetime(2031, 1, 2, 3, 4, 5, 6, tzinfo=UTC)}],
     ids=["available", "schedule_in", "scheduled_at"],
 )
-def test_insert_of_one_plain_job_is_one_plain_statement_returning_the_row(
+def test_insert_of_one_job_is_one_statement_returning_the_row(
     dsn: str, schema: str, options: dict[str, Any]
 ) -> None:
     job = Ok.new({"i": 1, "text": "tab\there"}, tags=["a", "b"], meta={"m": 1}, priority=3, **options)
@@ -134,7 +134,7 @@ def test_insert_of_one_plain_job_is_one_plain_statement_returning_the_row(
 
 
 @pytest.mark.anyio
-async def test_ainsert_of_one_plain_job_returns_the_row(dsn: str, schema: str) -> None:
+async def test_ainsert_of_one_job_returns_the_row(dsn: str, schema: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         saved = await pgqueue.ainsert(conn, Ok.new({"i": 2}, tags=["t"]), schema=schema)
         await conn.commit()
