@@ -50,6 +50,8 @@ def test_the_wheel_contains_both_packages_and_the_sql(tmp_path: Path) -> None:
     assert "pgqueue/__init__.py" in names
     assert "pgqueue/py.typed" in names
     assert "chimeway/__init__.py" in names
+    assert "pgqueue/queries/fetch_jobs.sql" in names
+    assert "chimeway/queries/count_open_deliveries.sql" in names
     assert "pgqueue/_sql/0001_jobs.up.sql" in names
     assert "pgqueue/_sql/0001_jobs.down.sql" in names
     assert not any(n.startswith("queue/") for n in names)

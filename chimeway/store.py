@@ -1,0 +1,100 @@
+"""Every plain-SQL statement Chimeway runs on its hot paths, by name.
+
+The SQLAlchemy models (:mod:`chimeway.models`) serve applications and the slow paths (explain,
+preferences, one delivery at a time). Where throughput matters (dispatching a batch of
+deliveries, fanning one event out to many recipients) Chimeway runs plain statements instead, one
+file each in ``queries/``, loaded and rendered here for one schema. Reading ``queries/`` tells you
+everything those paths do to the database.
+
+The files name Chimeway's tables through placeholders that become quoted, schema-qualified
+identifiers via :mod:`psycopg.sql`:
+
+============================== ===============================================
+``{events}``                   ``chimeway_events``
+``{notifications}``            ``chimeway_notifications``
+``{deliveries}``               ``chimeway_deliveries``
+``{attempts}``                 ``chimeway_delivery_attempts``
+``{notification_preferences}`` ``chimeway_notification_preferences``
+``{category_preferences}``     ``chimeway_category_preferences``
+============================== ===============================================
+
+Values are always parameters (``%(name)s``). The files are ``str.format``-style templates: a
+literal brace is doubled, and a literal ``%`` is written ``%%``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+
+from psycopg import sql
+
+from pgqueue.migrate import validate_schema_name
+
+__all__ = ["TABLES", "Queries", "queries_for"]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
+
+#: placeholder → table name, for every table a statement may name
+TABLES: dict[str, str] = {
+    "events": "chimeway_events",
+    "notifications": "chimeway_notifications",
+    "deliveries": "chimeway_deliveries",
+    "attempts": "chimeway_delivery_attempts",
+    "notification_preferences": "chimeway_notification_preferences",
+    "category_preferences": "chimeway_category_preferences",
+}
+
+
+def _without_comment_lines(text: str) -> str:
+    # The files explain themselves; the server needn't parse that on every call, and psycopg
+    # caches its parse of a query only up to 4 KiB. Only whole-line comments go: a trailing `--`
+    # could sit inside a string literal.
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+def _load_templates() -> dict[str, str]:
+    templates: dict[str, str] = {}
+    folder = files("chimeway") / "queries"
+    if not folder.is_dir():
+        return templates
+    for entry in folder.iterdir():
+        if _NAME_RE.match(entry.name):
+            templates[entry.name.removesuffix(".sql")] = _without_comment_lines(
+                entry.read_text(encoding="utf-8")
+            )
+    return templates
+
+
+_TEMPLATES = _load_templates()
+
+
+@dataclass(frozen=True, slots=True)
+class Queries:
+    """The statements of ``chimeway/queries/`` rendered for one schema; look them up by file name."""
+
+    schema: str
+    statements: dict[str, str]
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.statements[name]
+        except KeyError:
+            raise AttributeError(f"no statement named {name!r} in chimeway/queries/") from None
+
+    def __getitem__(self, name: str) -> str:
+        return self.statements[name]
+
+
+def _render(template: str, schema: str) -> str:
+    names = {key: sql.Identifier(schema, table) for key, table in TABLES.items()}
+    return sql.SQL(template).format(**names).as_string(None)
+
+
+@functools.lru_cache(maxsize=64)
+def queries_for(schema: str = "public") -> Queries:
+    """All statements rendered for ``schema`` (cached: rendering happens once per schema)."""
+    validate_schema_name(schema)
+    return Queries(schema, {name: _render(text, schema) for name, text in _TEMPLATES.items()})
