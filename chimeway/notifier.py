@@ -37,7 +37,8 @@ class Notifier:
 
     ``recipients(params)`` → the recipients; ``channels(params, recipient)`` → channel names
     (default ``["in_app"]``); ``build(params, recipient)`` → the content stored on the
-    notification (a JSON object; password/token/secret keys are dropped).
+    notification (a JSON object; keys that look like secrets are dropped, see
+    :mod:`chimeway.redaction`).
     """
 
     notification_key: str = ""
