@@ -86,7 +86,7 @@ def _trigger_all(sessions: Any) -> int:
                 idempotency_key=f"order-shipped-{order}",
                 queue_schema=SCHEMA,
             )
-            planned += len(result.deliveries)
+            planned += len(result.delivery_ids)
         session.commit()
     return planned
 

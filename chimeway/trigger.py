@@ -3,31 +3,49 @@ enqueue a dispatch job per ready delivery — all in the caller's transaction.
 
 A repeated idempotency key returns the existing event and creates nothing (``duplicate=True``),
 also when the two triggers race: the unique index on the key decides.
+
+The event is one ORM statement; the rest is written set-wise whatever the number of recipients
+(:mod:`chimeway.planning`): the notifications streamed with ``COPY`` while the notifier builds
+them, one statement deciding every planning-time suppression, then the deliveries and their
+dispatch jobs with ``COPY``. One event to 100,000 recipients commits in seconds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+import psycopg
+from psycopg.rows import tuple_row
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import pgqueue
+from pgqueue.store import queries_for as queue_queries_for
+from pgqueue.targets import async_connection, async_driver_bridge, sync_connection
 
-from . import deliveries, preferences, telemetry
+from . import telemetry
 from .dispatch import dispatch_job
 from .errors import ChimewayError
-from .models import Delivery, Event, Notification
+from .models import Event
 from .notifier import Notifier, Recipient
+from .planning import FanOut, UuidList
 from .redaction import redact
-from .states import Reason
+from .store import Queries, queries_for
 
-__all__ = ["PlanningFailed", "TriggerError", "TriggerResult", "trigger"]
+__all__ = ["PlanningFailed", "TriggerError", "TriggerResult", "atrigger", "trigger"]
+
+_MAX_CHANNEL_LENGTH = 128  # the deliveries table's check
+# An escaped NUL in JSON text (after an even number of backslashes): jsonb can't store it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class TriggerError(ChimewayError, ValueError):
@@ -43,19 +61,32 @@ class PlanningFailed(ChimewayError):
         super().__init__(f"planning failed: {step}: {type(error).__name__}: {error}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TriggerResult:
-    """What a trigger created (or, for a duplicate key, the event that already existed)."""
+    """What a trigger created (or, for a duplicate key, the event that already existed).
+
+    Ids, not ORM objects, so a fan-out to 100,000 recipients returns in no time: load rows with
+    your session when you need them. ``recipients`` and ``notification_ids`` are parallel, in the
+    order of the recipients' identities; ``delivery_ids`` follow the same order, then the channel
+    name. ``suppressed`` maps the deliveries suppressed at planning to their reason; every other
+    delivery is pending with one dispatch job (``job_ids``, in the same order).
+    """
 
     event: Event
     duplicate: bool
-    notifications: list[Notification] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
-    jobs: list[pgqueue.Job] = field(default_factory=list)
+    recipients: Sequence[Recipient] = ()
+    notification_ids: Sequence[uuid.UUID] = ()
+    delivery_ids: Sequence[uuid.UUID] = ()
+    suppressed: Mapping[uuid.UUID, str] = field(default_factory=lambda: MappingProxyType({}))
+    job_ids: Sequence[int] = ()
 
-    @property
-    def delivery_ids(self) -> list[uuid.UUID]:
-        return [d.id for d in self.deliveries]
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TriggerError(f"{what} must be a string, got {value!r}")
+    if "\x00" in value:
+        raise TriggerError(f"{what} must not contain NUL characters, got {value!r}")
+    return value
 
 
 def _normalize_recipients(raw: Sequence[Recipient | str]) -> list[Recipient]:
@@ -65,31 +96,249 @@ def _normalize_recipients(raw: Sequence[Recipient | str]) -> list[Recipient]:
         if not isinstance(recipient, Recipient):
             raise TriggerError(f"recipients must be Recipient objects or identity strings, got {item!r}")
         identity = recipient.identity.strip() if isinstance(recipient.identity, str) else ""
-        if identity:
-            by_identity.setdefault(identity, Recipient(identity, recipient.type))
+        if identity and identity not in by_identity:
+            _check_text(identity, "a recipient's identity")
+            _check_text(recipient.type, "a recipient's type")
+            if identity != recipient.identity:
+                recipient = Recipient(identity, recipient.type)
+            by_identity[identity] = recipient
     return [by_identity[key] for key in sorted(by_identity)]
 
 
-def _normalize_channels(raw: Sequence[str]) -> list[str]:
-    if isinstance(raw, str) or not all(isinstance(c, str) for c in raw):
-        raise TriggerError(f"channels must be a list of strings, got {raw!r}")
-    return sorted({c.strip() for c in raw if c.strip()})
+def _bad_channels(raw: object) -> TriggerError:
+    return TriggerError(f"channels must be a list of strings, got {raw!r}")
 
 
-def _json_object(value: Any, what: str) -> dict[str, Any]:
+class _Channels:
+    """Validates and normalises what ``channels()`` returns; remembers each distinct answer, since
+    most notifiers give every recipient the same list."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], list[str]] = {}
+
+    def __call__(self, raw: Sequence[str]) -> list[str]:
+        if isinstance(raw, str):
+            raise _bad_channels(raw)
+        try:
+            key = tuple(raw)
+            known = self._seen.get(key)
+        except TypeError:  # not iterable, or unhashable items
+            raise _bad_channels(raw) from None
+        if known is None:
+            if not all(isinstance(c, str) for c in key):
+                raise _bad_channels(raw)
+            known = sorted({c.strip() for c in raw if c.strip()})
+            for channel in known:
+                _check_text(channel, "a channel")
+                if len(channel) > _MAX_CHANNEL_LENGTH:
+                    raise TriggerError(
+                        f"channel names are at most {_MAX_CHANNEL_LENGTH} characters, got {channel[:40]!r}…"
+                    )
+            self._seen[key] = known
+        return known
+
+
+def _json_text(value: Any, what: str) -> str:
+    """``value`` redacted, as JSON text; TriggerError unless it is a JSON object the database takes."""
     if not isinstance(value, Mapping):
         raise TriggerError(f"{what} must be a mapping, got {type(value).__name__}")
     try:
-        return dict(json.loads(json.dumps(redact(value), allow_nan=False)))
+        text = json.dumps(redact(value), allow_nan=False)
+    except RecursionError:
+        raise TriggerError(f"{what} is nested too deeply to store") from None
     except (TypeError, ValueError) as exc:
         raise TriggerError(f"{what} must contain only JSON values: {exc}") from None
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise TriggerError(f"{what} must not contain NUL characters")
+    return text
 
 
-def _call(step: str, fn: Any, *args: Any) -> Any:
+def _call(step: str, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except Exception as exc:
         raise PlanningFailed(step, exc) from exc
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One validated trigger call: what the event row gets, before any I/O."""
+
+    notifier: Notifier
+    params: Mapping[str, Any]
+    idempotency_key: str
+    correlation_id: str | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def check(
+        cls, notifier: Notifier, params: Mapping[str, Any], idempotency_key: str, correlation_id: str | None
+    ) -> _Call:
+        if not isinstance(idempotency_key, str) or not idempotency_key.strip():
+            raise TriggerError(f"idempotency_key must be a non-blank string, got {idempotency_key!r}")
+        if not isinstance(notifier, Notifier) or not notifier.notification_key:
+            raise TriggerError(
+                f"notifier must be a chimeway.Notifier with a notification_key, got {notifier!r}"
+            )
+        payload = json.loads(_json_text(params, "params"))
+        return cls(notifier, params, idempotency_key, correlation_id, payload)
+
+    @property
+    def key(self) -> str:
+        return self.notifier.notification_key
+
+    def insert_event(self) -> Any:
+        # The unique index on the key decides a race: the loser waits for the winner's commit
+        # and inserts nothing.
+        return (
+            pg_insert(Event)
+            .values(
+                notification_key=self.key,
+                notification_version=self.notifier.version,
+                idempotency_key=self.idempotency_key,
+                payload=self.payload,
+                correlation_id=self.correlation_id,
+            )
+            .on_conflict_do_nothing(index_elements=[Event.idempotency_key])
+            .returning(Event)
+        )
+
+    def existing_event(self) -> Any:
+        return select(Event).where(Event.idempotency_key == self.idempotency_key)
+
+    def fan_out(self, event: Event) -> FanOut:
+        """Ask the notifier for the recipients; the fan-out asks for the rest as it writes."""
+        notifier, params = self.notifier, self.params
+        recipients = _normalize_recipients(_call("recipients", notifier.recipients, params))
+        category = self.payload.get("category")
+        channels = _Channels()
+        return FanOut(
+            event_id=event.id,
+            notification_key=self.key,
+            category=notifier.category or (category if isinstance(category, str) else None),
+            correlation_id=self.correlation_id,
+            recipients=recipients,
+            content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
+            channels_of=lambda r: channels(_call("channels", notifier.channels, params, r)),
+            job_template=dispatch_job(uuid.UUID(int=0)),
+        )
+
+    def plan_span(self, event: Event) -> Any:
+        return telemetry.span(
+            ("chimeway", "deliveries", "plan"), {"notification_key": self.key, "event_id": event.id}
+        )
+
+    def result(self, event: Event, plan: FanOut, span: dict[str, Any]) -> TriggerResult:
+        span.update(
+            notifications=len(plan.notification_ids),
+            deliveries=len(plan.delivery_ids),
+            suppressed=len(plan.reasons),
+            jobs=len(plan.job_ids),
+        )
+        return TriggerResult(
+            event,
+            False,
+            plan.recipients,
+            UuidList(plan.notification_ids),
+            UuidList(plan.delivery_ids),
+            MappingProxyType(dict(plan.suppressed())),
+            plan.job_ids,
+        )
+
+
+def _mapped_schema(connection: Connection) -> str | None:
+    translate = connection.get_execution_options().get("schema_translate_map") or {}
+    schema = translate.get(None)
+    return schema if isinstance(schema, str) else None
+
+
+def _refused_content(exc: psycopg.errors.DataError) -> TriggerError:
+    # The context names the COPY line (the recipient's position, from 1) and the offending value.
+    where = "; ".join((exc.diag.context or "").splitlines())
+    return TriggerError(
+        f"build() returned content the database refuses ({exc.diag.message_primary}): {where}"
+    )
+
+
+def _write(conn: psycopg.Connection[Any], plan: FanOut, queries: Queries, queue_schema: str) -> None:
+    """Statements 2 to 6 of a trigger, on the caller's connection (see chimeway.planning)."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        try:
+            # A savepoint: the notifier may raise mid-COPY, and the caller's transaction must stay
+            # as usable as before the call.
+            with conn.transaction(), cur.copy(queries.copy_notifications) as copy:
+                for block in plan.notification_rows():
+                    copy.write(block)
+        except psycopg.errors.DataError as exc:
+            raise _refused_content(exc) from None
+        cur.execute(queries.suppressed_at_planning, plan.suppression_params())
+        plan.take_suppressions(cur.fetchall())
+        copy_jobs = False
+        if plan.job_count:
+            cur.execute(queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema))
+            copy_jobs = plan.take_reserved(cur.fetchone())
+        with cur.copy(queries.copy_deliveries) as copy:
+            for block in plan.delivery_rows():
+                copy.write(block)
+        if not plan.job_count:
+            return
+        if copy_jobs:
+            with cur.copy(plan.job_copy_statement(queue_schema)) as copy:
+                for block in plan.job_rows():
+                    copy.write(block)
+        else:
+            jobs = pgqueue.insert_all(conn, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+
+
+async def _awrite(
+    conn: psycopg.AsyncConnection[Any], plan: FanOut, queries: Queries, queue_schema: str
+) -> None:
+    """The async twin of :func:`_write`."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        try:
+            async with conn.transaction(), cur.copy(queries.copy_notifications) as copy:
+                for block in plan.notification_rows():
+                    await copy.write(block)
+        except psycopg.errors.DataError as exc:
+            raise _refused_content(exc) from None
+        await cur.execute(queries.suppressed_at_planning, plan.suppression_params())
+        plan.take_suppressions(await cur.fetchall())
+        copy_jobs = False
+        if plan.job_count:
+            await cur.execute(
+                queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema)
+            )
+            copy_jobs = plan.take_reserved(await cur.fetchone())
+        async with cur.copy(queries.copy_deliveries) as copy:
+            for block in plan.delivery_rows():
+                await copy.write(block)
+        if not plan.job_count:
+            return
+        if copy_jobs:
+            async with cur.copy(plan.job_copy_statement(queue_schema)) as copy:
+                for block in plan.job_rows():
+                    await copy.write(block)
+        else:
+            jobs = await pgqueue.ainsert_all(conn, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+
+
+def _queries(conn: psycopg.Connection[Any], mapped: str | None) -> Queries:
+    """The statements for where the session maps chimeway's tables, else where its search_path
+    finds them."""
+    if mapped is None:
+        row = conn.execute(queries_for().tables_schema).fetchone()
+        mapped = row[0] if row else "public"
+    return queries_for(mapped)
+
+
+async def _aqueries(conn: psycopg.AsyncConnection[Any], mapped: str | None) -> Queries:
+    """The async twin of :func:`_queries`."""
+    if mapped is None:
+        row = await (await conn.execute(queries_for().tables_schema)).fetchone()
+        mapped = row[0] if row else "public"
+    return queries_for(mapped)
 
 
 def trigger(
@@ -103,80 +352,56 @@ def trigger(
 ) -> TriggerResult:
     """Fan ``params`` out through ``notifier`` in ``session``'s transaction; see the module doc.
 
-    The caller commits. ``queue_schema`` is where pgqueue's ``jobs`` table lives.
+    ``session`` is a SQLAlchemy ``Session`` on the psycopg driver (also the one
+    ``AsyncSession.run_sync`` hands out); chimeway's tables are where its
+    ``schema_translate_map`` maps them (else its search_path). The caller commits: rolling back
+    leaves nothing. ``queue_schema`` is where pgqueue's ``jobs`` table lives.
     """
-    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
-        raise TriggerError(f"idempotency_key must be a non-blank string, got {idempotency_key!r}")
-    if not isinstance(notifier, Notifier) or not notifier.notification_key:
-        raise TriggerError(f"notifier must be a chimeway.Notifier with a notification_key, got {notifier!r}")
-    payload = _json_object(params, "params")
-    key = notifier.notification_key
-
-    with telemetry.span(("chimeway", "events", "create"), {"notification_key": key}):
-        event = session.scalars(
-            pg_insert(Event)
-            .values(
-                notification_key=key,
-                notification_version=notifier.version,
-                idempotency_key=idempotency_key,
-                payload=payload,
-                correlation_id=correlation_id,
-            )
-            .on_conflict_do_nothing(index_elements=[Event.idempotency_key])
-            .returning(Event)
-        ).one_or_none()
+    call = _Call.check(notifier, params, idempotency_key, correlation_id)
+    with telemetry.span(("chimeway", "events", "create"), {"notification_key": call.key}):
+        event = session.scalars(call.insert_event()).one_or_none()
     if event is None:
-        existing = session.scalars(select(Event).where(Event.idempotency_key == idempotency_key)).one()
-        return TriggerResult(existing, duplicate=True)
+        return TriggerResult(session.scalars(call.existing_event()).one(), duplicate=True)
+    plan = call.fan_out(event)
+    mapped = _mapped_schema(session.connection())
+    with call.plan_span(event) as span:
+        bridge = async_driver_bridge(session)
+        if bridge is not None:
+            # AsyncSession.run_sync: the driver connection is async; run the async twin on it.
+            async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+                await _awrite(conn, plan, await _aqueries(conn, mapped), queue_schema)
 
-    recipients = _normalize_recipients(_call("recipients", notifier.recipients, params))
-    category = notifier.category or (
-        payload.get("category") if isinstance(payload.get("category"), str) else None
-    )
-    notifications: list[Notification] = []
-    planned: list[Delivery] = []
-    with telemetry.span(("chimeway", "deliveries", "plan"), {"notification_key": key, "event_id": event.id}):
-        for recipient in recipients:
-            content = _json_object(_call("build", notifier.build, params, recipient), "build()")
-            channels = _normalize_channels(_call("channels", notifier.channels, params, recipient))
-            notification = session.scalars(
-                pg_insert(Notification)
-                .values(
-                    event_id=event.id,
-                    recipient_identity=recipient.identity,
-                    recipient_type=recipient.type,
-                    metadata_=content,
-                )
-                .returning(Notification)
-            ).one()
-            notifications.append(notification)
-            for channel in channels:
-                delivery = deliveries.plan_delivery(
-                    session,
-                    notification.id,
-                    channel,
-                    actor_id=recipient.identity,
-                    notification_key=key,
-                    event_id=event.id,
-                    correlation_id=correlation_id,
-                )
-                reason = _suppression(session, recipient.identity, key, channel, category)
-                if reason is not None:
-                    deliveries.suppress_delivery(session, delivery, reason, checkpoint="planning")
-                planned.append(delivery)
-
-    ready = [d for d in planned if d.status == "pending" and d.orchestration_state == "ready"]
-    jobs = (
-        pgqueue.insert_all(session, [dispatch_job(d.id) for d in ready], schema=queue_schema) if ready else []
-    )
-    return TriggerResult(event, False, notifications, planned, jobs)
+            bridge.run_async(write)
+        else:
+            conn = sync_connection(session)
+            _write(conn, plan, _queries(conn, mapped), queue_schema)
+        return call.result(event, plan, span)
 
 
-def _suppression(
-    session: Session, recipient: str, key: str, channel: str, category: str | None
-) -> str | None:
-    if not preferences.channel_enabled(session, recipient, key, channel):
-        return Reason.CHANNEL_DISABLED
-    if category is not None and not preferences.category_enabled(session, recipient, category):
-        return Reason.CATEGORY_DISABLED
-    return None
+async def atrigger(
+    session: AsyncSession,
+    notifier: Notifier,
+    params: Mapping[str, Any],
+    *,
+    idempotency_key: str,
+    correlation_id: str | None = None,
+    queue_schema: str = "public",
+) -> TriggerResult:
+    """The async twin of :func:`trigger`, in an ``AsyncSession``'s transaction.
+
+    The notifier's methods are plain functions, called on the event loop: keep them quick (no
+    I/O), or fetch what they need before triggering.
+    """
+    call = _Call.check(notifier, params, idempotency_key, correlation_id)
+    with telemetry.span(("chimeway", "events", "create"), {"notification_key": call.key}):
+        event = (await session.scalars(call.insert_event())).one_or_none()
+    if event is None:
+        return TriggerResult((await session.scalars(call.existing_event())).one(), duplicate=True)
+    plan = call.fan_out(event)
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    mapped = _mapped_schema(connection)
+    with call.plan_span(event) as span:
+        conn = await async_connection(session)
+        await _awrite(conn, plan, await _aqueries(conn, mapped), queue_schema)
+        return call.result(event, plan, span)
