@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 
-from chimeway.dispatch import DispatchWorker
+import pgqueue.options
+from chimeway.dispatch import QUEUE, DispatchWorker, dispatch_job
+from chimeway.notifier import Recipient
 from chimeway.planning import FanOut, UuidList, time_ordered_ids
 
 
@@ -67,3 +72,54 @@ def test_a_fan_out_refuses_a_job_template_it_could_not_copy() -> None:
     ):
         with pytest.raises(ValueError, match="dispatch job must be unique"):
             FanOut(**options, job_template=template)  # type: ignore[arg-type]
+
+
+def job_keys(fan_out: FanOut) -> dict[str, bytes]:
+    """Delivery id → unique key, as the fan-out's COPY rows of jobs carry them."""
+    for _ in fan_out.notification_rows():
+        pass
+    fan_out.take_suppressions([])
+    fan_out.job_ids = range(1, fan_out.job_count + 1)
+    keys = {}
+    for block in fan_out.job_rows():
+        for line in block.splitlines():
+            _, args, *_, key, _ = line.split("\t")
+            keys[json.loads(args)["delivery_id"]] = bytes.fromhex(key.removeprefix("\\\\x"))
+    return keys
+
+
+def small_fan_out() -> FanOut:
+    return FanOut(
+        event_id=uuid.uuid4(),
+        notification_key="k",
+        category=None,
+        correlation_id=None,
+        recipients=[Recipient("user:1"), Recipient("user:2")],
+        content_of=lambda r: "{}",
+        channels_of=lambda r: ["email", "sms"],
+        job_template=dispatch_job(uuid.uuid4()),
+    )
+
+
+def test_copied_jobs_carry_pgqueues_unique_key() -> None:
+    keys = job_keys(small_fan_out())
+    assert len(keys) == 4
+    assert all(key == dispatch_job(delivery).unique_key for delivery, key in keys.items())
+
+
+def test_unique_keys_come_from_pgqueue_itself_if_its_digest_ever_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def other_digest(
+        spec: Any, *, worker: str, queue: str, args: dict[str, Any], meta: dict[str, Any]
+    ) -> bytes:
+        return hashlib.sha256(json.dumps([worker, queue, args]).encode()).digest()[:16]
+
+    monkeypatch.setattr(pgqueue.options, "unique_key", other_digest)
+
+    keys = job_keys(small_fan_out())
+    assert len(keys) == 4
+    for delivery, key in keys.items():
+        assert key == other_digest(
+            None, worker=DispatchWorker.name, queue=QUEUE, args={"delivery_id": delivery}, meta={}
+        )
