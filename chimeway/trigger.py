@@ -44,6 +44,8 @@ from .store import Queries, queries_for
 __all__ = ["PlanningFailed", "TriggerError", "TriggerResult", "atrigger", "trigger"]
 
 _MAX_CHANNEL_LENGTH = 128  # the deliveries table's check
+# json.dumps(..., allow_nan=False) would build an encoder on every call (once per recipient)
+_ENCODER = json.JSONEncoder(allow_nan=False)
 # An escaped NUL in JSON text (after an even number of backslashes): jsonb can't store it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -143,7 +145,7 @@ def _json_text(value: Any, what: str) -> str:
     if not isinstance(value, Mapping):
         raise TriggerError(f"{what} must be a mapping, got {type(value).__name__}")
     try:
-        text = json.dumps(redact(value), allow_nan=False)
+        text = _ENCODER.encode(redact(value))
     except RecursionError:
         raise TriggerError(f"{what} is nested too deeply to store") from None
     except (TypeError, ValueError) as exc:
