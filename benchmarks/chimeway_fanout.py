@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -109,27 +110,31 @@ def _open_deliveries(conn: psycopg.Connection[Any]) -> int:
     return sum(int(n) for _, n in conn.execute(queries_for(SCHEMA).count_open_deliveries).fetchall())
 
 
-def _wait(condition: Any, what: str, timeout: float, worker: subprocess.Popen[bytes]) -> None:
+def _wait(
+    condition: Any, what: str, timeout: float, worker: subprocess.Popen[bytes], log: Path, interval: float
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if worker.poll() is not None:
-            stderr = worker.stderr.read().decode()[-500:] if worker.stderr else ""
-            raise RuntimeError(f"the worker exited while waiting for {what}: {stderr}")
+            raise RuntimeError(f"the worker exited while waiting for {what}: {log.read_text()[-500:]}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def measure_end_to_end(dsn: str, count: int, timeout: float) -> dict[str, Any]:
     fresh_schema(dsn, count)
-    config = Path(tempfile.mkdtemp()) / "chimeway.toml"
+    folder = Path(tempfile.mkdtemp())
+    config, log = folder / "chimeway.toml", folder / "worker.log"
     config.write_text(f'schema = "{SCHEMA}"\n')
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "chimeway.worker", "--config", str(config), "--log-level", "warning"],
-        env={**os.environ, "DATABASE_URL": dsn},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # The worker's stderr goes to a file: a pipe nobody reads could fill up and stall it.
+    with log.open("wb") as stderr:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "chimeway.worker", "--config", str(config), "--log-level", "warning"],
+            env={**os.environ, "DATABASE_URL": dsn},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     producers = sql.SQL("SELECT count(*) FROM {} WHERE queue = %s").format(table("pgqueue_producers"))
     finished = sql.SQL("SELECT max(updated_at), count(*) FILTER (WHERE status = 'succeeded') FROM {}").format(
         table("chimeway_deliveries")
@@ -141,18 +146,21 @@ def measure_end_to_end(dsn: str, count: int, timeout: float) -> dict[str, Any]:
                 row = conn.execute(producers, (QUEUE,)).fetchone()
                 return bool(row and row[0])
 
-            _wait(ready, "the worker to start", 60, worker)
+            _wait(ready, "the worker to start", 60, worker, log, 0.05)
             row = conn.execute("SELECT clock_timestamp()").fetchone()
             assert row is not None
             started_at = row[0]
             commit_seconds, jobs = _run_trigger(dsn, count, f"fanout-e2e-{count}")
-            _wait(lambda: _open_deliveries(conn) == 0, "every delivery to end", timeout, worker)
+            # The time comes from the rows (the database's clock), so polling less often costs no
+            # precision, only a little of the delay before the run is seen to be over.
+            _wait(lambda: _open_deliveries(conn) == 0, "every delivery to end", timeout, worker, log, 0.25)
             row = conn.execute(finished).fetchone()
             assert row is not None
             last, succeeded = row
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(120)
+        shutil.rmtree(folder, ignore_errors=True)
     if succeeded != jobs:
         raise RuntimeError(f"{succeeded} deliveries succeeded, expected {jobs}")
     seconds = (last - started_at).total_seconds()
