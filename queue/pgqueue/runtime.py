@@ -113,6 +113,7 @@ class Runtime:
         plugins: Sequence[Plugin] | None = None,
         leadership: bool = True,
         shutdown_grace_period: float = 15.0,
+        shutdown_flush_timeout: float = 5.0,
         poll_interval: float = 1.0,
         heartbeat_interval: float = 2.0,
         leader_interval: float = 15.0,
@@ -133,6 +134,7 @@ class Runtime:
         self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
         self.leadership = leadership
         self.shutdown_grace_period = float(shutdown_grace_period)
+        self.shutdown_flush_timeout = float(shutdown_flush_timeout)
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.registry = worker_registry
@@ -261,7 +263,12 @@ class Runtime:
         return self.poll_interval if self.notifier.status == "listening" else min(self.poll_interval, 0.1)
 
     async def stop(self) -> None:
-        """Shut down gracefully (see the module docstring). Safe to call twice."""
+        """Shut down gracefully (see the module docstring). Safe to call twice.
+
+        Returns within ``shutdown_grace_period`` (for running jobs) plus ``shutdown_flush_timeout``
+        (for writing the last acks, saying goodbye and resigning), whatever the database does;
+        acks it could not write are counted in a warning, and their jobs are left to the lifeline.
+        """
         if not self.started or self._tg is None:
             return
         self.started = False
@@ -279,13 +286,16 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for producer in running:
                     tg.start_soon(drain, producer)
+            finish_by = anyio.current_time() + self.shutdown_flush_timeout
             for entry in self._queues.values():
                 entry.scope.cancel()
-            # A producer stopped mid-fetch hands its acks back to the completer as it ends:
-            # wait for that before the final flush, or those acks would be lost.
-            with anyio.move_on_after(5):
+            with anyio.CancelScope(deadline=finish_by):
+                # A producer stopped mid-fetch hands its acks back to the completer as it ends:
+                # wait for that before the final flush, or those acks would be lost.
                 for entry in self._queues.values():
                     await entry.stopped.wait()
+                await _quietly(self.completer.flush(), "flush acks")
+                await _quietly(self.heartbeat.goodbye(running), "remove producer rows")
             for queue, ids in orphaned.items():
                 _log.warning(
                     "pgqueue: %d jobs of queue %r still running at shutdown; left for the lifeline",
@@ -293,10 +303,10 @@ class Runtime:
                     queue,
                 )
                 telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": ids})
-            await _quietly(self.completer.flush(), "flush acks")
-            await _quietly(self.heartbeat.goodbye(running), "remove producer rows")
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        if self.leader is not None:
+            self.leader.resign_timeout = min(self.leader.resign_timeout, _left(finish_by))
         # Cancelling the group stops the remaining services; the leader resigns as it stops.
         self._tg.cancel_scope.cancel()
         try:
@@ -304,9 +314,16 @@ class Runtime:
         finally:
             self._tg = None
             self._queues.clear()
+            if self.completer.backlog:
+                _log.warning(
+                    "pgqueue: %d acks could not be written within the %gs shutdown deadline; "
+                    "their jobs stay executing until the lifeline rescues them",
+                    self.completer.backlog,
+                    self.shutdown_flush_timeout,
+                )
             if self._own_pool:
                 with anyio.CancelScope(shield=True):
-                    await self.pool.close()
+                    await self.pool.close(timeout=_left(finish_by))
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully. Blocks; for a process's main."""
@@ -395,11 +412,13 @@ class Runtime:
         running.producer.stop_fetching()
         left = await running.producer.wait_drained(self.shutdown_grace_period)
         running.scope.cancel()
-        with anyio.move_on_after(5):
+        finish_by = anyio.current_time() + self.shutdown_flush_timeout
+        with anyio.CancelScope(deadline=finish_by):
             await running.stopped.wait()
-        self._queues.pop(queue, None)
-        await _quietly(self.completer.flush(), "flush acks")
-        await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
+        self._queues.pop(queue, None)  # before the goodbye, or the heartbeat would bring it back
+        with anyio.CancelScope(deadline=finish_by):
+            await _quietly(self.completer.flush(), "flush acks")
+            await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
         if left:
             telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": left})
 
@@ -524,3 +543,7 @@ async def _quietly(work: Any, what: str) -> None:
         await work
     except Exception as exc:
         _log.warning("pgqueue: could not %s during shutdown (%s)", what, exc)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - anyio.current_time())
