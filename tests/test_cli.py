@@ -316,3 +316,39 @@ def test_prune_deletes_only_finished_jobs_older_than_max_age(
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout.strip() == "pruned 4 finished jobs older than 0 s"
     assert jobs_by_queue_and_state(conn, schema) == {("alpha", "available"): 1}
+
+
+# -- hostile input: secrets, ranges, names --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--heartbeat-interval", "0"], "from more than 0 to 1e+10, got '0'"),
+        (["--heartbeat-interval", "30", "--rescue-window", "5"], "at most --rescue-window / 3"),
+        (["--rescue-window", "1e300"], "got '1e300'"),
+        (["--rescue-window", "0"], "got '0'"),
+        (["--shutdown-grace", "-1"], "from 0 to 1e+10, got '-1'"),
+        (["--prune-after", "inf"], "got 'inf'"),
+    ],
+)
+def test_start_refuses_timings_out_of_range_on_one_line(
+    dsn: str, schema: str, flags: list[str], fragment: str
+) -> None:
+    result = run_cli("start", "--dsn", dsn, "--schema", schema, "--queues", "default:1", *flags)
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "ten"])
+def test_prune_refuses_a_limit_below_one(dsn: str, schema: str, limit: str) -> None:
+    result = run_cli("prune", "--dsn", dsn, "--schema", schema, "--limit", limit, "--all")
+    assert result.returncode == 2
+    assert_one_line_error(result, f"expected a whole number of at least 1, got {limit!r}")
+
+
+@pytest.mark.parametrize("command", ["migrate", "status"])
+def test_a_schema_name_with_a_percent_sign_is_refused(dsn: str, command: str) -> None:
+    result = run_cli(command, "--dsn", dsn, "--schema", "pct%schema")
+    assert result.returncode == 2
+    assert_one_line_error(result, "schema must not contain a % character, got 'pct%schema'")

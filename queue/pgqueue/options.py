@@ -29,6 +29,8 @@ __all__ = [
     "encode_json_object",
     "merge_unique",
     "normalize_tags",
+    "positive_seconds",
+    "seconds",
     "unique_key",
     "validate_max_attempts",
     "validate_priority",
@@ -102,6 +104,14 @@ def seconds(value: object, name: str, *, allow_negative: bool = False) -> float:
         raise ConfigError(f"{name} must be a finite number of seconds up to {MAX_SECONDS:g}, got {value!r}")
     if result < 0 and not allow_negative:
         raise ConfigError(f"{name} must not be negative, got {value!r}")
+    return result
+
+
+def positive_seconds(value: object, name: str) -> float:
+    """A duration that must be more than zero (an interval, a timeout): see :func:`seconds`."""
+    result = seconds(value, name)
+    if result <= 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, got {value!r}")
     return result
 
 

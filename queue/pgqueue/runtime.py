@@ -43,6 +43,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from . import migrate, telemetry
+from . import options as opt
 from .completer import Completer
 from .errors import ConfigError, NotMigratedError
 from .executor import Executor
@@ -52,7 +53,7 @@ from .lifecycle import SYSTEM_CLOCK, Clock, Service, describe_error, supervise
 from .manage import acancel_job
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
-from .plugins.lifeline import Lifeline
+from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
 from .producer import Producer, QueueConfig
 from .worker import WorkerRegistry, registry
@@ -115,7 +116,7 @@ class Runtime:
         shutdown_grace_period: float = 15.0,
         shutdown_flush_timeout: float = 5.0,
         poll_interval: float = 1.0,
-        heartbeat_interval: float = 2.0,
+        heartbeat_interval: float | None = None,
         leader_interval: float = 15.0,
         notifier: Notifier | None = None,
         worker_registry: WorkerRegistry = registry,
@@ -128,15 +129,16 @@ class Runtime:
             raise ConfigError("Runtime needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
         migrate.validate_schema_name(schema)
         self.schema = schema
-        self.node = node or default_node_name()
+        self.node = _node_name(node)
         self.queue_configs = {q: QueueConfig.parse(q, v) for q, v in (queues or {}).items()}
         self.worker_modules = tuple(workers)
         self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
         self.leadership = leadership
-        self.shutdown_grace_period = float(shutdown_grace_period)
-        self.shutdown_flush_timeout = float(shutdown_flush_timeout)
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
+        self.shutdown_grace_period = opt.seconds(shutdown_grace_period, "shutdown_grace_period")
+        self.shutdown_flush_timeout = opt.positive_seconds(shutdown_flush_timeout, "shutdown_flush_timeout")
+        self.poll_interval = opt.positive_seconds(poll_interval, "poll_interval")
+        self.heartbeat_interval = heartbeat_for(heartbeat_interval, self.plugins)
+        leader_interval = opt.positive_seconds(leader_interval, "leader_interval")
         self.registry = worker_registry
         self.verify_schema = verify_schema
         self.clock = clock
@@ -164,7 +166,7 @@ class Runtime:
         self.completer = Completer(self.pool, schema, clock=clock, async_commit=not synchronous_acks)
         self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)
         self.heartbeat = Heartbeat(
-            self.pool, schema, self.node, self._producers, interval=heartbeat_interval, clock=clock
+            self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock
         )
         self._queues: dict[str, _Running] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -547,3 +549,11 @@ async def _quietly(work: Any, what: str) -> None:
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - anyio.current_time())
+
+
+def _node_name(node: str | None) -> str:
+    if node is None:
+        return default_node_name()
+    if not isinstance(node, str) or not node or "\x00" in node or len(node) > 255:
+        raise ConfigError(f"node must be a non-empty string of at most 255 characters, got {node!r}")
+    return node

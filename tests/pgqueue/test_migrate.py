@@ -198,3 +198,8 @@ def test_concurrent_migrators_apply_once(dsn: str, empty_schema: str) -> None:
         t.join(30)
     assert not errors
     assert sorted(len(r.applied) for r in results) == [0, 0, 0, m.PGQUEUE.latest]
+
+
+def test_a_schema_name_with_a_percent_sign_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must not contain a % character"):
+        m.validate_schema_name("pct%schema")
