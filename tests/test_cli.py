@@ -320,6 +320,35 @@ def test_prune_deletes_only_finished_jobs_older_than_max_age(
 
 # -- hostile input: secrets, ranges, names --------------------------------------------------------------
 
+MALFORMED_DSNS = [
+    "postgresql://app:S3cret PW@127.0.0.1:5432/db",
+    "host=127.0.0.1 password=S3cret PW dbname=db",
+    "postgresql://app:S3cret%PW@127.0.0.1/db",
+    "postgresql://app:S3cretPW@[::1/db",
+]
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS)
+@pytest.mark.parametrize("command", [["status"], ["migrate"], ["start", "--queues", "default:1"]])
+def test_a_malformed_dsn_is_one_line_that_never_shows_its_password(command: list[str], dsn: str) -> None:
+    given = run_cli(*command, "--dsn", dsn)
+    from_env = run_cli(*command, env={"DATABASE_URL": dsn})
+
+    for result in (given, from_env):
+        assert_one_line_error(result, "the DSN is malformed")
+        assert "S3cret" not in result.stderr
+
+
+def test_a_password_libpq_repeats_is_masked_wherever_it_appears(dsn: str) -> None:
+    # A well-formed DSN whose database does not exist: the server's message names the database,
+    # which here is the password too, so it must be masked wherever it appears.
+    secret = "pgq-secret-db-name"
+    bad = psycopg.conninfo.make_conninfo(dsn, password=secret, dbname=secret)
+    result = run_cli("status", "--dsn", bad)
+    assert result.returncode == 1
+    assert secret not in result.stderr
+    assert "***" in result.stderr
+
 
 @pytest.mark.parametrize(
     ("flags", "fragment"),

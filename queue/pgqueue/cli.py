@@ -18,6 +18,7 @@ import psycopg
 from . import __version__
 from .errors import PgQueueError
 from .job import JobState
+from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
 from .migrate import PGQUEUE, migrate, rollback, validate_schema_name, verify_migrated
 from .options import MAX_SECONDS
@@ -347,27 +348,23 @@ def _one_line(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    dsn: str | None = None
     try:
         args = parser.parse_args(argv)
+        # Every error below is shown through describe_error, which masks this DSN's password (and
+        # shows none of a DSN libpq can't parse).
+        dsn = getattr(args, "dsn", None) or os.environ.get("DATABASE_URL") or None
         return int(args.handler(args))
     except _UsageError as exc:
         print(f"pgqueue: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except psycopg.OperationalError as exc:
-        print(f"pgqueue: cannot reach the database: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except psycopg.ProgrammingError as exc:
-        print(f"pgqueue: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except (PgQueueError, psycopg.Error) as exc:
-        print(f"pgqueue: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except psycopg.OperationalError as exc:
+        print(f"pgqueue: cannot reach the database: {_one_line(describe_error(exc, dsn))}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        print(f"pgqueue: {_one_line(describe_error(exc, dsn))}", file=sys.stderr)
+        return EXIT_ERROR

@@ -49,7 +49,7 @@ from .errors import ConfigError, NotMigratedError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
-from .lifecycle import SYSTEM_CLOCK, Clock, Service, describe_error, supervise
+from .lifecycle import SYSTEM_CLOCK, Clock, Service, check_conninfo, describe_error, supervise
 from .manage import acancel_job
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
@@ -139,6 +139,8 @@ class Runtime:
         self.poll_interval = opt.positive_seconds(poll_interval, "poll_interval")
         self.heartbeat_interval = heartbeat_for(heartbeat_interval, self.plugins)
         leader_interval = opt.positive_seconds(leader_interval, "leader_interval")
+        if conninfo:
+            check_conninfo(conninfo)
         self.registry = worker_registry
         self.verify_schema = verify_schema
         self.clock = clock

@@ -267,3 +267,9 @@ def test_the_default_heartbeat_beats_three_times_per_rescue_window(
 ) -> None:
     plugins = [Lifeline(rescue_window=window)] if window is not None else []
     assert Runtime(dsn, queues={"rt": 1}, plugins=plugins).heartbeat_interval == pytest.approx(heartbeat)
+
+
+def test_a_malformed_dsn_is_refused_without_quoting_it() -> None:
+    with pytest.raises(pgqueue.ConfigError, match="the DSN is malformed") as caught:
+        Runtime("postgresql://app:S3cret PW@localhost/db", queues={"rt": 1})
+    assert "S3cret" not in str(caught.value)
