@@ -381,3 +381,23 @@ def test_a_schema_name_with_a_percent_sign_is_refused(dsn: str, command: str) ->
     result = run_cli(command, "--dsn", dsn, "--schema", "pct%schema")
     assert result.returncode == 2
     assert_one_line_error(result, "schema must not contain a % character, got 'pct%schema'")
+
+
+def test_migrate_down_takes_queue_control_away_and_back(
+    dsn: str, empty_schema: str, conn: psycopg.Connection[Any]
+) -> None:
+    def has_signals() -> bool:
+        name = sql.Identifier(empty_schema, "pgqueue_signals").as_string(None)
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        conn.commit()
+        return bool(found and found[0])
+
+    assert run_cli("migrate", "--dsn", dsn, "--schema", empty_schema).returncode == 0
+    assert has_signals()
+    down = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema, "--down")
+    assert down.returncode == 0, down.stderr
+    assert "reverted 2" in down.stdout
+    assert not has_signals()
+    up = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema)
+    assert "applied 2" in up.stdout
+    assert has_signals()

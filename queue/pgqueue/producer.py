@@ -130,7 +130,10 @@ class Producer:
         self.wake()
 
     def cancel_job(self, job_id: int) -> bool:
-        """Stop a running job (its ack then records it cancelled); False when it isn't running here."""
+        """Stop a running job; False when it isn't running here.
+
+        Queue control calls this only once the database has the job cancelled, so the job's own
+        ack (``cancelled``) is refused by the fence and the database's record stands."""
         running = self.running.get(job_id)
         if running is None or running.task is None:
             return False
