@@ -7,6 +7,7 @@ from .context import Scenario
 from .fuzz import fuzzed_config
 from .hostile import hostile_input
 from .outages import backend_terminations, postgres_restarts
+from .poison import poison
 from .rescue import long_jobs
 from .soak import soak
 from .storm import crash_storm
@@ -21,5 +22,6 @@ SCENARIOS: dict[str, Scenario] = {
     "long-jobs": long_jobs,
     "soak": soak,
     "hostile-input": hostile_input,
+    "poison": poison,
     "fuzzed-config": fuzzed_config,
 }

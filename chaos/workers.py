@@ -18,8 +18,11 @@ __all__ = [
     "SCHEMA_VARIABLE",
     "Busy",
     "Failing",
+    "HugeBackoff",
     "Long",
+    "NulError",
     "Snoozer",
+    "SurrogateError",
     "record_execution",
 ]
 
@@ -79,3 +82,30 @@ class Failing(pgqueue.Worker):
     def perform(self, job: pgqueue.Job) -> None:
         record_execution(job)
         raise RuntimeError(f"chaos: deliberate failure of attempt {job.attempt}")
+
+
+# Poison: what a worker can hand back that PostgreSQL can't store as is (see chaos.poison).
+
+
+class NulError(pgqueue.Worker, max_attempts=3):
+    """Fails with a NUL in its message: PostgreSQL's text can't hold one."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        raise ValueError("unexpected byte in payload: \x00")
+
+
+class SurrogateError(pgqueue.Worker, max_attempts=3):
+    """Fails with a lone surrogate in its message, as an undecodable file name gives one."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        raise ValueError("can't open file b'\\xff': " + b"\xff".decode("utf-8", "surrogateescape"))
+
+
+class HugeBackoff(pgqueue.Worker, max_attempts=100):
+    """Fails, and asks to be retried in 2**50 seconds: past PostgreSQL's timestamps."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        raise RuntimeError("upstream down")
+
+    def backoff(self, job: pgqueue.Job) -> float:
+        return 2.0**50

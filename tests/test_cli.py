@@ -316,3 +316,88 @@ def test_prune_deletes_only_finished_jobs_older_than_max_age(
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout.strip() == "pruned 4 finished jobs older than 0 s"
     assert jobs_by_queue_and_state(conn, schema) == {("alpha", "available"): 1}
+
+
+# -- hostile input: secrets, ranges, names --------------------------------------------------------------
+
+MALFORMED_DSNS = [
+    "postgresql://app:S3cret PW@127.0.0.1:5432/db",
+    "host=127.0.0.1 password=S3cret PW dbname=db",
+    "postgresql://app:S3cret%PW@127.0.0.1/db",
+    "postgresql://app:S3cretPW@[::1/db",
+]
+
+
+@pytest.mark.parametrize("dsn", MALFORMED_DSNS)
+@pytest.mark.parametrize("command", [["status"], ["migrate"], ["start", "--queues", "default:1"]])
+def test_a_malformed_dsn_is_one_line_that_never_shows_its_password(command: list[str], dsn: str) -> None:
+    given = run_cli(*command, "--dsn", dsn)
+    from_env = run_cli(*command, env={"DATABASE_URL": dsn})
+
+    for result in (given, from_env):
+        assert_one_line_error(result, "the DSN is malformed")
+        assert "S3cret" not in result.stderr
+
+
+def test_a_password_libpq_repeats_is_masked_wherever_it_appears(dsn: str) -> None:
+    # A well-formed DSN whose database does not exist: the server's message names the database,
+    # which here is the password too, so it must be masked wherever it appears.
+    secret = "pgq-secret-db-name"
+    bad = psycopg.conninfo.make_conninfo(dsn, password=secret, dbname=secret)
+    result = run_cli("status", "--dsn", bad)
+    assert result.returncode == 1
+    assert secret not in result.stderr
+    assert "***" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--heartbeat-interval", "0"], "from more than 0 to 1e+10, got '0'"),
+        (["--heartbeat-interval", "30", "--rescue-window", "5"], "at most --rescue-window / 3"),
+        (["--rescue-window", "1e300"], "got '1e300'"),
+        (["--rescue-window", "0"], "got '0'"),
+        (["--shutdown-grace", "-1"], "from 0 to 1e+10, got '-1'"),
+        (["--prune-after", "inf"], "got 'inf'"),
+    ],
+)
+def test_start_refuses_timings_out_of_range_on_one_line(
+    dsn: str, schema: str, flags: list[str], fragment: str
+) -> None:
+    result = run_cli("start", "--dsn", dsn, "--schema", schema, "--queues", "default:1", *flags)
+    assert result.returncode == 2
+    assert_one_line_error(result, fragment)
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "ten"])
+def test_prune_refuses_a_limit_below_one(dsn: str, schema: str, limit: str) -> None:
+    result = run_cli("prune", "--dsn", dsn, "--schema", schema, "--limit", limit, "--all")
+    assert result.returncode == 2
+    assert_one_line_error(result, f"expected a whole number of at least 1, got {limit!r}")
+
+
+@pytest.mark.parametrize("command", ["migrate", "status"])
+def test_a_schema_name_with_a_percent_sign_is_refused(dsn: str, command: str) -> None:
+    result = run_cli(command, "--dsn", dsn, "--schema", "pct%schema")
+    assert result.returncode == 2
+    assert_one_line_error(result, "schema must not contain a % character, got 'pct%schema'")
+
+
+def test_migrate_down_takes_queue_control_away_and_back(
+    dsn: str, empty_schema: str, conn: psycopg.Connection[Any]
+) -> None:
+    def has_signals() -> bool:
+        name = sql.Identifier(empty_schema, "pgqueue_signals").as_string(None)
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+        conn.commit()
+        return bool(found and found[0])
+
+    assert run_cli("migrate", "--dsn", dsn, "--schema", empty_schema).returncode == 0
+    assert has_signals()
+    down = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema, "--down")
+    assert down.returncode == 0, down.stderr
+    assert "reverted 2" in down.stdout
+    assert not has_signals()
+    up = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema)
+    assert "applied 2" in up.stdout
+    assert has_signals()

@@ -18,10 +18,12 @@ import psycopg
 from . import __version__
 from .errors import PgQueueError
 from .job import JobState
+from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
 from .migrate import PGQUEUE, migrate, rollback, validate_schema_name, verify_migrated
+from .options import MAX_SECONDS
 from .plugins import Plugin
-from .plugins.lifeline import Lifeline
+from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
 from .plugins.pruner import Pruner
 from .plugins.stager import Stager
 from .producer import QueueConfig
@@ -106,13 +108,36 @@ def _modules(value: str) -> list[str]:
     return modules
 
 
-def _positive(value: str) -> float:
+def _seconds(value: str, *, zero: bool) -> float:
     try:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
-    if not number >= 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {value!r}")
+    low = "0" if zero else "more than 0"
+    if not (number >= 0 if zero else number > 0) or not number <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds from {low} to {MAX_SECONDS:g}, got {value!r}"
+        )
+    return number
+
+
+def _duration(value: str) -> float:
+    """A number of seconds, 0 included (a grace period, an age)."""
+    return _seconds(value, zero=True)
+
+
+def _interval(value: str) -> float:
+    """A number of seconds above 0 (an interval, a window)."""
+    return _seconds(value, zero=False)
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
     return number
 
 
@@ -135,6 +160,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
     plugins: list[Plugin] = [Stager(), Lifeline(rescue_window=args.rescue_window)]
     if args.prune_after is not None:
         plugins.append(Pruner(max_age=args.prune_after))
+    beat, window = args.heartbeat_interval, args.rescue_window
+    if beat is not None and beat > window / BEATS_PER_WINDOW:
+        raise _UsageError(
+            f"--heartbeat-interval must be at most --rescue-window / {BEATS_PER_WINDOW} "
+            f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
+            "beating less often has its own live jobs rescued"
+        )
     runtime = Runtime(
         dsn,
         queues=args.queues,
@@ -257,15 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
     )
     start.add_argument("--node", default=None, help="node name (default: host:pid)")
-    start.add_argument("--shutdown-grace", type=_positive, default=15.0, metavar="SECONDS")
+    start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")
     start.add_argument(
         "--rescue-window",
-        type=_positive,
+        type=_interval,
         default=15.0,
         metavar="SECONDS",
         help="rescue a dead node's jobs after its heartbeats stop this long",
     )
-    start.add_argument("--heartbeat-interval", type=_positive, default=2.0, metavar="SECONDS")
+    start.add_argument(
+        "--heartbeat-interval",
+        type=_interval,
+        default=None,
+        metavar="SECONDS",
+        help="how often this node says it is alive (default: 2, or --rescue-window / 3 when less)",
+    )
     start.add_argument(
         "--synchronous-acks",
         action="store_true",
@@ -273,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument(
         "--prune-after",
-        type=_positive,
+        type=_interval,
         default=None,
         metavar="SECONDS",
         help="delete finished jobs older than this (default: keep them)",
@@ -298,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
     _add_database(prune)
-    prune.add_argument("--max-age", type=_positive, default=86_400.0, metavar="SECONDS")
-    prune.add_argument("--limit", type=int, default=10_000)
+    prune.add_argument("--max-age", type=_duration, default=86_400.0, metavar="SECONDS")
+    prune.add_argument("--limit", type=_count, default=10_000, help="jobs deleted per transaction")
     prune.add_argument("--all", action="store_true", help="repeat until nothing older is left")
     prune.set_defaults(handler=_cmd_prune)
     return parser
@@ -310,27 +348,23 @@ def _one_line(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    dsn: str | None = None
     try:
         args = parser.parse_args(argv)
+        # Every error below is shown through describe_error, which masks this DSN's password (and
+        # shows none of a DSN libpq can't parse).
+        dsn = getattr(args, "dsn", None) or os.environ.get("DATABASE_URL") or None
         return int(args.handler(args))
     except _UsageError as exc:
         print(f"pgqueue: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except psycopg.OperationalError as exc:
-        print(f"pgqueue: cannot reach the database: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except psycopg.ProgrammingError as exc:
-        print(f"pgqueue: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    except (PgQueueError, psycopg.Error) as exc:
-        print(f"pgqueue: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except psycopg.OperationalError as exc:
+        print(f"pgqueue: cannot reach the database: {_one_line(describe_error(exc, dsn))}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        print(f"pgqueue: {_one_line(describe_error(exc, dsn))}", file=sys.stderr)
+        return EXIT_ERROR

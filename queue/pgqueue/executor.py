@@ -19,27 +19,34 @@ from typing import Any, NamedTuple
 
 import anyio
 import orjson
+import psycopg
+from psycopg import pq
 
 from . import telemetry
 from .backoff import default_backoff
 from .errors import TimeoutError as JobTimeoutError
 from .errors import UnknownWorkerError
 from .job import Job, JobState
+from .lifecycle import describe_error
+from .options import MAX_SECONDS
+from .poison import storable_text
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
 __all__ = [
     "Ack",
     "Cancellation",
+    "Claim",
     "Execution",
     "Executor",
     "Outcome",
     "fetch_params",
     "fetch_result",
     "is_cancelled",
+    "read_claim",
+    "read_claim_sync",
 ]
 
 _log = logging.getLogger("pgqueue.executor")
-_MAX_ERROR_CHARS = 16_000
 
 
 class Outcome:
@@ -105,6 +112,79 @@ def fetch_result(rows: Sequence[Sequence[Any]]) -> tuple[int, list[Job]]:
     return acked, [Job(*row[1:]) for row in rows]
 
 
+#: Claimed rows: (how many acks landed, the jobs decoded, a discarding ack per row that wasn't).
+Claim = tuple[int, list[Job], list[Ack]]
+# Columns of a fetch_jobs.sql row: the ack count, then the job's columns in Job's order.
+_ID_COLUMN = 1
+_ATTEMPT_COLUMN = 1 + Job._fields.index("attempt")
+
+
+async def read_claim(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+    """Read the result of ``queries/fetch_jobs.sql`` from ``cursor``: :func:`fetch_result`, except
+    that a row which can't be decoded costs only itself.
+
+    The claim has committed by now, so a row this client can't decode (jsonb nested deeper than
+    orjson reads, a timestamp outside Python's years in this session's time zone) must not strand
+    the others: they are decoded one by one, and the bad row gets an ack discarding it."""
+    try:
+        rows = await cursor.fetchall()
+    except Exception:
+        return await _read_row_by_row(cursor)
+    acked, jobs = fetch_result(rows)
+    return acked, jobs, []
+
+
+def read_claim_sync(cursor: psycopg.Cursor[Any]) -> Claim:
+    """The sync twin of :func:`read_claim`."""
+    try:
+        rows = cursor.fetchall()
+    except Exception:
+        result = cursor.pgresult
+        assert result is not None
+        jobs: list[Job] = []
+        refused: list[Ack] = []
+        for index in range(result.ntuples):
+            cursor.scroll(index, mode="absolute")
+            try:
+                jobs.append(Job(*(cursor.fetchone() or ())[1:]))
+            except Exception as exc:
+                refused.append(_undecodable(result, index, exc))
+        return _raw_int(result, 0, 0), jobs, refused
+    acked, jobs = fetch_result(rows)
+    return acked, jobs, []
+
+
+async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+    result = cursor.pgresult
+    assert result is not None
+    jobs: list[Job] = []
+    refused: list[Ack] = []
+    for index in range(result.ntuples):
+        await cursor.scroll(index, mode="absolute")
+        try:
+            jobs.append(Job(*(await cursor.fetchone() or ())[1:]))
+        except Exception as exc:
+            refused.append(_undecodable(result, index, exc))
+    return _raw_int(result, 0, 0), jobs, refused
+
+
+def _undecodable(result: pq.abc.PGresult, index: int, exc: Exception) -> Ack:
+    # The id and attempt are read from the raw result: integers always decode.
+    error = storable_text(
+        f"pgqueue could not decode this job's row ({describe_error(exc)}); discarded without running"
+    )
+    job_id, attempt = _raw_int(result, index, _ID_COLUMN), _raw_int(result, index, _ATTEMPT_COLUMN)
+    return Ack(job_id, attempt, JobState.DISCARDED, error=error)
+
+
+def _raw_int(result: pq.abc.PGresult, row: int, column: int) -> int:
+    value = result.get_value(row, column)
+    assert value is not None
+    if result.fformat(column) == pq.Format.BINARY:
+        return int.from_bytes(value, "big", signed=True)
+    return int(value)
+
+
 class Execution(NamedTuple):
     """The full story of one attempt, for the caller and for telemetry."""
 
@@ -152,18 +232,24 @@ def is_cancelled() -> bool:
 def _describe(exc: BaseException) -> str:
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    summary = f"{name}: {exc}" if str(exc) else name
-    trace = "".join(traceback.format_exception(exc))
-    text = f"{summary}\n\n{trace}"
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 15] + "\n… (truncated)"
+    try:
+        message = str(exc)
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:  # an exception whose __str__ raises must still be recorded
+        message, trace = "", f"(the {name} could not be turned into text)"
+    summary = f"{name}: {message}" if message else name
+    return storable_text(f"{summary}\n\n{trace}")
 
 
 def _outcome_error(outcome: JobOutcome) -> str:
-    return (
-        f"{type(outcome).__name__}: {outcome.reason!r}"
-        if outcome.reason is not None
-        else type(outcome).__name__
-    )
+    name = type(outcome).__name__
+    if outcome.reason is None:
+        return name
+    try:
+        reason = repr(outcome.reason)
+    except Exception:  # a reason whose __repr__ raises
+        reason = f"<unprintable {type(outcome.reason).__name__}>"
+    return storable_text(f"{name}: {reason}")
 
 
 class Executor:
@@ -338,9 +424,16 @@ class Executor:
         if worker is not None:
             try:
                 delay = float(worker.backoff(job))
-                if math.isfinite(delay) and delay >= 0:
+                # Bounded like schedule_in: now() + 2**50 s is past PostgreSQL's timestamps, and an
+                # ack it can't write must never reach the batch it would fail.
+                if math.isfinite(delay) and 0 <= delay <= MAX_SECONDS:
                     return delay
-                _log.warning("%s.backoff returned %r; using the default backoff", job.worker, delay)
+                _log.warning(
+                    "%s.backoff returned %r, outside 0..%g seconds; using the default backoff",
+                    job.worker,
+                    delay,
+                    MAX_SECONDS,
+                )
             except Exception:
                 _log.exception("%s.backoff failed; using the default backoff", job.worker)
         return float(default_backoff(job.attempt, job.max_attempts))

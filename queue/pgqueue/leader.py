@@ -101,6 +101,9 @@ class Leader:
         self._may_hold_lease = False
         self._lease_until = 0.0
         self._callbacks: list[LeaderCallback] = []
+        #: how long resigning may take before the lease is left to expire (a stopping runtime
+        #: shortens it to what remains of its shutdown deadline)
+        self.resign_timeout = _RESIGN_TIMEOUT
 
     @property
     def is_leader(self) -> bool:
@@ -166,7 +169,7 @@ class Leader:
         self._set_leading(False)
         if not self._may_hold_lease:
             return
-        with anyio.move_on_after(_RESIGN_TIMEOUT):
+        with anyio.move_on_after(self.resign_timeout):
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(self._queries.leader_resign, self._params)

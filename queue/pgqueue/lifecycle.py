@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+from urllib.parse import quote
 
 import anyio
 import psycopg
@@ -32,12 +33,14 @@ import psycopg
 from .errors import ConfigError
 
 __all__ = [
+    "MALFORMED_DSN",
     "SYSTEM_CLOCK",
     "Backoff",
     "Clock",
     "Service",
     "SystemClock",
     "Wakeup",
+    "check_conninfo",
     "describe_error",
     "jittered",
     "supervise",
@@ -50,6 +53,16 @@ logger = logging.getLogger(__name__)
 _URI_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:@/\s]*):[^@\s]*@", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(?P<head>password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _MAX_ERROR_CHARS = 300
+#: What is shown instead of libpq's text when a DSN can't be parsed.
+MALFORMED_DSN = "the DSN is malformed (libpq could not parse it)"
+# Fragments of libpq's messages about a connection string it can't parse; each quotes the DSN.
+_CONNINFO_PARSE_ERRORS = (
+    "connection info string",
+    "in URI",
+    "percent-encoded",
+    "invalid connection option",
+    "URI query parameter",
+)
 
 
 class Clock(Protocol):
@@ -143,19 +156,37 @@ class Backoff:
         return jittered(base, self.jitter, random)
 
 
-def describe_error(exc: BaseException) -> str:
-    """``"OperationalError: connection refused"``: an error's type and first line, safe to log.
+def describe_error(exc: BaseException, dsn: str | None = None) -> str:
+    """``"OperationalError: connection refused"``: an error's type and first line, safe to show.
 
-    Passwords in connection strings that libpq echoes back are masked, and the text is cut short,
-    so a log line never carries a secret or a wall of text.
+    Passwords are masked: every occurrence of the one in ``dsn`` when it is given (as written and
+    percent-encoded), and the URI and ``password=`` forms in any case. libpq's messages about a DSN
+    it can't parse quote the DSN itself, so for those (and for any error, when ``dsn`` is given and
+    can't be parsed) the text is a fixed "the DSN is malformed". The text is cut short, so a log
+    line never carries a secret or a wall of text.
     """
-    lines = str(exc).strip().splitlines()
+    name = type(exc).__name__
+    if dsn is not None:
+        try:
+            secret = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+        except psycopg.ProgrammingError:
+            return f"{name}: {MALFORMED_DSN}"
+    else:
+        secret = None
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ raises
+        lines = []
     text = lines[0] if lines else ""
+    if isinstance(exc, psycopg.ProgrammingError) and any(f in text for f in _CONNINFO_PARSE_ERRORS):
+        return f"{name}: {MALFORMED_DSN}"
+    if isinstance(secret, str) and secret:
+        for form in {secret, quote(secret, safe=""), quote(secret)}:
+            text = text.replace(form, "***")
     text = _URI_PASSWORD.sub(r"\g<head>:***@", text)
     text = _KV_PASSWORD.sub(r"\g<head>***", text)
     if len(text) > _MAX_ERROR_CHARS:
         text = text[: _MAX_ERROR_CHARS - 1] + "…"
-    name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
@@ -270,3 +301,13 @@ class Wakeup:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def check_conninfo(conninfo: str) -> None:
+    """Raise :class:`ConfigError` if libpq can't parse ``conninfo``, without quoting it.
+
+    libpq's own message for a malformed DSN quotes the part it choked on, password and all."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        raise ConfigError(MALFORMED_DSN) from None

@@ -148,6 +148,10 @@ def validate_schema_name(schema: str) -> str:
         raise ConfigError(f"schema must be a non-empty string, got {schema!r}")
     if "\x00" in schema:
         raise ConfigError("schema must not contain a NUL character")
+    if "%" in schema:
+        # The schema is rendered into statements that also carry %(name)s parameters: a % in it
+        # would read as a placeholder.
+        raise ConfigError(f"schema must not contain a % character, got {schema!r}")
     if len(schema.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
         raise ConfigError(f"schema must be at most {_MAX_IDENTIFIER_BYTES} bytes long, got {schema!r}")
     return schema

@@ -2,8 +2,9 @@
 
 A :class:`Notifier` carries small JSON objects on named topics (``insert``, ``signal``, ``leader``
 …) between every node that runs queues in one schema. Producers subscribe to learn that jobs
-arrived; the leader announces that it steps down; queue control (pause, scale, cancel) travels the
-same way. Two implementations share the protocol:
+arrived; the leader announces that it steps down; queue control wakes the nodes the same way (the
+commands themselves are rows of a table, see :mod:`pgqueue.control`: anyone who can connect can
+notify). Two implementations share the protocol:
 
 - :class:`PostgresNotifier` listens on one dedicated connection and survives its loss. When LISTEN
   turns out to be useless (behind a transaction-mode pooler, say), it reports ``"polling"`` so

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,13 +19,18 @@ from .errors import ConfigError
 from .job import JobState, UniqueSpec
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_SECONDS",
     "REPLACEABLE_FIELDS",
+    "SCHEDULED_AT_RANGE",
     "UNIQUE_GROUPS",
     "compile_replace",
     "compile_unique",
     "encode_json_object",
     "merge_unique",
     "normalize_tags",
+    "positive_seconds",
+    "seconds",
     "unique_key",
     "validate_max_attempts",
     "validate_priority",
@@ -35,6 +40,15 @@ __all__ = [
 ]
 
 _MAX_INT4 = 2**31 - 1
+#: The longest duration any option or delay may take: about 317 years. ``now() + MAX_SECONDS`` is
+#: far inside PostgreSQL's timestamp range, and a float this size still has sub-millisecond precision.
+MAX_SECONDS = 1e10
+#: The instants ``scheduled_at`` may take: every session time zone can represent them (PostgreSQL
+#: shows a timestamptz in the session's zone, and Python's datetime stops at years 1 and 9999, so a
+#: time near either end fails to decode in a zone on the wrong side of UTC).
+SCHEDULED_AT_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+#: How deeply args and meta may nest: the most the runtime's JSON decoder (orjson) reads back.
+MAX_JSON_DEPTH = 1024
 
 UNIQUE_FIELDS = frozenset({"args", "meta", "queue", "worker"})
 UNIQUE_OPTIONS = frozenset({"fields", "keys", "period", "states", "timestamp"})
@@ -86,10 +100,18 @@ def seconds(value: object, name: str, *, allow_negative: bool = False) -> float:
         result = float(value)
     else:
         raise ConfigError(f"{name} must be a number of seconds or a timedelta, got {value!r}")
-    if not math.isfinite(result) or abs(result) > 10**10:
-        raise ConfigError(f"{name} must be a finite number of seconds, got {value!r}")
+    if not math.isfinite(result) or abs(result) > MAX_SECONDS:
+        raise ConfigError(f"{name} must be a finite number of seconds up to {MAX_SECONDS:g}, got {value!r}")
     if result < 0 and not allow_negative:
         raise ConfigError(f"{name} must not be negative, got {value!r}")
+    return result
+
+
+def positive_seconds(value: object, name: str) -> float:
+    """A duration that must be more than zero (an interval, a timeout): see :func:`seconds`."""
+    result = seconds(value, name)
+    if result <= 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, got {value!r}")
     return result
 
 
@@ -100,6 +122,16 @@ def validate_schedule_in(value: object) -> float:
 def validate_scheduled_at(value: object) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ConfigError(f"scheduled_at must be a timezone-aware datetime, got {value!r}")
+    earliest, latest = SCHEDULED_AT_RANGE
+    try:
+        inside = earliest <= value <= latest
+    except OverflowError:  # the offset pushes it past year 1 or 9999 in UTC
+        inside = False
+    if not inside:
+        raise ConfigError(
+            f"scheduled_at must be between {earliest:%Y-%m-%d} and {latest:%Y-%m-%d} UTC "
+            f"(times every session time zone can show), got {value!r}"
+        )
     return value
 
 
@@ -125,7 +157,8 @@ def encode_json_object(value: object, name: str) -> str:
     """Encode ``value`` as a JSON object that PostgreSQL's jsonb stores and gives back unchanged.
 
     Raises ``TypeError`` naming ``name`` when it would not round-trip: not a dict, non-string
-    keys, tuples, sets, NaN or infinities, NUL characters or unpaired surrogates.
+    keys, tuples, sets, NaN or infinities, NUL characters, unpaired surrogates, or nesting deeper
+    than :data:`MAX_JSON_DEPTH` (never ``RecursionError``).
     """
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict (a JSON object), got {type(value).__name__}")
@@ -154,6 +187,41 @@ _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _encode_json_object_slowly(value: dict[Any, Any], name: str) -> str:
+    # orjson refused it: integers beyond 64 bits, or nesting past its 254 levels. Every check here
+    # recurses, so a document nested past Python's recursion limit must fail as a TypeError too.
+    depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise TypeError(
+            f"{name} nests more than {MAX_JSON_DEPTH} levels deep, the most the runtime can decode"
+        )
+    try:
+        return _encode_checked(value, name)
+    except RecursionError:
+        raise TypeError(
+            f"{name} nests {depth} levels deep, more than Python's recursion limit lets it encode"
+        ) from None
+
+
+def _depth(value: object) -> int:
+    """How many arrays and objects deep ``value`` nests, counted without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest  # enough to refuse it; no need to walk the rest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _encode_checked(value: dict[Any, Any], name: str) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

@@ -24,10 +24,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
 from .completer import Completer
-from .executor import Cancellation, Executor, fetch_params, fetch_result
+from .executor import Ack, Cancellation, Claim, Executor, fetch_params, read_claim
 from .job import Job
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .options import validate_queue
+from .poison import is_row_error
 from .store import queries_for
 
 __all__ = ["Producer", "QueueConfig"]
@@ -129,7 +130,10 @@ class Producer:
         self.wake()
 
     def cancel_job(self, job_id: int) -> bool:
-        """Stop a running job (its ack then records it cancelled); False when it isn't running here."""
+        """Stop a running job; False when it isn't running here.
+
+        Queue control calls this only once the database has the job cancelled, so the job's own
+        ack (``cancelled``) is refused by the fence and the database's record stands."""
         running = self.running.get(job_id)
         if running is None or running.task is None:
             return False
@@ -207,24 +211,25 @@ class Producer:
         started = self.clock.monotonic()
         # Acks waiting in the completer ride along with this fetch: one round trip for both.
         acks = self.completer.take()
-        params = fetch_params(
-            acks,
-            queue=self.queue,
-            demand=demand,
-            node=self.node,
-            producer=self.uuid,
-            async_commit=self.async_commit,
-        )
         try:
-            async with self.pool.connection() as conn:
-                cursor = conn.cursor(row_factory=tuple_row)
-                await cursor.execute(self.queries.fetch_jobs, params)
-                acked, jobs = fetch_result(await cursor.fetchall())
+            acked, jobs, undecodable = await self._fetch(acks, demand)
+        except Exception as exc:
+            if not acks or not is_row_error(exc):
+                self.completer.give_back(acks)
+                raise
+            # One of the acks can't be written: the fetch must not fail with it. The completer
+            # isolates them; this fetch goes on without.
+            self.completer.give_back(acks, suspect=True)
+            acks = []
+            acked, jobs, undecodable = await self._fetch([], demand)
         except BaseException:
             self.completer.give_back(acks)
             raise
         if acks:
             self.completer.taken_written(len(acks), acked)
+        for ack in undecodable:
+            _log.warning("pgqueue %s: job %d discarded: %s", self.name, ack.job_id, ack.error)
+            await self.completer.ack(ack)
         self.fetched += len(jobs)
         loop = asyncio.get_running_loop()
         now = self.clock.monotonic()
@@ -241,6 +246,20 @@ class Producer:
         )
         if len(jobs) == demand:
             self.wake()  # the queue may hold more than we could take
+
+    async def _fetch(self, acks: list[Ack], demand: int) -> Claim:
+        params = fetch_params(
+            acks,
+            queue=self.queue,
+            demand=demand,
+            node=self.node,
+            producer=self.uuid,
+            async_commit=self.async_commit,
+        )
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute(self.queries.fetch_jobs, params)
+            return await read_claim(cursor)
 
     async def _execute(self, job: Job, running: _Running) -> None:
         try:

@@ -8,13 +8,15 @@
     runtime.run()                # or: block until SIGTERM/SIGINT, then shut down gracefully
 
 Inside: a connection pool; a notifier (one LISTEN connection); a leader (lease election); a
-completer (batched acks); a heartbeat; one producer per queue; and the plugins (stager and
-lifeline by default). Every part has the same lifecycle (:func:`pgqueue.lifecycle.supervise`): a
-database outage makes parts log, back off and resume, never stop the node.
+completer (batched acks); a heartbeat; queue control (:mod:`pgqueue.control`: commands read from
+the signals table); one producer per queue; and the plugins (stager and lifeline by default).
+Every part has the same lifecycle (:func:`pgqueue.lifecycle.supervise`): a database outage makes
+parts log, back off and resume, never stop the node.
 
 Shutting down: producers stop fetching; running jobs get ``shutdown_grace_period`` seconds to
-finish; their acks are flushed; leadership is given up; the producers' rows are deleted, so any job
-still running is rescued by the lifeline elsewhere.
+finish; then, within ``shutdown_flush_timeout`` seconds whatever the database does, their acks are
+flushed, the producers' rows are deleted (so any job still running is rescued by the lifeline
+elsewhere) and leadership is given up.
 
 Durability: claims and acks commit without waiting for their WAL flush unless
 ``synchronous_acks=True``. A PostgreSQL crash may then lose the last few milliseconds of them, and
@@ -25,12 +27,11 @@ durability. Waiting for the flush costs a third of the throughput of a queue of 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -43,51 +44,31 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from . import migrate, telemetry
+from . import options as opt
 from .completer import Completer
+from .control import SIGNAL_TOPIC, Control
 from .errors import ConfigError, NotMigratedError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
-from .lifecycle import SYSTEM_CLOCK, Clock, Service, describe_error, supervise
+from .lifecycle import SYSTEM_CLOCK, Clock, Service, check_conninfo, supervise
 from .manage import acancel_job
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
-from .plugins.lifeline import Lifeline
+from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
 from .producer import Producer, QueueConfig
-from .worker import WorkerRegistry, registry
+from .worker import WorkerRegistry, load_worker_modules, registry
 
 __all__ = ["Runtime", "default_node_name"]
 
 _log = logging.getLogger("pgqueue.runtime")
-SIGNAL_TOPIC = "signal"
 INSERT_TOPIC = "insert"
 
 
 def default_node_name() -> str:
     """``host:pid``: unique per process, so two processes never share heartbeats or leadership."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def load_worker_modules(modules: Iterable[str]) -> None:
-    """Import the modules the operator named; their Worker classes register themselves.
-
-    This is the only place pgqueue imports code by name, and the names come from configuration,
-    never from a job row.
-    """
-    for module in modules:
-        if not isinstance(module, str) or not module or module.startswith("."):
-            raise ConfigError(f"workers must be absolute module paths, got {module!r}")
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(f"can't import worker module {module!r}: {exc}") from None
-        except ConfigError:
-            raise  # a worker defined with a bad option: the message names it already
-        except Exception as exc:
-            # Importing runs the module's code; a bug there (or a SyntaxError) is still a
-            # configuration error that names the module, not a traceback out of start().
-            raise ConfigError(f"can't import worker module {module!r}: {describe_error(exc)}") from exc
 
 
 @dataclass
@@ -113,8 +94,9 @@ class Runtime:
         plugins: Sequence[Plugin] | None = None,
         leadership: bool = True,
         shutdown_grace_period: float = 15.0,
+        shutdown_flush_timeout: float = 5.0,
         poll_interval: float = 1.0,
-        heartbeat_interval: float = 2.0,
+        heartbeat_interval: float | None = None,
         leader_interval: float = 15.0,
         notifier: Notifier | None = None,
         worker_registry: WorkerRegistry = registry,
@@ -127,14 +109,18 @@ class Runtime:
             raise ConfigError("Runtime needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
         migrate.validate_schema_name(schema)
         self.schema = schema
-        self.node = node or default_node_name()
+        self.node = _node_name(node)
         self.queue_configs = {q: QueueConfig.parse(q, v) for q, v in (queues or {}).items()}
         self.worker_modules = tuple(workers)
         self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
         self.leadership = leadership
-        self.shutdown_grace_period = float(shutdown_grace_period)
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
+        self.shutdown_grace_period = opt.seconds(shutdown_grace_period, "shutdown_grace_period")
+        self.shutdown_flush_timeout = opt.positive_seconds(shutdown_flush_timeout, "shutdown_flush_timeout")
+        self.poll_interval = opt.positive_seconds(poll_interval, "poll_interval")
+        self.heartbeat_interval = heartbeat_for(heartbeat_interval, self.plugins)
+        leader_interval = opt.positive_seconds(leader_interval, "leader_interval")
+        if conninfo:
+            check_conninfo(conninfo)
         self.registry = worker_registry
         self.verify_schema = verify_schema
         self.clock = clock
@@ -162,7 +148,10 @@ class Runtime:
         self.completer = Completer(self.pool, schema, clock=clock, async_commit=not synchronous_acks)
         self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)
         self.heartbeat = Heartbeat(
-            self.pool, schema, self.node, self._producers, interval=heartbeat_interval, clock=clock
+            self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock
+        )
+        self.control = Control(
+            self.pool, schema, self, self.notifier, is_leader=self.is_leader, poll_interval=self.poll_interval
         )
         self._queues: dict[str, _Running] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -191,15 +180,17 @@ class Runtime:
         if self.verify_schema:
             async with self.pool.connection() as conn:
                 await _averify(conn, self.schema)
+        await self.control.prepare()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self.started = True
         self._unsubscribe = [
             self.notifier.subscribe(INSERT_TOPIC, self._on_insert),
-            self.notifier.subscribe(SIGNAL_TOPIC, self._on_signal),
+            # Whatever a notification on the signal topic says, it only makes control read the table.
+            self.notifier.subscribe(SIGNAL_TOPIC, lambda payload: self.control.wake()),
             self.notifier.on_status(self._on_notifier_status),
         ]
-        services: list[Service] = [self.notifier, self.completer, self.heartbeat]
+        services: list[Service] = [self.notifier, self.completer, self.heartbeat, self.control]
         if self.leader is not None:
             services.append(self.leader)
         context = PluginContext(
@@ -261,7 +252,12 @@ class Runtime:
         return self.poll_interval if self.notifier.status == "listening" else min(self.poll_interval, 0.1)
 
     async def stop(self) -> None:
-        """Shut down gracefully (see the module docstring). Safe to call twice."""
+        """Shut down gracefully (see the module docstring). Safe to call twice.
+
+        Returns within ``shutdown_grace_period`` (for running jobs) plus ``shutdown_flush_timeout``
+        (for writing the last acks, saying goodbye and resigning), whatever the database does;
+        acks it could not write are counted in a warning, and their jobs are left to the lifeline.
+        """
         if not self.started or self._tg is None:
             return
         self.started = False
@@ -279,13 +275,16 @@ class Runtime:
             async with anyio.create_task_group() as tg:
                 for producer in running:
                     tg.start_soon(drain, producer)
+            finish_by = anyio.current_time() + self.shutdown_flush_timeout
             for entry in self._queues.values():
                 entry.scope.cancel()
-            # A producer stopped mid-fetch hands its acks back to the completer as it ends:
-            # wait for that before the final flush, or those acks would be lost.
-            with anyio.move_on_after(5):
+            with anyio.CancelScope(deadline=finish_by):
+                # A producer stopped mid-fetch hands its acks back to the completer as it ends:
+                # wait for that before the final flush, or those acks would be lost.
                 for entry in self._queues.values():
                     await entry.stopped.wait()
+                await _quietly(self.completer.flush(), "flush acks")
+                await _quietly(self.heartbeat.goodbye(running), "remove producer rows")
             for queue, ids in orphaned.items():
                 _log.warning(
                     "pgqueue: %d jobs of queue %r still running at shutdown; left for the lifeline",
@@ -293,10 +292,10 @@ class Runtime:
                     queue,
                 )
                 telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": ids})
-            await _quietly(self.completer.flush(), "flush acks")
-            await _quietly(self.heartbeat.goodbye(running), "remove producer rows")
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        if self.leader is not None:
+            self.leader.resign_timeout = min(self.leader.resign_timeout, _left(finish_by))
         # Cancelling the group stops the remaining services; the leader resigns as it stops.
         self._tg.cancel_scope.cancel()
         try:
@@ -304,9 +303,16 @@ class Runtime:
         finally:
             self._tg = None
             self._queues.clear()
+            if self.completer.backlog:
+                _log.warning(
+                    "pgqueue: %d acks could not be written within the %gs shutdown deadline; "
+                    "their jobs stay executing until the lifeline rescues them",
+                    self.completer.backlog,
+                    self.shutdown_flush_timeout,
+                )
             if self._own_pool:
                 with anyio.CancelScope(shield=True):
-                    await self.pool.close()
+                    await self.pool.close(timeout=_left(finish_by))
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully. Blocks; for a process's main."""
@@ -341,95 +347,43 @@ class Runtime:
             producer.poll_interval = interval
             producer.wake()  # notifications may have been missed while reconnecting
 
-    def _on_signal(self, payload: Payload) -> None:
-        target = payload.get("node")
-        if target is not None and target != self.node:
-            return
-        try:
-            self._apply_signal(payload)
-        except (ConfigError, ValueError, TypeError) as exc:
-            _log.warning("pgqueue: ignored a malformed queue signal (%s)", exc)
+    # -- what queue control steers (see pgqueue.control) -------------------------------------------
 
-    def _apply_signal(self, payload: Mapping[str, Any]) -> None:
-        action = payload.get("action")
-        if action == "pkill":
-            job_id = payload.get("job_id")
-            if isinstance(job_id, int):
-                for producer in self._producers():
-                    producer.cancel_job(job_id)
-            return
-        queue = payload.get("queue")
-        if not isinstance(queue, str):
-            raise ConfigError(f"signal {action!r} needs a queue")
-        targets = (
-            self._producers() if queue == "*" else [r.producer for q, r in self._queues.items() if q == queue]
-        )
-        if action == "pause":
-            for producer in targets:
-                producer.pause()
-        elif action == "resume":
-            for producer in targets:
-                producer.resume()
-        elif action == "scale":
-            for producer in targets:
-                if "limit" in payload:
-                    producer.scale(payload["limit"])
-                if payload.get("paused") is True:
-                    producer.pause()
-                elif payload.get("paused") is False:
-                    producer.resume()
-        elif action == "start":
-            if queue not in self._queues and self.started:
-                config = QueueConfig.parse(
-                    queue, {"limit": payload.get("limit"), "paused": payload.get("paused", False)}
-                )
-                self._start_producer(queue, config)
-        elif action == "stop":
-            running = self._queues.get(queue)
-            if running is not None and self._tg is not None:
-                self._tg.start_soon(self._stop_queue_gracefully, queue, running)
-        else:
-            raise ConfigError(f"unknown signal action {action!r}")
+    def running_queues(self) -> dict[str, Producer]:
+        return {queue: running.producer for queue, running in self._queues.items()}
+
+    def start_queue_here(self, queue: str, config: QueueConfig) -> None:
+        if queue not in self._queues and self.started:
+            self._start_producer(queue, config)
+
+    def stop_queue_here(self, queue: str) -> None:
+        running = self._queues.get(queue)
+        if running is not None and self._tg is not None:
+            self._tg.start_soon(self._stop_queue_gracefully, queue, running)
 
     async def _stop_queue_gracefully(self, queue: str, running: _Running) -> None:
         running.producer.stop_fetching()
         left = await running.producer.wait_drained(self.shutdown_grace_period)
         running.scope.cancel()
-        with anyio.move_on_after(5):
+        finish_by = anyio.current_time() + self.shutdown_flush_timeout
+        with anyio.CancelScope(deadline=finish_by):
             await running.stopped.wait()
-        self._queues.pop(queue, None)
-        await _quietly(self.completer.flush(), "flush acks")
-        await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
+        self._queues.pop(queue, None)  # before the goodbye, or the heartbeat would bring it back
+        with anyio.CancelScope(deadline=finish_by):
+            await _quietly(self.completer.flush(), "flush acks")
+            await _quietly(self.heartbeat.goodbye([running.producer]), "remove producer row")
         if left:
             telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": left})
 
     # -- queue control -----------------------------------------------------------------------------
 
-    async def _signal(self, payload: dict[str, Any], *, node: str | None, local_only: bool) -> None:
-        if local_only:
-            if payload.get("action") not in ("start",) and payload.get("queue") not in (*self._queues, "*"):
-                raise ConfigError(f"queue {payload.get('queue')!r} does not exist locally")
-            self._apply_signal(payload)
-            return
-        if node is not None:
-            payload["node"] = node
-        if self.notifier.status != "listening":
-            # Nobody (including this node) will hear it: apply it here at least, and say so.
-            _log.warning(
-                "pgqueue: notifications are unavailable; %s applies to this node only", payload.get("action")
-            )
-            if node is None or node == self.node:
-                self._apply_signal(payload)
-            return
-        await self.notifier.notify(SIGNAL_TOPIC, payload)
-
     async def pause_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
         """Stop fetching new jobs of ``queue`` (running ones finish); ``"*"`` pauses every queue."""
-        await self._signal({"action": "pause", "queue": queue}, node=node, local_only=local_only)
+        await self.control.request("pause", queue, {}, node=node, local_only=local_only)
 
     async def resume_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
         """Resume a paused queue; ``"*"`` resumes every queue."""
-        await self._signal({"action": "resume", "queue": queue}, node=node, local_only=local_only)
+        await self.control.request("resume", queue, {}, node=node, local_only=local_only)
 
     async def scale_queue(
         self,
@@ -442,10 +396,10 @@ class Runtime:
     ) -> None:
         """Change ``queue``'s concurrency limit (and optionally pause or resume it)."""
         QueueConfig.parse(queue, limit)
-        payload: dict[str, Any] = {"action": "scale", "queue": queue, "limit": limit}
+        params: dict[str, Any] = {"limit": limit}
         if paused is not None:
-            payload["paused"] = paused
-        await self._signal(payload, node=node, local_only=local_only)
+            params["paused"] = paused
+        await self.control.request("scale", queue, params, node=node, local_only=local_only)
 
     async def start_queue(
         self,
@@ -458,24 +412,20 @@ class Runtime:
     ) -> None:
         """Start running ``queue`` (on every node, one node, or only here)."""
         QueueConfig.parse(queue, {"limit": limit, "paused": paused})
-        await self._signal(
-            {"action": "start", "queue": queue, "limit": limit, "paused": paused},
-            node=node,
-            local_only=local_only,
-        )
+        params = {"limit": limit, "paused": paused}
+        await self.control.request("start", queue, params, node=node, local_only=local_only)
 
     async def stop_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
         """Stop running ``queue`` gracefully (running jobs get the grace period)."""
-        await self._signal({"action": "stop", "queue": queue}, node=node, local_only=local_only)
+        await self.control.request("stop", queue, {}, node=node, local_only=local_only)
 
     async def cancel_job(self, job_id: int) -> bool:
         """Cancel a job in the database and, when it is executing, stop it wherever it runs."""
         async with self.pool.connection() as conn:
             changed = await acancel_job(conn, job_id, schema=self.schema)
         if changed:
-            # The statement signalled every node at commit; stop it here too in case we can't hear.
-            for producer in self._producers():
-                producer.cancel_job(job_id)
+            # The statement signalled every node at commit; act on it here now, heard or not.
+            await self.control.catch_up()
         return changed
 
     def check_queue(self, queue: str) -> dict[str, Any] | None:
@@ -524,3 +474,15 @@ async def _quietly(work: Any, what: str) -> None:
         await work
     except Exception as exc:
         _log.warning("pgqueue: could not %s during shutdown (%s)", what, exc)
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - anyio.current_time())
+
+
+def _node_name(node: str | None) -> str:
+    if node is None:
+        return default_node_name()
+    if not isinstance(node, str) or not node or "\x00" in node or len(node) > 255:
+        raise ConfigError(f"node must be a non-empty string of at most 255 characters, got {node!r}")
+    return node

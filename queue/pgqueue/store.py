@@ -11,6 +11,7 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{job_state}``  the job state enum type (for casts)
 ``{producers}``  the producers (heartbeat) table
 ``{leaders}``    the leader lease table
+``{signals}``    the queue-control table (signals between nodes)
 =============== ==============================================
 
 Two kinds of file take one more placeholder, filled per call: ``*.filtered.sql`` a ``{where}``
@@ -102,6 +103,7 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         job_state=sql.Identifier(schema, "job_state"),
         producers=sql.Identifier(schema, "pgqueue_producers"),
         leaders=sql.Identifier(schema, "pgqueue_leaders"),
+        signals=sql.Identifier(schema, "pgqueue_signals"),
         **extra,
     )
     return composed.as_string(None)

@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from .errors import ConfigError
-from .executor import Execution, Executor, Outcome, fetch_params, fetch_result
+from .executor import Execution, Executor, Outcome, fetch_params, read_claim, read_claim_sync
 from .insert import ainline_runner, inline_runner
 from .job import Job, JobState, NewJob
 from .manage import JobFilter, all_jobs
@@ -234,16 +234,20 @@ def drain_queue(
                 if with_scheduled:
                     cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
                 params = fetch_params([], queue=queue, demand=remaining, node="drain", producer=producer)
-                _, jobs = fetch_result(cur.execute(queries.fetch_jobs, params).fetchall())
+                cur.execute(queries.fetch_jobs, params)
+                _, jobs, undecodable = read_claim_sync(cur)
+                if undecodable:
+                    cur.execute(queries.fetch_jobs, fetch_params(undecodable))
+                    result.discard += len(undecodable)
                 conn.commit()
-                if not jobs:
+                if not jobs and not undecodable:
                     break
                 for job in jobs:
                     execution = anyio.run(_execute, executor, job, with_safety)
                     cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
                     conn.commit()
                     result.count(execution)
-                remaining -= len(jobs)
+                remaining -= len(jobs) + len(undecodable)
                 if not with_recursion:
                     break
     finally:
@@ -282,16 +286,19 @@ async def adrain_queue(
                     await cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
                 params = fetch_params([], queue=queue, demand=remaining, node="drain", producer=producer)
                 await cur.execute(queries.fetch_jobs, params)
-                _, jobs = fetch_result(await cur.fetchall())
+                _, jobs, undecodable = await read_claim(cur)
+                if undecodable:
+                    await cur.execute(queries.fetch_jobs, fetch_params(undecodable))
+                    result.discard += len(undecodable)
                 await conn.commit()
-                if not jobs:
+                if not jobs and not undecodable:
                     break
                 for job in jobs:
                     execution = await executor.execute(job, safe=with_safety)
                     await cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
                     await conn.commit()
                     result.count(execution)
-                remaining -= len(jobs)
+                remaining -= len(jobs) + len(undecodable)
                 if not with_recursion:
                     break
     finally:

@@ -12,9 +12,10 @@ runtime finds a job's worker only in this registry, so a row can never make a pr
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -22,6 +23,7 @@ from . import options as opt
 from .backoff import default_backoff
 from .errors import ConfigError
 from .job import Job, NewJob, UniqueSpec
+from .lifecycle import describe_error
 
 __all__ = [
     "Cancel",
@@ -31,6 +33,7 @@ __all__ = [
     "Snooze",
     "Worker",
     "WorkerRegistry",
+    "load_worker_modules",
     "registry",
 ]
 
@@ -244,3 +247,24 @@ class Worker:
             args_json,
             meta_json,
         )
+
+
+def load_worker_modules(modules: Iterable[str]) -> None:
+    """Import the modules the operator named; their Worker classes register themselves.
+
+    This is the only place pgqueue imports code by name, and the names come from configuration,
+    never from a job row.
+    """
+    for module in modules:
+        if not isinstance(module, str) or not module or module.startswith("."):
+            raise ConfigError(f"workers must be absolute module paths, got {module!r}")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"can't import worker module {module!r}: {exc}") from None
+        except ConfigError:
+            raise  # a worker defined with a bad option: the message names it already
+        except Exception as exc:
+            # Importing runs the module's code; a bug there (or a SyntaxError) is still a
+            # configuration error that names the module, not a traceback out of start().
+            raise ConfigError(f"can't import worker module {module!r}: {describe_error(exc)}") from exc

@@ -215,6 +215,39 @@ def test_describe_error_masks_passwords_and_keeps_the_first_line() -> None:
     assert len(describe_error(RuntimeError("x" * 1000))) < 320
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:S3cret PW@127.0.0.1:5432/db",
+        "host=127.0.0.1 password=S3cret PW dbname=db",
+        "postgresql://app:S3cret%PW@127.0.0.1/db",
+        "postgresql://app:S3cretPW@[::1/db",
+        "postgresql://app@host/db?sslmode=require&S3cretPW",
+    ],
+)
+def test_describe_error_never_shows_a_malformed_dsn(dsn: str) -> None:
+    with pytest.raises(psycopg.ProgrammingError) as caught:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    assert "S3cret" in str(caught.value) or "PW" in str(caught.value), "libpq quotes the DSN"
+
+    for described in (describe_error(caught.value), describe_error(caught.value, dsn)):
+        assert described == "ProgrammingError: the DSN is malformed (libpq could not parse it)"
+    # Given the malformed DSN, any error is described without it
+    assert describe_error(RuntimeError(f"while using {dsn}"), dsn).endswith(
+        "the DSN is malformed (libpq could not parse it)"
+    )
+
+
+def test_describe_error_masks_the_password_of_the_dsn_wherever_it_appears() -> None:
+    dsn = "postgresql://app:p%40ss%20word@db.example/app"
+    error = psycopg.OperationalError('FATAL: database "p@ss word" (p%40ss%20word) does not exist')
+    described = describe_error(error, dsn)
+    assert "p@ss" not in described
+    assert "p%40ss" not in described
+    assert described == 'OperationalError: FATAL: database "***" (***) does not exist'
+    assert describe_error(error, "host=db password=other") == f"OperationalError: {error}"
+
+
 async def test_wakeup_remembers_a_set_that_arrives_before_the_wait() -> None:
     wakeup = Wakeup(StuckClock())
     wakeup.set()

@@ -71,7 +71,15 @@ def test_cancelling_an_executing_job_records_why_and_signals_its_node(
         assert pgqueue.cancel_job(conn, job, schema=schema)
         conn.commit()
         (note,) = list(listener.notifies(timeout=2, stop_after=1))
-    assert json.loads(note.payload) == {"action": "pkill", "job_id": job.id}
+    # The notification only names a row of the signals table; the row says what to do.
+    signal_id = json.loads(note.payload)["id"]
+    row = conn.execute(
+        sql.SQL("SELECT action, params FROM {} WHERE id = %s").format(
+            sql.Identifier(schema, "pgqueue_signals")
+        ),
+        (signal_id,),
+    ).fetchone()
+    assert row == ("pkill", {"job_ids": [job.id]})
     again = pgqueue.get_job(conn, job.id, schema=schema)
     assert again is not None
     assert again.state == "cancelled"

@@ -198,3 +198,33 @@ def test_concurrent_migrators_apply_once(dsn: str, empty_schema: str) -> None:
         t.join(30)
     assert not errors
     assert sorted(len(r.applied) for r in results) == [0, 0, 0, m.PGQUEUE.latest]
+
+
+def test_queue_control_arrives_with_version_2_and_leaves_with_it(
+    conn: psycopg.Connection[Any], empty_schema: str
+) -> None:
+    m.migrate(conn, empty_schema, to_version=1)
+    assert table_exists(conn, empty_schema, "jobs")
+    assert not table_exists(conn, empty_schema, "pgqueue_signals")
+
+    assert m.migrate(conn, empty_schema).applied == (2,)
+    assert table_exists(conn, empty_schema, "pgqueue_signals")
+
+    assert m.rollback(conn, empty_schema).reverted == (2,)
+    assert not table_exists(conn, empty_schema, "pgqueue_signals")
+    assert table_exists(conn, empty_schema, "jobs")
+
+
+def test_a_role_that_can_only_connect_can_not_write_signals(
+    conn: psycopg.Connection[Any], schema: str
+) -> None:
+    row = conn.execute(
+        "SELECT has_table_privilege('public', %s, 'INSERT')",
+        (sql.Identifier(schema, "pgqueue_signals").as_string(None),),
+    ).fetchone()
+    assert row == (False,)
+
+
+def test_a_schema_name_with_a_percent_sign_is_refused() -> None:
+    with pytest.raises(ConfigError, match="must not contain a % character"):
+        m.validate_schema_name("pct%schema")

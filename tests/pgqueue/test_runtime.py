@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,10 @@ import pytest
 
 import pgqueue
 from pgqueue import telemetry
+from pgqueue.plugins.lifeline import Lifeline
+from pgqueue.plugins.pruner import Pruner
+from pgqueue.plugins.reindexer import Reindexer
+from pgqueue.plugins.stager import Stager
 from pgqueue.runtime import Runtime
 
 from ..helpers import await_until
@@ -205,3 +210,66 @@ async def test_the_schema_must_be_migrated(dsn: str, empty_schema: str) -> None:
 async def runtime_async(make_runtime: Any) -> AsyncIterator[Runtime]:
     async with make_runtime() as runtime:
         yield runtime
+
+
+# -- timing options are range-checked -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"heartbeat_interval": 0}, "heartbeat_interval must be more than 0 seconds, got 0"),
+        ({"heartbeat_interval": 1e-9}, "heartbeat_interval must be at least 0.01 s, got 1e-09"),
+        (
+            {"plugins": [Lifeline(rescue_window=1e-9)]},
+            "the lifeline's rescue_window must be at least 0.03 s (3 heartbeats of at least 0.01 s)",
+        ),
+        ({"heartbeat_interval": -1}, "heartbeat_interval must not be negative"),
+        ({"heartbeat_interval": 1e300}, "heartbeat_interval must be a finite number of seconds up to 1e+10"),
+        (
+            {"heartbeat_interval": 30, "plugins": [Lifeline(rescue_window=5)]},
+            "heartbeat_interval must be at most the lifeline's rescue_window / 3 (1.66667 s), got 30",
+        ),
+        ({"poll_interval": 0}, "poll_interval must be more than 0 seconds, got 0"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a finite number"),
+        ({"shutdown_grace_period": float("inf")}, "shutdown_grace_period must be a finite number"),
+        ({"shutdown_flush_timeout": 0}, "shutdown_flush_timeout must be more than 0 seconds"),
+        ({"leader_interval": 0}, "leader_interval must be more than 0 seconds"),
+        ({"node": ""}, "node must be a non-empty string"),
+        ({"node": "a\x00b"}, "node must be a non-empty string"),
+    ],
+)
+def test_timing_options_out_of_range_are_refused(dsn: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(pgqueue.ConfigError, match=re.escape(message)):
+        Runtime(dsn, queues={"rt": 1}, **options)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (lambda: Lifeline(rescue_window=1e300), "lifeline rescue_window must be at most 1e+10 seconds"),
+        (lambda: Lifeline(rescue_after=1e11), "lifeline rescue_after must be at most 1e+10 seconds"),
+        (lambda: Pruner(max_age=1e300), "pruner max_age must be at most 1e+10 seconds"),
+        (lambda: Stager(interval=0), "stager interval must be more than 0 seconds"),
+        (lambda: Stager(limit=0), "stager limit must be a positive integer"),
+        (lambda: Reindexer(timeout=0), "reindexer timeout must be more than 0 seconds"),
+        (lambda: Reindexer(timeout=1e9), "reindexer timeout must be at most 2147483 seconds"),
+    ],
+)
+def test_plugin_durations_are_bounded(plugin: Any, message: str) -> None:
+    with pytest.raises(pgqueue.ConfigError, match=re.escape(message)):
+        plugin()
+
+
+@pytest.mark.parametrize(("window", "heartbeat"), [(15.0, 2.0), (5.0, 5.0 / 3), (3.0, 1.0), (None, 2.0)])
+def test_the_default_heartbeat_beats_three_times_per_rescue_window(
+    dsn: str, window: float | None, heartbeat: float
+) -> None:
+    plugins = [Lifeline(rescue_window=window)] if window is not None else []
+    assert Runtime(dsn, queues={"rt": 1}, plugins=plugins).heartbeat_interval == pytest.approx(heartbeat)
+
+
+def test_a_malformed_dsn_is_refused_without_quoting_it() -> None:
+    with pytest.raises(pgqueue.ConfigError, match="the DSN is malformed") as caught:
+        Runtime("postgresql://app:S3cret PW@localhost/db", queues={"rt": 1})
+    assert "S3cret" not in str(caught.value)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..lifecycle import Clock
+from ..options import MAX_SECONDS
 from . import PluginContext
 
 __all__ = ["Pruner"]
@@ -38,6 +39,10 @@ class Pruner:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"pruner {field_name} must be a positive number, got {value!r}")
+            if field_name != "limit" and not value <= MAX_SECONDS:
+                raise ConfigError(
+                    f"pruner {field_name} must be at most {MAX_SECONDS:g} seconds, got {value!r}"
+                )
         self._behind = False
 
     def next_delay(self, clock: Clock) -> float:

@@ -11,7 +11,9 @@ from typing import Any
 import psycopg
 
 from ..cron import next_at, parse
+from ..errors import ConfigError
 from ..lifecycle import Clock
+from ..options import positive_seconds
 from ..store import drop_index, reindex_index
 from . import PluginContext
 
@@ -30,6 +32,10 @@ INDEXES = (
 )
 
 
+#: PostgreSQL's statement_timeout is an int of milliseconds.
+_MAX_STATEMENT_TIMEOUT = (2**31 - 1) // 1000
+
+
 @dataclass
 class Reindexer:
     """Leader-only; on ``schedule`` (a cron expression, in ``timezone``) drops indexes an earlier
@@ -44,6 +50,12 @@ class Reindexer:
 
     def __post_init__(self) -> None:
         self._expression = parse(self.schedule)
+        self.timeout = positive_seconds(self.timeout, "reindexer timeout")
+        if self.timeout > _MAX_STATEMENT_TIMEOUT:
+            # It becomes statement_timeout, in milliseconds that must fit an integer.
+            raise ConfigError(
+                f"reindexer timeout must be at most {_MAX_STATEMENT_TIMEOUT} seconds, got {self.timeout!r}"
+            )
 
     def next_delay(self, clock: Clock) -> float:
         now = datetime.now(UTC)

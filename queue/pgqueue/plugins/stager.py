@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from ..lifecycle import Clock
+from ..options import positive_seconds
 from ..store import channel_name
 from . import PluginContext
 
@@ -21,6 +23,11 @@ class Stager:
     limit: int = 5000
     name: str = "stager"
     leader_only: bool = True
+
+    def __post_init__(self) -> None:
+        self.interval = positive_seconds(self.interval, "stager interval")
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigError(f"stager limit must be a positive integer, got {self.limit!r}")
 
     def next_delay(self, clock: Clock) -> float:
         return self.interval

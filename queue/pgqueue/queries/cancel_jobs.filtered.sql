@@ -1,6 +1,8 @@
 -- Cancel the matching jobs that haven't finished. A job that is executing gets an error entry
--- saying so, and the node running it is told (on the signal channel, at commit) to stop it; its
--- own late ack is then rejected by the fence because the job is no longer `executing`.
+-- saying so, and the nodes are told to stop it: a pkill row listing the executing ones goes into
+-- the signals table and a notification carrying its id wakes them (both at commit). A node stops
+-- a job only once it reads that the job is cancelled; the job's own late ack is then rejected by
+-- the fence because the job is no longer `executing`.
 WITH target AS (
     SELECT id, state AS previous_state
     FROM {jobs}
@@ -19,9 +21,16 @@ cancelled AS (
     WHERE j.id = t.id
     RETURNING j.id, t.previous_state
 ),
-signalled AS (
-    SELECT count(pg_notify(%(channel)s, json_build_object('action', 'pkill', 'job_id', c.id)::text)) AS n
+signal AS (
+    INSERT INTO {signals} (action, params)
+    SELECT 'pkill', jsonb_build_object('job_ids', jsonb_agg(c.id ORDER BY c.id))
     FROM cancelled AS c
     WHERE c.previous_state = 'executing'
+    HAVING count(*) > 0
+    RETURNING id
+),
+signalled AS (
+    SELECT count(pg_notify(%(channel)s, json_build_object('id', s.id)::text)) AS n
+    FROM signal AS s
 )
 SELECT cancelled.id FROM cancelled, signalled
