@@ -10,6 +10,7 @@ DROP FUNCTION IF EXISTS chimeway_notifications_stamp_change();
 DROP INDEX IF EXISTS chimeway_notifications_changes_idx;
 DROP INDEX IF EXISTS chimeway_notifications_archived_idx;
 DROP INDEX IF EXISTS chimeway_notifications_unread_idx;
+DROP INDEX IF EXISTS chimeway_notifications_category_idx;
 DROP INDEX IF EXISTS chimeway_notifications_inbox_idx;
 ALTER TABLE chimeway_notifications DROP COLUMN IF EXISTS changed_xid;
 ALTER TABLE chimeway_notifications DROP CONSTRAINT IF EXISTS chimeway_notifications_category_not_blank;

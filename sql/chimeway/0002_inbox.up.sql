@@ -21,14 +21,21 @@ ALTER TABLE chimeway_notifications
 -- The inbox reads one recipient's notifications newest first, by (inserted_at, id). Every index
 -- below is partial on the state it serves, so a query reads only rows it may return, however long
 -- the recipient's history, and a new notification (unread, unseen, not archived) enters three of
--- them: the live inbox, the unread inbox, the change feed. 0001's index, unread-first, is replaced.
+-- them (the live inbox, the unread inbox, the change feed), four with a category. 0001's index,
+-- unread-first, is replaced.
 DROP INDEX chimeway_notifications_inbox_idx;
 
 -- The inbox as it shows by default: everything not archived, newest first (scanned backwards).
--- A category filter is applied along this scan (no index per category: every insert would pay it).
 CREATE INDEX chimeway_notifications_inbox_idx
     ON chimeway_notifications (recipient_identity, inserted_at, id)
     WHERE archived_at IS NULL;
+
+-- One category of it (a tab of the inbox). Filtering the index above instead reads every row of
+-- the recipient when the category is rare among many (measured: a 20,000-row recipient's rare
+-- category read all its rows); notifications without a category never enter this one.
+CREATE INDEX chimeway_notifications_category_idx
+    ON chimeway_notifications (recipient_identity, category, inserted_at, id)
+    WHERE archived_at IS NULL AND category IS NOT NULL;
 
 -- The unread inbox, and both counts in one index-only scan: unread = its rows, unseen = its rows
 -- with no seen_at (a notification already read does not count as unseen).

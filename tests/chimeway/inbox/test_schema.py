@@ -24,6 +24,7 @@ from .conftest import AddNotifications
 
 INBOX_INDEXES = {
     "chimeway_notifications_inbox_idx": "WHERE (archived_at IS NULL)",
+    "chimeway_notifications_category_idx": "WHERE ((archived_at IS NULL) AND (category IS NOT NULL))",
     "chimeway_notifications_unread_idx": "WHERE ((read_at IS NULL) AND (archived_at IS NULL))",
     "chimeway_notifications_archived_idx": "WHERE (archived_at IS NOT NULL)",
     "chimeway_notifications_changes_idx": "(recipient_identity, changed_xid, id)",
