@@ -17,6 +17,7 @@ schema-qualified identifiers via :mod:`psycopg.sql`:
 ``{notification_preferences}`` ``chimeway_notification_preferences``
 ``{category_preferences}``     ``chimeway_category_preferences``
 ``{inbox_channel}``            ``chimeway_inbox_channel`` (a function)
+``{inbox_horizon}``            ``chimeway_inbox_horizon`` (a function)
 ============================== ===============================================
 
 Values are always parameters (``%(name)s``). The files are ``str.format``-style templates: a
@@ -51,6 +52,7 @@ TABLES: dict[str, str] = {
 #: placeholder → function name, for every function of Chimeway's a statement may call
 FUNCTIONS: dict[str, str] = {
     "inbox_channel": "chimeway_inbox_channel",
+    "inbox_horizon": "chimeway_inbox_horizon",
 }
 
 

@@ -22,9 +22,10 @@ or any other statement) NOTIFYs the recipient's channel when it commits, and
 :func:`changes_since` returns what changed after a cursor. Take :func:`changes_cursor` before
 reading the page a client shows, then follow from it; :func:`listen` does both on a psycopg
 connection. Changes come at least once: one already on the page may come again. A change comes
-once every older write transaction on the server has ended (that is how none is skipped), so a
-write transaction left open anywhere on the server holds the feed back while it stays open:
-keep them short (``idle_in_transaction_session_timeout`` bounds a forgotten one).
+once every older write transaction of the database has ended (that is how none is skipped), so
+a write transaction left open in the database holds the feed back while it stays open: keep
+them short (``idle_in_transaction_session_timeout`` bounds a forgotten one). Transactions of
+other databases on the same server hold nothing back.
 """
 
 from __future__ import annotations

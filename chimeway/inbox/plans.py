@@ -237,6 +237,8 @@ def changes_plan(identity: object, cursor: object, limit: object) -> Plan[InboxC
             "identity": identity,
             "xid": position.xid,
             "id": position.id,
+            # a cursor at a row: that row's transaction had ended, so the horizon was past it
+            "floor": position.xid + (position.id is not None),
             "limit": size,
         },
     )

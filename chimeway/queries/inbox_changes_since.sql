@@ -3,16 +3,20 @@
 -- (changed_xid, id): the transaction that last changed it, then its id.
 --
 -- Why not a sequence: a change numbered 10 by a transaction that commits after the one numbered
--- 11 would be skipped by a reader that already moved past 11. Here only changes of transactions
--- below the snapshot's xmin are returned. Every such transaction has ended, so none can still
--- commit a change below the next cursor; a change committed while an older transaction still
--- runs waits (`pending`) until that one ends. The horizon is read from this statement's own
--- snapshot, the one its rows come from.
+-- 11 would be skipped by a reader that already moved past 11. Here only changes stamped below
+-- the horizon are returned (chimeway_inbox_horizon, sql/chimeway/0002): the oldest transaction of
+-- this database still running as this statement's snapshot sees it. Every transaction below it
+-- has ended, so none can still commit a change below the next cursor; a change committed while
+-- an older transaction still runs waits (`pending`) until that one ends. The horizon comes from
+-- this statement's own snapshot, the one its rows come from.
 --
 -- The cursor is exclusive: (xid, id) after the last row returned; with a NULL id it is a
--- horizon, and every change of transaction xid onwards is still to come.
+-- horizon, and every change of transaction xid onwards is still to come. `floor` is the horizon
+-- the cursor proves was already reached (its xid, or just past it when it names a row): the
+-- horizon never goes back below it, even if this read, racing a transaction of another database
+-- as it ends, counts that one as running here.
 WITH horizon AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xid
+    SELECT greatest({inbox_horizon}(), %(floor)s) AS xid
 ),
 page AS (
     SELECT n.id, n.event_id, e.notification_key, n.category, n.metadata, n.seen_at, n.read_at,

@@ -5,6 +5,7 @@ DROP TRIGGER IF EXISTS chimeway_notifications_notify_update ON chimeway_notifica
 DROP TRIGGER IF EXISTS chimeway_notifications_notify_insert ON chimeway_notifications;
 DROP FUNCTION IF EXISTS chimeway_notifications_notify_change();
 DROP FUNCTION IF EXISTS chimeway_inbox_channel(text, text);
+DROP FUNCTION IF EXISTS chimeway_inbox_horizon();
 DROP TRIGGER IF EXISTS chimeway_notifications_stamp_change ON chimeway_notifications;
 DROP FUNCTION IF EXISTS chimeway_notifications_stamp_change();
 DROP INDEX IF EXISTS chimeway_notifications_changes_idx;

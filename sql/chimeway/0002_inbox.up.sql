@@ -70,6 +70,38 @@ CREATE TRIGGER chimeway_notifications_stamp_change
           IS DISTINCT FROM (OLD.seen_at, OLD.read_at, OLD.archived_at, OLD.category, OLD.metadata))
     EXECUTE FUNCTION chimeway_notifications_stamp_change();
 
+-- The change feed's horizon, as this statement's snapshot sees it: the oldest transaction that
+-- may still commit a change to this database's notifications (the caller's own, if it has
+-- written; else the oldest of this database still running), or the next transaction id when
+-- none is. A change stamped below the horizon can never again appear: chimeway.inbox reads only
+-- those, so none is skipped for committing late. A transaction of another database can't write
+-- here, so one left open there holds nothing back (it is known by its entry in pg_stat_activity;
+-- one found nowhere, a prepared transaction say, counts as this database's).
+CREATE FUNCTION chimeway_inbox_horizon() RETURNS bigint
+-- PL/pgSQL caches the plan for the session; STABLE, so it reads with the caller's snapshot.
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT least(
+            pg_current_xact_id_if_assigned()::text::bigint,
+            coalesce(
+                (SELECT min(running::text::bigint)
+                 FROM pg_snapshot_xip(snapshot) AS running
+                 -- (read only when some transaction is running: one pass over the backends)
+                 WHERE xid(running) NOT IN (
+                     SELECT elsewhere.backend_xid
+                     FROM pg_stat_get_activity(NULL) AS elsewhere
+                     WHERE elsewhere.backend_xid IS NOT NULL
+                       AND elsewhere.datid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+                 )),
+                pg_snapshot_xmax(snapshot)::text::bigint
+            )
+        )
+        FROM pg_current_snapshot() AS snapshot
+    );
+END;
+$$;
+
 -- The NOTIFY channel of a recipient's inbox changes: the schema's hash and one of 4,096 buckets
 -- of the identity's hash, e.g. 'chimeway_inbox_1b2c3d4e_7f0' (27 bytes, under the 63-byte limit).
 -- No identity can be read back from it. A bucket is shared by about 1/4,096 of the recipients:

@@ -97,10 +97,10 @@ def add_notifications(new_session: SessionFactory) -> AddNotifications:
 def settled_cursor(new_session: SessionFactory) -> Callable[[], str]:
     """A change cursor past every change committed so far, for tests that expect exact changes.
 
-    The feed's horizon is the whole server's oldest open write transaction: while someone
-    else's (another test run's, say) is open, a cursor taken now would also cover changes
-    committed just before it (the feed gives changes at least once). This waits until every
-    transaction older than now has ended."""
+    The feed's horizon is the database's oldest open write transaction: while someone else's
+    (another test run's, say) is open, a cursor taken now would also cover changes committed
+    just before it (the feed gives changes at least once). This waits until every transaction
+    older than now has ended."""
 
     def take() -> str:
         with new_session() as session:

@@ -15,6 +15,7 @@ from sqlalchemy import select, text, update
 from chimeway import inbox
 from chimeway.errors import InvalidCursor
 from chimeway.inbox import InboxChanges
+from chimeway.inbox.values import ChangePosition
 from chimeway.models import Notification
 from chimeway.store import queries_for
 from tests.helpers import await_until, wait_until
@@ -38,7 +39,7 @@ def follow(
     """Read the feed from ``cursor`` (two changes a call, as a client would, asking again while a
     change is held back) until the ids read so far satisfy ``until``; the batches and the cursor.
 
-    The horizon is the whole server's: a write transaction of anyone else's still open holds
+    The horizon is the database's: a write transaction of anyone else's still open in it holds
     changes back for as long as it runs, so a test waits for what it expects."""
     batches: list[InboxChanges] = []
 
@@ -300,3 +301,51 @@ def test_a_channel_names_no_identity_and_fits_postgres_limit(dsn: str, schema: s
     other_schema = channel(dsn, schema, identity, for_schema="another_schema")
     assert other_schema != name
     assert other_schema.rsplit("_", 1)[1] == name.rsplit("_", 1)[1]
+
+
+def test_a_write_transaction_open_in_another_database_holds_nothing_back(
+    dsn: str,
+    add_notifications: AddNotifications,
+    new_session: SessionFactory,
+    settled_cursor: Callable[[], str],
+) -> None:
+    cursor = settled_cursor()
+    elsewhere = psycopg.conninfo.make_conninfo(dsn, dbname="postgres")
+    with psycopg.connect(elsewhere) as other_database:
+        (other_xid,) = other_database.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()  # type: ignore[misc]
+        (created,) = add_notifications()  # a younger transaction here, committed
+
+        # delivered while the older transaction over there is still open
+        batches, cursor = follow(new_session, "user:42", cursor, until=lambda ids: created in ids)
+        assert ChangePosition.decode(cursor).xid > other_xid
+        other_database.rollback()
+
+    assert flat(batches) == [created]
+
+
+def test_a_sessions_own_uncommitted_changes_are_held_back_until_it_commits(
+    add_notifications: AddNotifications, new_session: SessionFactory, settled_cursor: Callable[[], str]
+) -> None:
+    (notification_id,) = add_notifications()
+    cursor = settled_cursor()
+    with new_session() as session:
+        session.begin()
+        assert inbox.mark_read(session, "user:42", notification_id)
+
+        mine = inbox.changes_since(session, "user:42", cursor)
+        assert mine.items == ()
+        assert mine.pending
+        session.commit()
+
+    batches, _ = follow(new_session, "user:42", cursor, until=lambda ids: notification_id in ids)
+    assert flat(batches) == [notification_id]
+
+
+def test_the_cursor_never_moves_back_behind_a_horizon_it_has_passed(sa_session: Any) -> None:
+    now = ChangePosition.decode(inbox.changes_cursor(sa_session)).xid
+    ahead = ChangePosition(now + 1000).encode()
+
+    changes = inbox.changes_since(sa_session, "user:42", ahead)
+
+    assert ChangePosition.decode(changes.cursor) == ChangePosition(now + 1000)
+    assert not changes.pending
