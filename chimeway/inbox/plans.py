@@ -14,11 +14,12 @@ connection.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, select, tuple_, union_all, update
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, func, select, tuple_, union_all, update
 from sqlalchemy.sql import Executable
 
 from ..errors import NotificationNotFound
@@ -38,6 +39,7 @@ from .values import (
 )
 
 __all__ = [
+    "CoreQuery",
     "Mark",
     "PlainQuery",
     "Plan",
@@ -55,6 +57,14 @@ Rows = Sequence[Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class CoreQuery:
+    """A SQLAlchemy Core statement (built once per shape, cached) with this call's parameters."""
+
+    statement: Executable
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class PlainQuery:
     """A statement of ``chimeway/queries/`` by file name, with its parameters."""
 
@@ -62,7 +72,7 @@ class PlainQuery:
     params: Mapping[str, Any]
 
 
-Step = Executable | PlainQuery
+Step = CoreQuery | PlainQuery
 #: an operation: yields statements, is sent their rows, returns its result
 Plan = Generator[Step, Rows, T]
 
@@ -90,33 +100,47 @@ def _item(row: Sequence[Any], offset: int = 0) -> InboxItem:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _branch(
-    identity: str,
-    *,
-    archived: bool,
-    unread_only: bool,
-    category: str | None,
-    after: PagePosition | None,
-    fetch: int,
-) -> Select[Any]:
+def _branch(*, archived: bool, unread_only: bool, by_category: bool, after_cursor: bool) -> Select[Any]:
     # Literal IS [NOT] NULL predicates, so the planner proves the partial index's predicate
-    # (inbox, unread or archived) from the statement itself, with or without statistics.
+    # (inbox, unread, category or archived) from the statement itself, with or without statistics.
     where: list[ColumnElement[bool]] = [
-        _n.recipient_identity == identity,
+        _n.recipient_identity == bindparam("identity"),
         _n.archived_at.is_not(None) if archived else _n.archived_at.is_(None),
     ]
     if unread_only:
         where.append(_n.read_at.is_(None))
-    if category is not None:
-        where.append(_n.category == category)
-    if after is not None:
-        where.append(tuple_(_n.inserted_at, _n.id) < tuple_(after.inserted_at, after.id))
+    if by_category:
+        where.append(_n.category == bindparam("category"))
+    if after_cursor:
+        after = tuple_(
+            bindparam("after_at", type_=_n.inserted_at.type), bindparam("after_id", type_=_n.id.type)
+        )
+        where.append(tuple_(_n.inserted_at, _n.id) < after)
     return (
         select(*_ITEM_COLUMNS)
         .join_from(_notifications, _events, _e.id == _n.event_id)
         .where(*where)
         .order_by(_n.inserted_at.desc(), _n.id.desc())
-        .limit(fetch)
+        .limit(bindparam("fetch", type_=Integer))
+    )
+
+
+@functools.cache
+def _list_statement(
+    include_archived: bool, unread_only: bool, by_category: bool, after_cursor: bool
+) -> Select[Any]:
+    """The page statement of one combination of options: sixteen shapes, each built once."""
+    options = {"unread_only": unread_only, "by_category": by_category, "after_cursor": after_cursor}
+    live = _branch(archived=False, **options)
+    if not include_archived:
+        return live
+    # Newest first across the live inbox and the archive, each read through its own index and
+    # cut at the page size, then merged.
+    both = union_all(live, _branch(archived=True, **options)).subquery()
+    return (
+        select(*both.c)
+        .order_by(both.c.inserted_at.desc(), both.c.id.desc())
+        .limit(bindparam("fetch", type_=Integer))
     )
 
 
@@ -130,41 +154,33 @@ def list_plan(
     before: object = None,
 ) -> Plan[InboxPage]:
     """One page of the inbox, newest first, after the page that ended at ``before``."""
-    identity = check_identity(identity)
+    params: dict[str, Any] = {"identity": check_identity(identity)}
     category = check_category(category)
     size = check_limit(limit)
     after = None if before is None else PagePosition.decode(before)
-
-    # One more row than the page says whether another page follows, without a count.
-    def branch(archived: bool) -> Select[Any]:
-        return _branch(
-            identity, archived=archived, unread_only=bool(unread_only), category=category, after=after,
-            fetch=size + 1,
-        )  # fmt: skip
-
-    live = branch(archived=False)
-    if include_archived:
-        # Newest first across the live inbox and the archive, each read through its own index
-        # and cut at the page size, then merged.
-        both = union_all(live, branch(archived=True)).subquery()
-        statement: Select[Any] = (
-            select(*both.c).order_by(both.c.inserted_at.desc(), both.c.id.desc()).limit(size + 1)
-        )
-    else:
-        statement = live
-    rows = yield statement
+    if category is not None:
+        params["category"] = category
+    if after is not None:
+        params.update(after_at=after.inserted_at, after_id=after.id)
+    # One row more than the page says whether another page follows, without a count.
+    params["fetch"] = size + 1
+    statement = _list_statement(
+        bool(include_archived), bool(unread_only), category is not None, after is not None
+    )
+    rows = yield CoreQuery(statement, params)
     items = tuple(_item(row) for row in rows[:size])
     following = PagePosition(items[-1].inserted_at, items[-1].id).encode() if len(rows) > size else None
     return InboxPage(items, following)
 
 
+_COUNTS = select(func.count().filter(_n.seen_at.is_(None)), func.count()).where(
+    _n.recipient_identity == bindparam("identity"), _n.read_at.is_(None), _n.archived_at.is_(None)
+)
+
+
 def counts_plan(identity: object) -> Plan[InboxCounts]:
     """Unseen and unread, archived left out: one index-only scan of the unread inbox."""
-    identity = check_identity(identity)
-    rows = yield select(
-        func.count().filter(_n.seen_at.is_(None)),
-        func.count(),
-    ).where(_n.recipient_identity == identity, _n.read_at.is_(None), _n.archived_at.is_(None))
+    rows = yield CoreQuery(_COUNTS, {"identity": check_identity(identity)})
     unseen, unread = rows[0]
     return InboxCounts(unseen=int(unseen), unread=int(unread))
 
@@ -182,30 +198,47 @@ _MARKS: dict[str, tuple[str, bool]] = {
 }
 
 
+# (bind names that are not column names: an UPDATE reserves those for its SET clause)
+_MINE = (_n.id == bindparam("notification_id"), _n.recipient_identity == bindparam("identity"))
+_EXISTS = select(_n.id).where(*_MINE)
+
+
+@functools.cache
+def _mark_statement(mark: Mark) -> Executable:
+    column_name, setting = _MARKS[mark]
+    column = _n[column_name]
+    return (
+        update(_notifications)
+        .where(*_MINE, column.is_(None) if setting else column.is_not(None))
+        .values({column_name: func.now() if setting else None})
+        .returning(_n.id)
+    )
+
+
 def mark_plan(identity: object, notification_id: object, mark: Mark) -> Plan[bool]:
     """Set (or clear) one timestamp of one of the recipient's notifications; True if it changed.
 
     Setting keeps a timestamp already there (marking read twice keeps the first read_at), so a
     repeat changes nothing, returns False and wakes no listener.
     """
-    identity = check_identity(identity)
-    notification_id = check_notification_id(notification_id)
-    column_name, setting = _MARKS[mark]
-    column = _n[column_name]
-    mine = (_n.id == notification_id, _n.recipient_identity == identity)
-    changed = yield (
-        update(_notifications)
-        .where(*mine, column.is_(None) if setting else column.is_not(None))
-        .values({column_name: func.now() if setting else None})
-        .returning(_n.id)
-    )
+    params = {"identity": check_identity(identity), "notification_id": check_notification_id(notification_id)}
+    changed = yield CoreQuery(_mark_statement(mark), params)
     if changed:
         return True
     # Nothing changed: already so, or not this recipient's (which looks exactly like not existing).
-    exists = yield select(_n.id).where(*mine)
+    exists = yield CoreQuery(_EXISTS, params)
     if not exists:
-        raise NotificationNotFound(notification_id)
+        raise NotificationNotFound(params["notification_id"])
     return False
+
+
+@functools.cache
+def _mark_all_statement(mark: Literal["seen", "read"]) -> Executable:
+    column_name, _ = _MARKS[mark]
+    where = [_n.recipient_identity == bindparam("identity"), _n.read_at.is_(None), _n.archived_at.is_(None)]
+    if mark == "seen":
+        where.append(_n.seen_at.is_(None))
+    return update(_notifications).where(*where).values({column_name: func.now()}).returning(_n.id)
 
 
 def mark_all_plan(identity: object, mark: Literal["seen", "read"]) -> Plan[int]:
@@ -214,12 +247,7 @@ def mark_all_plan(identity: object, mark: Literal["seen", "read"]) -> Plan[int]:
     Both walk the unread inbox's index. Archived notifications are left as they are, as the counts
     leave them out; so is a notification already read when marking all seen (it is not unseen).
     """
-    identity = check_identity(identity)
-    column_name, _ = _MARKS[mark]
-    where = [_n.recipient_identity == identity, _n.read_at.is_(None), _n.archived_at.is_(None)]
-    if mark == "seen":
-        where.append(_n.seen_at.is_(None))
-    rows = yield (update(_notifications).where(*where).values({column_name: func.now()}).returning(_n.id))
+    rows = yield CoreQuery(_mark_all_statement(mark), {"identity": check_identity(identity)})
     return len(rows)
 
 

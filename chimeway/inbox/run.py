@@ -19,7 +19,6 @@ import psycopg
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
 
 from ..store import queries_for
 from .plans import PlainQuery, Plan, Rows, Step
@@ -39,8 +38,7 @@ def _execute(session: Session, step: Step) -> Rows:
         connection = session.connection()
         text = queries_for(_schema(connection))[step.name]
         return connection.exec_driver_sql(text, dict(step.params)).all()
-    assert isinstance(step, Executable)
-    return session.execute(step).all()
+    return session.execute(step.statement, dict(step.params)).all()
 
 
 async def _aexecute(session: AsyncSession, step: Step) -> Rows:
@@ -48,7 +46,7 @@ async def _aexecute(session: AsyncSession, step: Step) -> Rows:
         connection = await session.connection()
         text = queries_for(_schema(connection.sync_connection))[step.name]  # type: ignore[arg-type]
         return (await connection.exec_driver_sql(text, dict(step.params))).all()
-    return (await session.execute(step)).all()
+    return (await session.execute(step.statement, dict(step.params))).all()
 
 
 def run(session: Session, plan: Plan[T]) -> T:
