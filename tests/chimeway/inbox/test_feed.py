@@ -21,7 +21,7 @@ from chimeway.store import queries_for
 from tests.helpers import await_until, wait_until
 
 from ..conftest import SessionFactory
-from .conftest import AddNotifications, InboxApi
+from .conftest import SHARED_SERVER_PATIENCE, AddNotifications, InboxApi
 
 SENTINEL = f"inbox_tests_{uuid.uuid4().hex}"
 
@@ -55,7 +55,11 @@ def follow(
                     break
         return until(flat(batches))
 
-    wait_until(read, message=f"the feed never gave what was expected; it gave {flat(batches)}")
+    wait_until(
+        read,
+        timeout=SHARED_SERVER_PATIENCE,
+        message=f"the feed never gave what was expected: {flat(batches)}",
+    )
     return batches, cursor
 
 
@@ -109,7 +113,7 @@ async def test_changes_since_returns_each_new_or_changed_notification_once_as_it
         await inbox_api.commit()
         return len(flat(batches)) >= 2
 
-    await await_until(read_both)
+    await await_until(read_both, timeout=SHARED_SERVER_PATIENCE)
     changes = batches[-1]
     after = await inbox_api.changes_since("user:42", changes.cursor)
 

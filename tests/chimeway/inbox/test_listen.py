@@ -17,11 +17,11 @@ from chimeway.inbox import InboxChanges, InboxListener
 from tests.helpers import await_until
 
 from ..conftest import SessionFactory
-from .conftest import AddNotifications
+from .conftest import SHARED_SERVER_PATIENCE, AddNotifications
 
 pytestmark = pytest.mark.anyio
 
-DEADLINE = 10
+DEADLINE = SHARED_SERVER_PATIENCE
 
 
 @pytest.fixture
@@ -91,7 +91,11 @@ async def test_a_change_held_back_behind_an_older_transaction_arrives_once_that_
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(follow)
             # Woken by the NOTIFY, the listener finds the change held back and keeps polling.
-            await await_until(lambda: changes.pending, message="the listener never saw the change held back")
+            await await_until(
+                lambda: changes.pending,
+                timeout=SHARED_SERVER_PATIENCE,
+                message="the listener never saw the change held back",
+            )
             assert received == []
             older.commit()  # an unrelated commit: no NOTIFY for user:42; the poll finds the change
 

@@ -20,7 +20,7 @@ from pgqueue import migrate as m
 from tests.helpers import wait_until
 
 from ..conftest import SessionFactory
-from .conftest import AddNotifications
+from .conftest import SHARED_SERVER_PATIENCE, AddNotifications
 
 INBOX_INDEXES = {
     "chimeway_notifications_inbox_idx": "WHERE (archived_at IS NULL)",
@@ -171,7 +171,7 @@ def test_the_inbox_works_in_a_schema_whose_name_needs_quoting(
                 session.commit()
                 return [i.id for i in changes.items] == [item.id] and changes.items[0].read
 
-            wait_until(read_in_the_feed)
+            wait_until(read_in_the_feed, timeout=SHARED_SERVER_PATIENCE)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
