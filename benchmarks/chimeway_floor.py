@@ -101,10 +101,10 @@ WITH event AS (
     RETURNING id
 ),
 notifications AS (
-    INSERT INTO {notifications} (id, event_id, recipient_identity, recipient_type, metadata)
+    INSERT INTO {notifications} (id, event_id, recipient_identity, recipient_type, metadata, category)
     SELECT (%(notification_prefix)s || lpad(to_hex(g), 12, '0'))::uuid, e.id, 'user:' || g, 'user',
            jsonb_build_object('subject', 'Spring release', 'body', 'Our spring release is out.',
-                              'to', 'user:' || g)
+                              'to', 'user:' || g), %(category)s
     FROM event AS e, generate_series(1, %(count)s) AS g
     RETURNING id, event_id, recipient_identity
 ),
@@ -243,12 +243,14 @@ def measure_copy_floor(dsn: str, count: int) -> dict[str, Any]:
         notification_prefix, delivery_prefix = _uuid_prefix(), _uuid_prefix()
         identities = [f"user:{i}" for i in range(1, count + 1)]
         copy_notifications = sql.SQL(
-            "COPY {notifications} (id, event_id, recipient_identity, recipient_type, metadata) FROM STDIN"
+            "COPY {notifications} (id, event_id, recipient_identity, recipient_type, metadata, category)"
+            " FROM STDIN"
         ).format(**names)
         with cur.copy(copy_notifications) as copy:
             for block in _blocks(
                 f"{notification_prefix}{i:012x}\t{event}\t{who}\tuser\t"
-                f'{{"subject": "Spring release", "body": "Our spring release is out.", "to": "{who}"}}\n'
+                f'{{"subject": "Spring release", "body": "Our spring release is out.", "to": "{who}"}}\t'
+                f"{CATEGORY}\n"
                 for i, who in enumerate(identities)
             ):
                 copy.write(block)

@@ -8,6 +8,7 @@ from typing import Any
 __all__ = [
     "ChimewayError",
     "DeliveryNotFound",
+    "InvalidCursor",
     "InvalidExhaust",
     "InvalidTransition",
     "InvalidValue",
@@ -28,6 +29,10 @@ class InvalidValue(ChimewayError, ValueError):
         super().__init__(f"{name} must be {expected}, got {value!r}")
         self.name = name
         self.value = value
+
+
+class InvalidCursor(ChimewayError, ValueError):
+    """A pagination or change-feed cursor is not one chimeway handed out (or was altered)."""
 
 
 class DeliveryNotFound(ChimewayError, LookupError):

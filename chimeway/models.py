@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, MetaData, Text, Uuid, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, Text, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,6 +81,13 @@ class Notification(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+    #: the notifier's category (or the payload's ``"category"``); None when it has none
+    category: Mapped[str | None]
+    #: the transaction that last changed what the inbox shows of this row: the change feed's
+    #: order (see :mod:`chimeway.inbox`). Set by the database, on insert and by a trigger.
+    changed_xid: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("(pg_current_xact_id()::text::bigint)")
+    )
 
     event: Mapped[Event] = relationship(viewonly=True)
 

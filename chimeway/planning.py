@@ -193,6 +193,7 @@ class FanOut:
     def notification_rows(self) -> Iterator[str]:
         """The COPY data of ``copy_notifications.sql``, a block at a time; asks the notifier."""
         event = self.event_id.hex
+        category = "\\N" if self.category is None else _copy_text(self.category)
         content_of, channels_of = self._content_of, self._channels_of
         pair_recipient, pair_channel, actors = self.pair_recipient, self.pair_channel, self._actors
         pairs = enumerate(zip(self.notification_ids, self.recipients, strict=True))
@@ -208,7 +209,7 @@ class FanOut:
                     pair_channel.append(channel)
                 lines.append(
                     f"{notification_id:032x}\t{event}\t{identity}\t{_copy_text(recipient.type)}\t"
-                    f"{_copy_text(content)}\n"
+                    f"{_copy_text(content)}\t{category}\n"
                 )
             yield "".join(lines)
 

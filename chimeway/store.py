@@ -6,8 +6,8 @@ deliveries, fanning one event out to many recipients) Chimeway runs plain statem
 file each in ``queries/``, loaded and rendered here for one schema. Reading ``queries/`` tells you
 everything those paths do to the database.
 
-The files name Chimeway's tables through placeholders that become quoted, schema-qualified
-identifiers via :mod:`psycopg.sql`:
+The files name Chimeway's tables and functions through placeholders that become quoted,
+schema-qualified identifiers via :mod:`psycopg.sql`:
 
 ============================== ===============================================
 ``{events}``                   ``chimeway_events``
@@ -16,6 +16,8 @@ identifiers via :mod:`psycopg.sql`:
 ``{attempts}``                 ``chimeway_delivery_attempts``
 ``{notification_preferences}`` ``chimeway_notification_preferences``
 ``{category_preferences}``     ``chimeway_category_preferences``
+``{inbox_channel}``            ``chimeway_inbox_channel`` (a function)
+``{inbox_horizon}``            ``chimeway_inbox_horizon`` (a function)
 ============================== ===============================================
 
 Values are always parameters (``%(name)s``). The files are ``str.format``-style templates: a
@@ -33,7 +35,7 @@ from psycopg import sql
 
 from pgqueue.migrate import validate_schema_name
 
-__all__ = ["TABLES", "Queries", "queries_for"]
+__all__ = ["FUNCTIONS", "TABLES", "Queries", "queries_for"]
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
 
@@ -45,6 +47,12 @@ TABLES: dict[str, str] = {
     "attempts": "chimeway_delivery_attempts",
     "notification_preferences": "chimeway_notification_preferences",
     "category_preferences": "chimeway_category_preferences",
+}
+
+#: placeholder → function name, for every function of Chimeway's a statement may call
+FUNCTIONS: dict[str, str] = {
+    "inbox_channel": "chimeway_inbox_channel",
+    "inbox_horizon": "chimeway_inbox_horizon",
 }
 
 
@@ -89,7 +97,7 @@ class Queries:
 
 
 def _render(template: str, schema: str) -> str:
-    names = {key: sql.Identifier(schema, table) for key, table in TABLES.items()}
+    names = {key: sql.Identifier(schema, name) for key, name in (TABLES | FUNCTIONS).items()}
     return sql.SQL(template).format(**names).as_string(None)
 
 

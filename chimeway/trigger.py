@@ -212,12 +212,13 @@ class _Call:
         """Ask the notifier for the recipients; the fan-out asks for the rest as it writes."""
         notifier, params = self.notifier, self.params
         recipients = _normalize_recipients(_call("recipients", notifier.recipients, params))
-        category = self.payload.get("category")
+        category = notifier.category or self.payload.get("category")
         channels = _Channels()
         return FanOut(
             event_id=event.id,
             notification_key=self.key,
-            category=notifier.category or (category if isinstance(category, str) else None),
+            # a blank category is no category (the inbox's column refuses blanks)
+            category=(category.strip() or None) if isinstance(category, str) else None,
             correlation_id=self.correlation_id,
             recipients=recipients,
             content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import pgqueue
-from chimeway import deliveries, preferences
+from chimeway import deliveries, inbox, preferences
 from chimeway.dispatch import DispatchWorker, dispatch_job, enqueue_in
 from chimeway.models import Delivery, Event, Notification
 from chimeway.notifier import Notifier, Recipient
@@ -251,6 +251,45 @@ def test_the_ids_in_the_result_are_the_rows_in_recipient_then_channel_order(
     ]
     assert order == sorted(order)
     assert list(result.notification_ids) == sorted(result.notification_ids)  # time-ordered ids
+
+
+class Announcement(Notifier):
+    """No category of its own: the params' "category" key decides."""
+
+    notification_key = "announcement"
+
+    def recipients(self, params: Mapping[str, Any]) -> Sequence[Recipient | str]:
+        return ["user:1", "user:2"]
+
+    def channels(self, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
+        return ["in_app"]
+
+    def build(self, params: Mapping[str, Any], recipient: Recipient) -> Mapping[str, Any]:
+        return {"subject": "hello"}
+
+
+@pytest.mark.parametrize(
+    ("notifier", "params", "stored"),
+    [
+        (ReleaseNotes(), {"count": 2, "version": "8"}, CATEGORY),
+        (Announcement(), {"category": "  billing "}, "billing"),
+        (Announcement(), {"category": "   "}, None),
+        (Announcement(), {"category": 7}, None),
+        (Announcement(), {}, None),
+    ],
+)
+def test_each_notification_carries_the_category_the_inbox_filters_on(
+    new_session: SessionFactory, schema: str, notifier: Notifier, params: dict[str, Any], stored: str | None
+) -> None:
+    with new_session() as session:
+        result = trigger(session, notifier, params, idempotency_key="cat", queue_schema=schema)
+        session.commit()
+        rows = session.execute(select(Notification.id, Notification.category)).all()
+        page = inbox.list_for_recipient(session, "user:1", category=stored) if stored else None
+    assert {category for _, category in rows} == {stored}
+    assert len(rows) == len(result.notification_ids) == 2
+    if page is not None:
+        assert [item.category for item in page.items] == [stored]
 
 
 def test_a_rolled_back_fan_out_leaves_no_row_no_job_and_wakes_no_queue(

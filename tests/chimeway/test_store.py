@@ -17,6 +17,11 @@ def test_statements_name_the_schema_quoted_and_drop_their_comment_lines() -> Non
     assert "--" not in text
 
 
+def test_a_function_is_named_quoted_in_the_schema_like_a_table() -> None:
+    text = queries_for('odd "name"').inbox_channel
+    assert '"odd ""name"""."chimeway_inbox_channel"(' in text
+
+
 def test_an_unknown_statement_names_the_folder() -> None:
     with pytest.raises(AttributeError, match=r"no statement named 'nope' in chimeway/queries/"):
         _ = queries_for().nope
