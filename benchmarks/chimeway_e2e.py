@@ -201,11 +201,20 @@ def measure_worker(
     threading.Thread(target=_sample_rss, args=(worker.pid, peak, stop), daemon=True).start()
     rss_marks: list[tuple[int, float]] = []
     next_mark = count // marks if marks else None
+    # The worker's CPU time from the first poll that sees deliveries done to the last: its cost
+    # per delivery, startup (imports, connections) left out.
+    cpu_from: tuple[int, float] | None = None
+    cpu_to = 0.0
     deadline = time.monotonic() + DEADLINE
     try:
         while True:
             left = int(poller.value(open_query))
             done = count - left
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(worker.pid).cpu_times()
+                cpu_to = times.user + times.system
+                if cpu_from is None and done > 0:
+                    cpu_from = (done, cpu_to)
             while next_mark is not None and done >= next_mark and next_mark <= count:
                 with contextlib.suppress(psutil.Error):
                     rss_marks.append((next_mark, psutil.Process(worker.pid).memory_info().rss / 2**20))
@@ -243,6 +252,9 @@ def measure_worker(
         "statements_per_delivery": statements / count if statements is not None else None,
         "xacts_per_delivery": (after - before - poller.transactions) / count,
         "rss_marks_mb": rss_marks,
+        "cpu_us_per_delivery": (
+            1e6 * (cpu_to - cpu_from[1]) / (count - cpu_from[0]) if cpu_from and count > cpu_from[0] else None
+        ),
     }
 
 
