@@ -4,7 +4,7 @@ Everything is validated once, at start, and every mistake is reported with the k
 
     schema = "public"          # where chimeway's tables and pgqueue's jobs table live
     node = "worker-1"          # default: host:pid
-    queue_limit = 20           # deliveries performed at once by this process (1..10000)
+    queue_limit = 200          # deliveries in flight at once in this process (1..10000)
     shutdown_grace = 15        # seconds running deliveries get on SIGTERM
     rescue_window = 15         # seconds of silence after which a dead worker's jobs are rescued
     retry_backoff = 1.0        # seconds between retries (default: the queue's exponential backoff)
@@ -76,7 +76,8 @@ class Settings:
     database_url: str
     schema: str = "public"
     node: str | None = None
-    queue_limit: int = 20
+    #: Two batches of 100 in flight: one being claimed and sent while the other is recorded.
+    queue_limit: int = 200
     shutdown_grace: float = 15.0
     rescue_window: float = 15.0
     retry_backoff: float | None = None

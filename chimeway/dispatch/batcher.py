@@ -10,6 +10,9 @@ statement, which goes out when no adapter call is left running (or after ``recor
 soon as ``batch_size`` wait), so a batch of fast calls is recorded by one statement and a slow call
 does not hold the others' records back.
 
+Two jobs of one delivery never run side by side here: the second waits until the first has
+settled, then is claimed and finds the delivery as the first left it (usually ended: no second send).
+
 The batch, not the job, owns the work: once a delivery is claimed its adapter call and its record
 run to the end even if the job waiting for them is cancelled (a timeout, a cancel, a shutdown past
 the grace period), so a cancelled job never leaves a delivery ``dispatched`` with a send and no
@@ -23,6 +26,7 @@ import contextlib
 import copy
 import time
 import uuid
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +106,10 @@ class Batcher:
         self._record_soon: asyncio.Handle | None = None
         self._record_later: asyncio.TimerHandle | None = None
         self._sending = 0
+        # Deliveries claimed and not yet settled here, and jobs of those deliveries waiting for
+        # them: a second job of a delivery runs after the first has settled, so it sees the end.
+        self._active: set[uuid.UUID] = set()
+        self._held: dict[uuid.UUID, deque[Pending]] = {}
 
     # -- claims ------------------------------------------------------------------------------------
 
@@ -116,31 +124,49 @@ class Batcher:
         if self._claim_soon is not None:
             self._claim_soon.cancel()
             self._claim_soon = None
-        batch, self._claims = _distinct(self._claims)
-        if self._claims:  # the same delivery twice: the repeat waits for the next statement
-            self._claim_soon = self.loop.call_soon(self._flush_claims)
+        batch: list[Pending] = []
+        for pending in self._claims:
+            if pending.delivery_id in self._active:
+                self._held.setdefault(pending.delivery_id, deque()).append(pending)
+            else:
+                self._active.add(pending.delivery_id)
+                batch.append(pending)
+        self._claims = []
         if batch:
             self._spawn(self._run_claims(batch))
+
+    def _settle(self, pending: Pending, value: Any = None, error: BaseException | None = None) -> None:
+        """The end of one delivery's run here: the job gets its result, a held repeat its turn."""
+        if error is not None:
+            pending.fail(error)
+        else:
+            pending.resolve(value)
+        self._active.discard(pending.delivery_id)
+        waiting = self._held.get(pending.delivery_id)
+        if waiting:
+            self.submit(waiting.popleft())
+            if not waiting:
+                del self._held[pending.delivery_id]
 
     async def _run_claims(self, batch: list[Pending]) -> None:
         try:
             claims = await self.dispatcher.claim_batch([p.key for p in batch])
         except BaseException as exc:
-            _fail_all(batch, "claiming", exc)
+            self._fail_all(batch, "claiming", exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for pending in batch:
             found = claims.get(pending.key)
             if found is None:
-                pending.resolve(not_found(pending.delivery_id))
+                self._settle(pending, not_found(pending.delivery_id))
             elif found.kind in ("ready", "undecodable"):
                 self._send(pending, found)
             elif found.kind == "suppressed":
                 log_outcome(pending.delivery_id, found.channel, "suppressed", Reason.ALREADY_READ, None)
-                pending.resolve(None)
+                self._settle(pending)
             else:
-                pending.resolve(None)
+                self._settle(pending)
 
     # -- adapter calls -------------------------------------------------------------------------------
 
@@ -164,7 +190,7 @@ class Batcher:
             # provider got it is unknown, so nothing is recorded; the delivery stays dispatched and
             # its job, still executing, is rerun by the lifeline under the same idempotency key.
             self._sending -= 1
-            _fail_all([pending], "sending", exc)
+            self._fail_all([pending], "sending", exc)
             raise
         self._sending -= 1
         pending.classification = classify(result)
@@ -187,9 +213,7 @@ class Batcher:
             if handle is not None:
                 handle.cancel()
         self._record_soon = self._record_later = None
-        batch, self._records = _distinct(self._records)
-        if self._records:
-            self._record_soon = self.loop.call_soon(self._flush_records)
+        batch, self._records = self._records, []
         if batch:
             self._spawn(self._run_records(batch))
 
@@ -209,7 +233,7 @@ class Batcher:
                 for p in batch:
                     measurements = {"duration": time.monotonic_ns() - started}
                     telemetry.emit((*_RECORD, "exception"), measurements, {"delivery_id": p.delivery_id})
-            _fail_all(batch, "recording", exc)
+            self._fail_all(batch, "recording", exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -218,11 +242,12 @@ class Batcher:
             if isinstance(result, Recorded):
                 self._finish(pending, item, result, started if observed else None)
             elif isinstance(result, DeliveryNotFound):
-                pending.resolve(not_found(pending.delivery_id))
+                self._settle(pending, not_found(pending.delivery_id))
             elif isinstance(result, BaseException):
-                pending.fail(result)
+                self._settle(pending, error=result)
             else:
-                pending.fail(DispatchError(f"delivery {pending.delivery_id}: no record was written"))
+                missing = DispatchError(f"delivery {pending.delivery_id}: no record was written")
+                self._settle(pending, error=missing)
 
     def _finish(self, pending: Pending, item: RecordItem, recorded: Recorded, started: int | None) -> None:
         exhausted = recorded.suppression_reason == Reason.RETRIES_EXHAUSTED and item.final
@@ -269,9 +294,26 @@ class Batcher:
                 pending.budget,
             )
         except Exception as exc:
-            pending.fail(exc)
+            self._settle(pending, error=exc)
             return
-        pending.resolve(value)
+        self._settle(pending, value)
+
+    def _fail_all(self, batch: list[Pending], step: str, exc: BaseException) -> None:
+        """Fail each job of ``batch`` with the error its batch hit: a copy of its own for each (one
+        exception raised in many tasks would gather all their tracebacks), caused by the original."""
+        for pending in batch:
+            error: BaseException
+            if isinstance(exc, Exception):
+                try:
+                    error = copy.copy(exc)
+                except Exception:
+                    error = DispatchError(
+                        f"delivery {pending.delivery_id}: {step} failed ({describe_error(exc)})"
+                    )
+            else:
+                error = DispatchError(f"delivery {pending.delivery_id}: stopped while {step}")
+            error.__cause__ = exc
+            self._settle(pending, error=error)
 
     # -- tasks ---------------------------------------------------------------------------------------
 
@@ -283,7 +325,7 @@ class Batcher:
     async def wait_idle(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for every batch in flight to finish; cancel the rest."""
         deadline = time.monotonic() + timeout
-        while self.tasks or self._claims or self._records:
+        while self.tasks or self._claims or self._records or self._held:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -296,20 +338,6 @@ class Batcher:
         for task in list(self.tasks):
             with contextlib.suppress(BaseException):
                 await task
-
-
-def _distinct(items: list[Pending]) -> tuple[list[Pending], list[Pending]]:
-    """Split ``items`` into a batch with each delivery once, and the repeats left for later."""
-    seen: set[uuid.UUID] = set()
-    batch: list[Pending] = []
-    later: list[Pending] = []
-    for item in items:
-        if item.delivery_id in seen:
-            later.append(item)
-        else:
-            seen.add(item.delivery_id)
-            batch.append(item)
-    return batch, later
 
 
 def _record_item(pending: Pending) -> RecordItem:
@@ -326,21 +354,3 @@ def _record_item(pending: Pending) -> RecordItem:
         route.name,
         pending.final,
     )
-
-
-def _fail_all(batch: list[Pending], step: str, exc: BaseException) -> None:
-    """Fail each job of ``batch`` with the error its batch hit: a copy of its own for each (one
-    exception raised in many tasks would gather all their tracebacks), caused by the original."""
-    for pending in batch:
-        error: BaseException
-        if isinstance(exc, Exception):
-            try:
-                error = copy.copy(exc)
-            except Exception:
-                error = DispatchError(
-                    f"delivery {pending.delivery_id}: {step} failed ({describe_error(exc)})"
-                )
-        else:
-            error = DispatchError(f"delivery {pending.delivery_id}: stopped while {step}")
-        error.__cause__ = exc
-        pending.fail(error)

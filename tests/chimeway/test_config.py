@@ -22,7 +22,7 @@ def test_defaults_and_environment() -> None:
     assert (s.database_url, s.schema, s.queue_limit, s.shutdown_grace, s.channels) == (
         ENV["DATABASE_URL"],
         "public",
-        20,
+        200,
         15.0,
         {},
     )
