@@ -141,8 +141,10 @@ async def test_each_bad_delivery_fails_by_its_class_and_the_rest_of_the_batch_su
     assert f"delivery {ids['deleted']} not found" in str(by_channel["deleted"])
     assert results[len(ids) : len(ids) + len(good)] == [None] * len(good)
     *_, on_missing, on_malformed, on_number = results
-    assert isinstance(on_missing, pgqueue.Cancel) and "not found" in str(on_missing)
-    assert isinstance(on_malformed, pgqueue.Cancel) and "malformed delivery_id" in str(on_malformed)
+    assert isinstance(on_missing, pgqueue.Cancel)
+    assert "not found" in str(on_missing)
+    assert isinstance(on_malformed, pgqueue.Cancel)
+    assert "malformed delivery_id" in str(on_malformed)
     assert isinstance(on_number, pgqueue.Cancel)
     assert took < 10, "a hung adapter holds only its own delivery, and only until its deadline"
 
@@ -205,12 +207,14 @@ async def test_an_answer_postgresql_refuses_is_recorded_without_it_and_the_rest_
 
     for delivery_id in good:
         result = results[delivery_id]
-        assert isinstance(result, records.Recorded) and not result.minimal
+        assert isinstance(result, records.Recorded)
+        assert not result.minimal
         assert rows(new_session, delivery_id) == (("succeeded", None), [(1, "succeeded", None, {"ok": True})])
     for delivery_id in (nul, long_id, surrogate):
         result = results[delivery_id]
         assert isinstance(result, records.Recorded)
-        assert result.status == "succeeded" and result.attempt_number == 1
+        assert result.status == "succeeded"
+        assert result.attempt_number == 1
         assert rows(new_session, delivery_id) == (("succeeded", None), [(1, "succeeded", None, {})])
 
 
