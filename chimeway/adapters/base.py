@@ -139,8 +139,7 @@ def classify(result: object) -> Classification:
     types, NUL characters) is trimmed or dropped, never turned into a failure.
     """
     if isinstance(result, Delivered):
-        meta = _response(result.meta)
-        return Classification("succeeded", None, meta, message_id(meta.get("provider_message_id")))
+        return Classification("succeeded", None, _response(result.meta), _raw_message_id(result.meta))
     if isinstance(result, Failed) and result.kind in _FAILURES:
         outcome, error_class = _FAILURES[result.kind]
         return Classification(outcome, error_class, _response(result.detail), None)
@@ -170,11 +169,21 @@ def message_id(value: object) -> str | None:
     return text
 
 
+def _raw_message_id(meta: object) -> str | None:
+    # Taken from the adapter's own value, not the cleaned response: an id with a NUL in it is
+    # refused, not stored with a replacement character that no provider would recognise.
+    try:
+        return message_id(meta.get("provider_message_id")) if isinstance(meta, Mapping) else None
+    except Exception:
+        return None
+
+
 def _response(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         return {}
     try:
-        return _json_object(redact(value), 0)
+        # Bounded first (depth, size, text), so redaction walks a small, shallow copy.
+        return redact(_json_object(value, 0))
     except Exception:  # RecursionError included
         # Whatever the adapter put there (a self-referencing dict, an object whose str() raises):
         # the outcome stands, the response is dropped.

@@ -155,6 +155,9 @@ class WebhookAdapter:
         except (httpx.UnsupportedProtocol, httpx.InvalidURL):
             if answer.status is None:
                 return self._failed(delivery, "permanent", {"error": "invalid_url"})
+        except httpx.LocalProtocolError:  # a configured header with CR, LF or NUL in it
+            if answer.status is None:
+                return self._failed(delivery, "permanent", {"error": "invalid_headers"})
         except httpx.TransportError as exc:
             if answer.status is None:
                 detail = {"error": "connection_failed", "exception": type(exc).__name__}
