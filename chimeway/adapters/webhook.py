@@ -42,8 +42,7 @@ import hmac
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from typing import Any, Final
 
 import httpx
@@ -113,17 +112,11 @@ class WebhookAdapter:
             headers = _headers(delivery, config, body)
         except (TypeError, ValueError):
             return self._failed(delivery, "permanent", {"error": "invalid_headers"})
-        async with self._client_for_call() as client:
-            return await self._send(client, delivery, url, body, headers, timeout)
-
-    @asynccontextmanager
-    async def _client_for_call(self) -> AsyncIterator[httpx.AsyncClient]:
         client = self._client or self._shared.get(asyncio.get_running_loop())
         if client is not None:
-            yield client
-            return
-        async with _new_client() as own:
-            yield own
+            return await self._send(client, delivery, url, body, headers, timeout)
+        async with _new_client() as own:  # no dispatcher opened in this loop: a client of its own
+            return await self._send(own, delivery, url, body, headers, timeout)
 
     async def _send(
         self,
