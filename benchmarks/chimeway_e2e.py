@@ -188,6 +188,7 @@ def measure_worker(
         "SELECT count(*) FROM {} WHERE status IN ('pending', 'dispatched', 'failed')"
     ).format(deliveries)
     before = server_transactions(dsn)
+    load = os.getloadavg()[0]
     poller = Poller(dsn)
     env = {**os.environ, "DATABASE_URL": dsn, "CHIMEWAY_BENCH_COUNTS": str(counts_file)}
     command = [sys.executable, "-m", "benchmarks.chimeway_parts", "worker", "--"]
@@ -252,6 +253,7 @@ def measure_worker(
         "statements_per_delivery": statements / count if statements is not None else None,
         "xacts_per_delivery": (after - before - poller.transactions) / count,
         "rss_marks_mb": rss_marks,
+        "load1_before": load,
         "cpu_us_per_delivery": (
             1e6 * (cpu_to - cpu_from[1]) / (count - cpu_from[0]) if cpu_from and count > cpu_from[0] else None
         ),
@@ -318,8 +320,9 @@ def report(mode: str, count: int, repeats: int, rows: dict[str, list[dict[str, A
         "W4a/W4b: one `python -m chimeway.worker` at its defaults, every delivery succeeding on its "
         "first attempt. Statements counted in the worker process, transactions by the server.",
         "",
-        "| Workload | deliveries/s | Statements/delivery | Xacts/delivery | Peak RSS MB |",
-        "|---|---|---|---|---|",
+        "| Workload | deliveries/s | Statements/delivery | Xacts/delivery | Worker CPU µs/delivery "
+        "| Peak RSS MB |",
+        "|---|---|---|---|---|---|",
     ]
     for key, label in (("logger", "W4a logger"), ("webhook", "W4b webhook (keep-alive receiver)")):
         results = rows[key]
@@ -327,6 +330,7 @@ def report(mode: str, count: int, repeats: int, rows: dict[str, list[dict[str, A
             f"| {label} | {_stats([r['per_second'] for r in results])} "
             f"| {_stats([r['statements_per_delivery'] for r in results], 3)} "
             f"| {_stats([r['xacts_per_delivery'] for r in results], 3)} "
+            f"| {_stats([r['cpu_us_per_delivery'] for r in results])} "
             f"| {_stats([r['peak_rss_mb'] for r in results])} |"
         )
     lines.append(
@@ -335,13 +339,15 @@ def report(mode: str, count: int, repeats: int, rows: dict[str, list[dict[str, A
     )
     lines.append(
         f"| Raw psycopg delivery floor, batches of 100 | {_stats([r['per_second'] for r in rows['floor']])} "
-        "| 0.020 | 0.020 | |"
+        "| 0.020 | 0.020 | | |"
     )
     lines += [
         "",
         f"W4a is **{_stats([100 * r for r in ratios_floor])} %** of the raw floor and "
         f"{_stats([100 * r for r in ratios_drain])} % of pgqueue's no-op drain (per repeat, same run); "
-        f"W4b is {_stats([100 * r for r in webhook_floor])} % of the floor.",
+        f"W4b is {_stats([100 * r for r in webhook_floor])} % of the floor. Load average (1 min) before "
+        f"each worker run: {_stats([r['load1_before'] for r in rows['logger'] + rows['webhook']], 1)} "
+        "on 2 cores shared with other work; the worker's CPU per delivery depends far less on it.",
     ]
     if rss:
         marks = ", ".join(f"{n:,}: {mb:.0f}" for n, mb in rss["rss_marks_mb"])
