@@ -333,10 +333,8 @@ def report(mode: str, count: int, repeats: int, rows: dict[str, list[dict[str, A
             f"| {_stats([r['cpu_us_per_delivery'] for r in results])} "
             f"| {_stats([r['peak_rss_mb'] for r in results])} |"
         )
-    lines.append(
-        f"| W2 pgqueue no-op drain, c=100 (jobs/s) | {_stats([r['per_second'] for r in rows['drain']])} "
-        "| | | |"
-    )
+    drain = _stats([r["per_second"] for r in rows["drain"]])
+    lines.append(f"| W2 pgqueue no-op drain, c=100 (jobs/s) | {drain} | | | | |")
     lines.append(
         f"| Raw psycopg delivery floor, batches of 100 | {_stats([r['per_second'] for r in rows['floor']])} "
         "| 0.020 | 0.020 | | |"
