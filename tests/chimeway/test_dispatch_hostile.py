@@ -256,3 +256,24 @@ async def test_a_job_cancelled_while_its_delivery_is_sent_still_leaves_the_attem
     # closing waited for the batch: the send the job no longer waited for is on record
 
     assert rows(new_session, delivery_id) == (("succeeded", None), [(1, "succeeded", None, {})])
+
+
+async def test_closing_the_dispatcher_closes_its_pool_and_the_adapters_shared_clients(
+    dsn: str, schema: str, make_delivery: MakeDelivery
+) -> None:
+    from chimeway.adapters import WebhookAdapter
+
+    webhook = WebhookAdapter()
+    dispatcher = Dispatcher(
+        dsn, schema=schema, routes={"hook": ChannelRoute(webhook, {"url": "http://127.0.0.1:9"})}
+    )
+    loop = asyncio.get_running_loop()
+
+    async with dispatcher:
+        pool = dispatcher._pools[loop]
+        assert loop in webhook._shared
+        assert await dispatcher.perform(job(str(make_delivery(channel="ok")))) is None  # the default route
+
+    assert pool.closed
+    assert loop not in dispatcher._pools
+    assert loop not in webhook._shared
