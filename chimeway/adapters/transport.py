@@ -31,7 +31,6 @@ __all__ = ["KeepAliveTransport"]
 
 _MAX_HEAD: Final = 64 * 1024
 _CHUNK: Final = 64 * 1024
-_FORBIDDEN: Final = frozenset("\r\n\x00")
 
 
 class _Connection:
@@ -211,9 +210,10 @@ class _Head:
 def _head(request: httpx.Request) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
     for name, value in request.headers.raw:
-        if _FORBIDDEN.intersection(name.decode("latin-1") + value.decode("latin-1")):
+        pair = name + b": " + value
+        if b"\r" in pair or b"\n" in pair or b"\0" in pair:
             raise httpx.LocalProtocolError("a header name or value contains CR, LF or NUL")
-        lines.append(name + b": " + value)
+        lines.append(pair)
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
