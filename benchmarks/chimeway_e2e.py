@@ -273,19 +273,36 @@ def measure_drain(dsn: str, count: int, concurrency: int = 100) -> dict[str, Any
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + DEADLINE
+    cpu_from: tuple[int, float] | None = None
+    cpu_to = 0.0
     try:
         query = sql.SQL("SELECT count(*) FROM {} WHERE state <> 'completed'").format(jobs)
-        while int(poller.value(query)) > 0:
+        while (left := int(poller.value(query))) > 0:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(process.pid).cpu_times()
+                cpu_to = times.user + times.system
+                if cpu_from is None and left < count:
+                    cpu_from = (count - left, cpu_to)
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the drain did not finish")
             time.sleep(0.05)
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(process.pid).cpu_times()
+            cpu_to = times.user + times.system
         first, last = poller.row(sql.SQL("SELECT min(attempted_at), max(completed_at) FROM {}").format(jobs))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         poller.close()
     seconds = (last - first).total_seconds()
-    return {"jobs": count, "seconds": seconds, "per_second": count / seconds, "concurrency": concurrency}
+    cpu = 1e6 * (cpu_to - cpu_from[1]) / (count - cpu_from[0]) if cpu_from and count > cpu_from[0] else None
+    return {
+        "jobs": count,
+        "seconds": seconds,
+        "per_second": count / seconds,
+        "concurrency": concurrency,
+        "cpu_us_per_job": cpu,
+    }
 
 
 def measure_floor(dsn: str, count: int) -> dict[str, Any]:
@@ -334,7 +351,8 @@ def report(mode: str, count: int, repeats: int, rows: dict[str, list[dict[str, A
             f"| {_stats([r['peak_rss_mb'] for r in results])} |"
         )
     drain = _stats([r["per_second"] for r in rows["drain"]])
-    lines.append(f"| W2 pgqueue no-op drain, c=100 (jobs/s) | {drain} | | | | |")
+    drain_cpu = _stats([r.get("cpu_us_per_job") for r in rows["drain"]])
+    lines.append(f"| W2 pgqueue no-op drain, c=100 (jobs/s) | {drain} | | | {drain_cpu} | |")
     lines.append(
         f"| Raw psycopg delivery floor, batches of 100 | {_stats([r['per_second'] for r in rows['floor']])} "
         "| 0.020 | 0.020 | | |"
