@@ -112,6 +112,7 @@ class Dispatcher:
         self._given_pool = pool
         self._prepared = {channel: self._prepare(route) for channel, route in self.routes.items()}
         self._default = self._prepare(self.default)
+        self._job_timeout: float | None = None
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batcher] = (
             weakref.WeakKeyDictionary()
         )
@@ -150,8 +151,10 @@ class Dispatcher:
 
     def job_timeout(self) -> float:
         """How long one dispatch job may run: its slowest channel's deadline and the margin."""
-        slowest = max((r.deadline for r in (*self._prepared.values(), self._default)), default=0.0)
-        return slowest + JOB_TIMEOUT_MARGIN
+        if self._job_timeout is None:  # asked once per job: worked out once
+            slowest = max(r.deadline for r in (*self._prepared.values(), self._default))
+            self._job_timeout = slowest + JOB_TIMEOUT_MARGIN
+        return self._job_timeout
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
