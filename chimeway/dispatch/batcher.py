@@ -68,10 +68,11 @@ class Pending:
     )
 
     def __init__(
-        self, delivery_id: uuid.UUID, attempt: int, budget: int, future: asyncio.Future[Any]
+        self, delivery_id: uuid.UUID, key: str, attempt: int, budget: int, future: asyncio.Future[Any]
     ) -> None:
         self.delivery_id = delivery_id
-        self.key = str(delivery_id)
+        #: the id's canonical text, for the claim statement
+        self.key = key
         self.attempt = attempt
         self.budget = budget
         self.future = future
@@ -157,7 +158,7 @@ class Batcher:
                 raise
             return
         for pending in batch:
-            found = claims.get(pending.key)
+            found = claims.get(pending.delivery_id)
             if found is None:
                 self._settle(pending, not_found(pending.delivery_id))
             elif found.kind in ("ready", "undecodable"):

@@ -241,13 +241,14 @@ class Dispatcher:
         batcher = self._batchers.get(loop)
         if batcher is None:
             batcher = self._batchers[loop] = Batcher(self, loop)
-        pending = Pending(
-            delivery_id, job.attempt, min(job.max_attempts, DELIVERY_ATTEMPTS), loop.create_future()
-        )
+        budget = min(job.max_attempts, DELIVERY_ATTEMPTS)
+        # The canonical spelling goes into the claim's array literal: uuid.UUID also accepts forms
+        # (braces, stray hyphens) that would break the literal or that PostgreSQL refuses.
+        pending = Pending(delivery_id, str(delivery_id), job.attempt, budget, loop.create_future())
         batcher.submit(pending)
         return await pending.future
 
-    async def claim_batch(self, ids: Sequence[str]) -> dict[str, records.Claim]:
+    async def claim_batch(self, ids: Sequence[str]) -> dict[uuid.UUID, records.Claim]:
         async with self._connection() as conn:
             return await records.claim(conn, self.queries, ids)
 

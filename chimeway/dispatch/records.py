@@ -70,7 +70,7 @@ class RecordItem:
     def encoded(self) -> bytes:
         return orjson.dumps(
             {
-                "id": str(self.delivery_id),
+                "id": self.delivery_id,  # orjson writes a UUID itself, in C
                 "outcome": self.outcome,
                 "error_class": self.error_class,
                 "response": self.response,
@@ -102,14 +102,16 @@ class Recorded:
 # -- claim -----------------------------------------------------------------------------------------
 
 
-async def claim(conn: psycopg.AsyncConnection[Any], queries: Queries, ids: Sequence[str]) -> dict[str, Claim]:
-    """Run the claim statement for ``ids`` (canonical UUID strings); a :class:`Claim` for each."""
+async def claim(
+    conn: psycopg.AsyncConnection[Any], queries: Queries, ids: Sequence[str]
+) -> dict[uuid.UUID, Claim]:
+    """Run the claim statement for ``ids`` (UUIDs as text); a :class:`Claim` for each found."""
     cursor = await conn.execute(queries.dispatch_claim, {"ids": _array(ids)})
     rows = await cursor.fetchall()
-    claims: dict[str, Claim] = {}
-    lost: dict[str, tuple[Any, ...]] = {}
+    claims: dict[uuid.UUID, Claim] = {}
+    lost: dict[uuid.UUID, tuple[Any, ...]] = {}
     for row in rows:
-        key = str(row[0])
+        key = row[0]
         status, moved, orchestration, read = row[1], row[2], row[3], row[4]
         if moved == "dispatched":
             claims[key] = _ready(row)
@@ -124,9 +126,9 @@ async def claim(conn: psycopg.AsyncConnection[Any], queries: Queries, ids: Seque
     if lost:
         # As the one-at-a-time path does after losing a compare-and-set: look again, and send only
         # if the winner left it dispatched.
-        now = await _statuses(conn, queries, list(lost))
+        now = await _statuses(conn, queries, [str(key) for key in lost])
         for key, row in lost.items():
-            status = now.get(key)
+            status = now.get(str(key))
             if status is None:
                 continue
             claims[key] = _ready(row) if status == "dispatched" and not row[4] else Claim("ended", row[6])

@@ -122,7 +122,10 @@ async def test_each_bad_delivery_fails_by_its_class_and_the_rest_of_the_batch_su
     ids = {channel: make_delivery(channel=channel) for channel in routes}
     good = [make_delivery(channel="ok") for _ in range(20)]
     missing = uuid.uuid4()
+    odd = make_delivery(channel="ok")  # a valid UUID in spellings PostgreSQL or an array literal refuse
+    spelled = [f"{{{odd}}}", str(odd).replace("-", "")[:5] + "-" + str(odd).replace("-", "")[5:]]
     jobs = [job(str(i)) for i in [*ids.values(), *good, missing]] + [job("not-a-uuid"), job(42)]
+    jobs += [job(text) for text in spelled]
     dispatcher = Dispatcher(dsn, schema=schema, routes=routes)
 
     started = time.monotonic()
@@ -140,7 +143,9 @@ async def test_each_bad_delivery_fails_by_its_class_and_the_rest_of_the_batch_su
     assert isinstance(by_channel["deleted"], pgqueue.Cancel)
     assert f"delivery {ids['deleted']} not found" in str(by_channel["deleted"])
     assert results[len(ids) : len(ids) + len(good)] == [None] * len(good)
-    *_, on_missing, on_malformed, on_number = results
+    *_, on_missing, on_malformed, on_number, braced, hyphened = results
+    assert (braced, hyphened) == (None, None)
+    assert rows(new_session, odd)[0] == ("succeeded", None)
     assert isinstance(on_missing, pgqueue.Cancel)
     assert "not found" in str(on_missing)
     assert isinstance(on_malformed, pgqueue.Cancel)
