@@ -168,12 +168,19 @@ dispatched AS (
     WHERE d.id = s.delivery_id AND d.status IN ('pending', 'failed')
     RETURNING d.id, d.notification_id, d.channel
 )
-SELECT s.id, d.id, d.channel, n.recipient_identity, n.metadata::text, e.notification_key,
+-- OFFSET 0 keeps each lookup a primary-key probe per claimed row: joined plainly, the planner
+-- (which can't know the CTE holds 100 rows) hashes the whole notifications table instead.
+SELECT s.id, d.id, d.channel, n.recipient_identity, n.metadata, e.notification_key,
        (SELECT count(*) FROM {attempts} AS a WHERE a.delivery_id = d.id)
 FROM started AS s
 JOIN dispatched AS d ON d.id = s.delivery_id
-JOIN {notifications} AS n ON n.id = d.notification_id
-JOIN {events} AS e ON e.id = n.event_id
+CROSS JOIN LATERAL (
+    SELECT x.recipient_identity, x.metadata::text AS metadata, x.event_id
+    FROM {notifications} AS x WHERE x.id = d.notification_id OFFSET 0
+) AS n
+CROSS JOIN LATERAL (
+    SELECT y.notification_key FROM {events} AS y WHERE y.id = n.event_id OFFSET 0
+) AS e
 """
 
 _FLOOR_RECORD = """
