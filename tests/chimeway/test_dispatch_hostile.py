@@ -282,3 +282,44 @@ async def test_closing_the_dispatcher_closes_its_pool_and_the_adapters_shared_cl
     assert pool.closed
     assert loop not in dispatcher._pools
     assert loop not in webhook._shared
+
+
+async def test_content_written_too_deep_to_decode_ends_its_delivery_without_a_send(
+    dsn: str, schema: str, make_delivery: MakeDelivery, new_session: SessionFactory
+) -> None:
+    # Another client wrote the notification's content nested deeper than a decoder follows: the
+    # adapter can't be given it, so the delivery ends as a permanent failure that says why, and
+    # the delivery batched with it is sent as usual.
+    class Counting(Instant):
+        calls = 0
+
+        async def deliver(self, delivery: Any, config: Any) -> Delivered:
+            Counting.calls += 1
+            return await super().deliver(delivery, config)
+
+    poisoned, fine = make_delivery(channel="ok"), make_delivery(channel="ok")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {n} SET metadata = jsonb_build_object('deep', %s::jsonb)"
+                " WHERE id = (SELECT notification_id FROM {d} WHERE id = %s)"
+            ).format(
+                n=sql.Identifier(schema, "chimeway_notifications"),
+                d=sql.Identifier(schema, "chimeway_deliveries"),
+            ),
+            ("[" * 3000 + "]" * 3000, poisoned),
+        )
+    dispatcher = Dispatcher(dsn, schema=schema, routes={"ok": ChannelRoute(Counting())})
+
+    async with dispatcher:
+        results = await asyncio.gather(
+            dispatcher.perform(job(str(poisoned))), dispatcher.perform(job(str(fine)))
+        )
+
+    assert results == [None, None]
+    assert Counting.calls == 1
+    assert rows(new_session, poisoned) == (
+        ("cancelled", "permanent_failure"),
+        [(1, "rejected", "permanent", {"error": "undecodable_notification_metadata"})],
+    )
+    assert rows(new_session, fine)[0] == ("succeeded", None)
