@@ -68,6 +68,13 @@ class Dispatcher:
     :meth:`open` / :meth:`aclose`) in the event loop that runs the jobs: it then keeps a pool of
     ``pool_size`` connections and the adapters' shared clients for that loop. Without that (a
     test's ``perform_job``, say) every batch opens a connection of its own.
+
+    Tuning, rarely needed: ``attempt_timeout`` bounds a call whose route and adapter name no
+    deadline; ``thread_limit`` bounds the threads running sync adapters; ``record_delay`` is how
+    long finished attempts wait for slower ones of their batch before being recorded;
+    ``synchronous_commit=True`` makes every claim and record wait for its WAL flush (by default
+    they don't, like pgqueue's own claims and acks: a database crash may then re-send a delivery
+    under the same idempotency key, as a worker crash does, but never lose one).
     """
 
     def __init__(
