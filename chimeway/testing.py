@@ -2,13 +2,15 @@
 
 :class:`ScriptedWebhookServer` listens on 127.0.0.1 and answers each webhook delivery by a
 script keyed on the recipient: a list of status codes consumed one per attempt (the last one
-repeats). It records every request (with its ``Idempotency-Key`` header) for assertions.
+repeats), each answer after ``delay`` seconds if given. It records every request (with its
+``Idempotency-Key`` header) for assertions.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +32,12 @@ class ReceivedRequest:
 class ScriptedWebhookServer:
     """A webhook receiver whose answers are scripted per recipient; use as a context manager."""
 
-    def __init__(self, script: Callable[[str], Sequence[int]] | None = None, default: int = 200) -> None:
+    def __init__(
+        self, script: Callable[[str], Sequence[int]] | None = None, default: int = 200, delay: float = 0.0
+    ) -> None:
         self._script = script or (lambda recipient: [default])
+        #: seconds each answer takes, as a real receiver's do (requests are answered concurrently)
+        self.delay = delay
         self._answered: dict[str, int] = {}
         self._lock = threading.Lock()
         self.requests: list[ReceivedRequest] = []
@@ -62,6 +68,8 @@ class ScriptedWebhookServer:
                 except ValueError:
                     document = {}
                 recipient = str(document.get("recipient", ""))
+                if owner.delay > 0:
+                    time.sleep(owner.delay)
                 status = owner._answer(recipient)
                 with owner._lock:
                     owner.requests.append(
