@@ -134,6 +134,9 @@ class Hostile(socketserver.BaseRequestHandler):
 class HostileServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a batch connecting at once, on a busy machine, would
+    # overflow it and wait a second for the SYN to be sent again.
+    request_queue_size = 128
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Hostile)
