@@ -51,6 +51,10 @@ KINDS: dict[str, tuple[Sequence[int], str, str | None]] = {
 #: out of every 20 recipients
 MIX = {"ok": 15, "flaky": 3, "down": 1, "gone": 1}
 TRIGGER_BATCH = 250
+#: Seconds the receiver takes per answer, as a real one does. Without it the batched workers send
+#: the short storm's thousand deliveries in about a second, and the kills, every few seconds, find
+#: only retries waiting: none would land on a worker holding deliveries.
+RECEIVER_DELAY = 0.05
 
 
 class _Broadcast(Notifier):
@@ -123,7 +127,7 @@ def chimeway_storm(ctx: Context) -> ScenarioResult:
         ctx.say(name, f"{total + 1:,} deliveries planned in schema {schema}")
         logs = ctx.logs_for(name)
         with (
-            ScriptedWebhookServer(_script) as receiver,
+            ScriptedWebhookServer(_script, delay=RECEIVER_DELAY) as receiver,
             Probe(ctx.server.dsn, schema) as probe,
             fleet(logs) as processes,
         ):

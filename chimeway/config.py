@@ -4,7 +4,7 @@ Everything is validated once, at start, and every mistake is reported with the k
 
     schema = "public"          # where chimeway's tables and pgqueue's jobs table live
     node = "worker-1"          # default: host:pid
-    queue_limit = 20           # deliveries performed at once by this process
+    queue_limit = 200          # deliveries in flight at once in this process (1..10000)
     shutdown_grace = 15        # seconds running deliveries get on SIGTERM
     rescue_window = 15         # seconds of silence after which a dead worker's jobs are rescued
     retry_backoff = 1.0        # seconds between retries (default: the queue's exponential backoff)
@@ -14,8 +14,9 @@ Everything is validated once, at start, and every mistake is reported with the k
     adapter = "webhook"        # logger (default), webhook or test
     config = { url = "https://hooks.example.com/notify", timeout = 5 }
 
-``DATABASE_URL`` wins over ``database_url`` in the file. Secrets in adapter configs (keys named
-like password, token, secret) are never logged.
+``DATABASE_URL`` wins over ``database_url`` in the file. Durations are seconds, at most 1e10.
+Secrets in adapter configs (keys named like password, token, secret) are never logged, and the
+settings' ``repr`` shows neither the database password nor any adapter config value.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from pgqueue.migrate import validate_schema_name
 
 from .adapters import adapter_names
 from .errors import ChimewayError
 
-__all__ = ["ChannelSettings", "ConfigError", "Settings", "load_settings"]
+__all__ = ["MAX_DURATION", "MAX_QUEUE_LIMIT", "ChannelSettings", "ConfigError", "Settings", "load_settings"]
 
 _TOP_LEVEL = {
     "database_url",
@@ -48,6 +51,12 @@ _TOP_LEVEL = {
 }
 
 
+#: The longest duration a setting may hold, in seconds (as pgqueue's own options): beyond it a
+#: timestamp computed from it overflows PostgreSQL's range.
+MAX_DURATION = 1e10
+MAX_QUEUE_LIMIT = 10_000
+
+
 class ConfigError(ChimewayError, ValueError):
     """The configuration is invalid; the message names the key and what would be valid."""
 
@@ -57,28 +66,58 @@ class ChannelSettings:
     adapter: str = "logger"
     config: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # Config values may be secrets (tokens, signing keys, auth headers): keys only.
+        return f"ChannelSettings(adapter={self.adapter!r}, config keys={sorted(map(str, self.config))})"
+
 
 @dataclass(frozen=True)
 class Settings:
     database_url: str
     schema: str = "public"
     node: str | None = None
-    queue_limit: int = 20
+    #: Two batches of 100 in flight: one being claimed and sent while the other is recorded.
+    queue_limit: int = 200
     shutdown_grace: float = 15.0
     rescue_window: float = 15.0
     retry_backoff: float | None = None
     prune_after: float | None = None
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        names = ("schema", "node", "queue_limit", "shutdown_grace", "rescue_window", "retry_backoff")
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in (*names, "prune_after", "channels"))
+        return f"Settings(database_url={_describe_dsn(self.database_url)!r}, {fields})"
 
-def _number(data: Mapping[str, Any], key: str, *, integer: bool = False, minimum: float = 0) -> Any:
+
+def _describe_dsn(dsn: str) -> str:
+    """Where a DSN points, without its password (or anything, when it can't be parsed)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except Exception:
+        return "<a DSN that does not parse>"
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host') or ''}{port}/{info.get('dbname') or ''}"
+
+
+def _number(
+    data: Mapping[str, Any],
+    key: str,
+    *,
+    integer: bool = False,
+    minimum: float = 0,
+    maximum: float = MAX_DURATION,
+) -> Any:
     value = data[key]
     kinds = (int,) if integer else (int, float)
+    kind = "an integer" if integer else "a number"
     # TOML has inf and nan; neither is a duration (nan even passes the comparison below).
     not_finite = isinstance(value, float) and not math.isfinite(value)
     if isinstance(value, bool) or not isinstance(value, kinds) or not_finite or value < minimum:
-        kind = "an integer" if integer else "a number"
         raise ConfigError(f"{key} must be {kind} >= {minimum:g}, got {value!r}")
+    if value > maximum:
+        raise ConfigError(f"{key} must be {kind} <= {maximum:g}, got {value!r}")
     return value
 
 
@@ -124,7 +163,9 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
             raise ConfigError(f"node must be a non-blank string, got {data['node']!r}")
         options["node"] = data["node"]
     if "queue_limit" in data:
-        options["queue_limit"] = _number(data, "queue_limit", integer=True, minimum=1)
+        options["queue_limit"] = _number(
+            data, "queue_limit", integer=True, minimum=1, maximum=MAX_QUEUE_LIMIT
+        )
     for key in ("shutdown_grace", "rescue_window", "retry_backoff", "prune_after"):
         if key in data:
             options[key] = float(_number(data, key, minimum=0.001 if key != "shutdown_grace" else 0))

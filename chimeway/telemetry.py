@@ -18,7 +18,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-__all__ = ["ALLOWED_METADATA", "EventName", "Handler", "attach", "detach", "emit", "safe_metadata", "span"]
+__all__ = [
+    "ALLOWED_METADATA",
+    "EventName",
+    "Handler",
+    "attach",
+    "detach",
+    "emit",
+    "has_handlers",
+    "safe_metadata",
+    "span",
+]
 
 EventName = tuple[str, ...]
 Handler = Callable[[EventName, Mapping[str, int | float], Mapping[str, Any]], None]
@@ -62,6 +72,11 @@ def detach(handler: Handler) -> bool:
             return False
         _handlers = tuple(h for h in _handlers if h != handler)
         return True
+
+
+def has_handlers() -> bool:
+    """Whether any handler is attached: hot paths build an event's metadata only when one is."""
+    return bool(_handlers)
 
 
 def safe_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:

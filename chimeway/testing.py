@@ -2,13 +2,15 @@
 
 :class:`ScriptedWebhookServer` listens on 127.0.0.1 and answers each webhook delivery by a
 script keyed on the recipient: a list of status codes consumed one per attempt (the last one
-repeats). It records every request (with its ``Idempotency-Key`` header) for assertions.
+repeats), each answer after ``delay`` seconds if given. It records every request (with its
+``Idempotency-Key`` header) for assertions.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = ["ReceivedRequest", "ScriptedWebhookServer"]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 overflows when a batch of deliveries connects at once: the
+    # connections past it wait a second for their SYN to be sent again.
+    request_queue_size = 128
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,12 @@ class ReceivedRequest:
 class ScriptedWebhookServer:
     """A webhook receiver whose answers are scripted per recipient; use as a context manager."""
 
-    def __init__(self, script: Callable[[str], Sequence[int]] | None = None, default: int = 200) -> None:
+    def __init__(
+        self, script: Callable[[str], Sequence[int]] | None = None, default: int = 200, delay: float = 0.0
+    ) -> None:
         self._script = script or (lambda recipient: [default])
+        #: seconds each answer takes, as a real receiver's do (requests are answered concurrently)
+        self.delay = delay
         self._answered: dict[str, int] = {}
         self._lock = threading.Lock()
         self.requests: list[ReceivedRequest] = []
@@ -62,6 +75,8 @@ class ScriptedWebhookServer:
                 except ValueError:
                     document = {}
                 recipient = str(document.get("recipient", ""))
+                if owner.delay > 0:
+                    time.sleep(owner.delay)
                 status = owner._answer(recipient)
                 with owner._lock:
                     owner.requests.append(
@@ -85,8 +100,7 @@ class ScriptedWebhookServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="webhook-receiver", daemon=True
         )

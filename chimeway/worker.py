@@ -4,6 +4,10 @@ Reads ``DATABASE_URL`` and an optional ``chimeway.toml`` (``--config`` or ``$CHI
 optionally applies pending migrations (``--migrate``), then runs the ``chimeway_delivery`` queue
 with pgqueue's plugins until SIGTERM or SIGINT, when it stops gracefully and exits 0. Logs one
 structured line per delivery outcome. A bad configuration is one clear line and exit code 2.
+
+One process runs one event loop: the queue's producer, the dispatcher's batches (a pool of a few
+connections of its own) and the async adapters' shared clients all live on it; sync adapters run
+in a bounded set of threads.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from pgqueue.lifecycle import describe_error
 from pgqueue.plugins import Plugin
 from pgqueue.plugins.lifeline import Lifeline
 from pgqueue.plugins.pruner import Pruner
@@ -31,19 +36,23 @@ from .config import ConfigError, Settings, load_settings
 from .dispatch import QUEUE, ChannelRoute, Dispatcher, configure
 from .migrations import migrate_all
 
-__all__ = ["build_dispatcher", "build_runtime", "main", "session_factory"]
+__all__ = ["WorkerRuntime", "build_dispatcher", "build_runtime", "engine_for", "main", "session_factory"]
 
 EXIT_CONFIG = 2
 
 
 def engine_for(settings: Settings, pool_size: int) -> Engine:
-    """A SQLAlchemy engine on the psycopg driver for any DSN form (URI or key=value)."""
+    """A SQLAlchemy engine on the psycopg driver for any DSN form (URI or key=value).
+
+    Its errors never quote a statement's parameters (they may be personal data, and an error's text
+    can end up in a job's ``errors``)."""
     dsn = settings.database_url
     return create_engine(
         "postgresql+psycopg://",
         creator=lambda: psycopg.connect(dsn),
         pool_size=pool_size,
         max_overflow=pool_size,
+        hide_parameters=True,
         # No pre-ping (a round trip per checkout): a connection broken by a database restart is
         # detected when used, invalidated with the rest of the pool, and the job is retried.
         pool_pre_ping=False,
@@ -55,20 +64,49 @@ def session_factory(engine: Engine, schema: str) -> sessionmaker[Session]:
     return sessionmaker(mapped, expire_on_commit=False)
 
 
-def build_dispatcher(settings: Settings, engine: Engine) -> Dispatcher:
+def build_dispatcher(settings: Settings) -> Dispatcher:
+    """The dispatcher of ``settings``' channels, on its own pool of the worker's database."""
     routes = {
         name: ChannelRoute(resolve_adapter(channel.adapter), channel.config)
         for name, channel in settings.channels.items()
     }
-    return Dispatcher(session_factory(engine, settings.schema), routes, retry_backoff=settings.retry_backoff)
+    return Dispatcher(
+        settings.database_url, schema=settings.schema, routes=routes, retry_backoff=settings.retry_backoff
+    )
 
 
-def build_runtime(settings: Settings, *, stager_interval: float = 1.0) -> Runtime:
+class WorkerRuntime(Runtime):
+    """pgqueue's runtime, with the dispatcher opened before its queues start and closed after they
+    stop (so the batches still in flight at shutdown can finish)."""
+
+    def __init__(self, *args: Any, dispatcher: Dispatcher, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.dispatcher = dispatcher
+
+    async def start(self) -> None:
+        await self.dispatcher.open()
+        try:
+            await super().start()
+        except BaseException:
+            await self.dispatcher.aclose()
+            raise
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            await self.dispatcher.aclose()
+
+
+def build_runtime(
+    settings: Settings, *, dispatcher: Dispatcher | None = None, stager_interval: float = 1.0
+) -> WorkerRuntime:
     plugins: list[Plugin] = [Stager(interval=stager_interval), Lifeline(rescue_window=settings.rescue_window)]
     if settings.prune_after is not None:
         plugins.append(Pruner(max_age=settings.prune_after))
-    return Runtime(
+    return WorkerRuntime(
         settings.database_url,
+        dispatcher=dispatcher or build_dispatcher(settings),
         queues={QUEUE: settings.queue_limit},
         schema=settings.schema,
         node=settings.node,
@@ -118,19 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logging.getLogger("chimeway.worker").info(
                         "%s at version %d in schema %r", status.component, status.version, settings.schema
                     )
-        engine = engine_for(settings, pool_size=settings.queue_limit + 2)
-        configure(build_dispatcher(settings, engine))
-        build_runtime(settings).run()
+        dispatcher = build_dispatcher(settings)
+        configure(dispatcher)
+        build_runtime(settings, dispatcher=dispatcher).run()
     except psycopg.OperationalError as exc:
-        print(
-            f"chimeway.worker: cannot reach the database: {str(exc).strip().splitlines()[0]}", file=sys.stderr
-        )
+        print(f"chimeway.worker: cannot reach the database: {describe_error(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:
-        print(
-            f"chimeway.worker: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}",
-            file=sys.stderr,
-        )
+        print(f"chimeway.worker: {describe_error(exc)}", file=sys.stderr)
         return 1
     return 0
 

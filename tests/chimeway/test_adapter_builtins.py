@@ -6,6 +6,7 @@ import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import pytest
 from sqlalchemy.orm import Session
 
@@ -60,7 +61,7 @@ def test_the_logger_adapter_logs_one_line_with_channel_and_ids_but_no_content(
     delivery = context(channel="sms")
 
     with caplog.at_level(logging.INFO, logger="chimeway"):
-        result = LoggerAdapter().deliver(delivery, {"token": "tok"})
+        result = anyio.run(LoggerAdapter().deliver, delivery, {"token": "tok"})
 
     assert result == Delivered({"adapter": "logger", "logged": True})
     (record,) = caplog.records

@@ -92,3 +92,55 @@ def test_redact_drops_password_token_and_secret_at_any_depth_whatever_their_case
         "items": [{"name": "x"}, "plain"],
     }
     assert original["nested"]["secret"] == "s"  # the input is left as it was
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        ("msg\x00id", None),
+        ("line\nbreak", None),
+        ("\udcff", None),
+        ("", None),
+        ("ok-1", "ok-1"),
+        ("é" * 255, "é" * 255),
+    ],
+)
+def test_a_provider_message_id_with_control_characters_is_refused(value: str, stored: str | None) -> None:
+    assert classify(Delivered({"provider_message_id": value})).provider_message_id == stored
+
+
+def test_a_provider_message_id_longer_than_255_characters_is_stored_as_its_hash() -> None:
+    import hashlib
+
+    long = "x" * 10_000
+    stored = classify(Delivered({"provider_message_id": long})).provider_message_id
+    assert stored == "sha256:" + hashlib.sha256(long.encode()).hexdigest()
+
+
+def test_a_response_is_cleaned_of_nul_and_surrogates_and_bounded_without_changing_the_outcome() -> None:
+    deep: Any = "bottom"
+    for _ in range(10_000):
+        deep = [deep]
+    result = classify(
+        Delivered({"note": "a\x00b", "odd": "\udcff", "long": "y" * 5_000, "deep": deep, "big": 2**70})
+    )
+
+    assert result.outcome == "succeeded"
+    response = result.provider_response
+    assert response["note"] == "a\ufffdb"
+    assert response["odd"] == "?"
+    assert len(response["long"]) == 2_001
+    assert response["big"] == str(2**70)
+    depth, node = 0, response["deep"]
+    while isinstance(node, list):
+        depth, node = depth + 1, node[0]
+    assert depth < 20
+
+
+def test_a_response_that_cannot_be_read_at_all_is_dropped_and_the_outcome_stands() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert classify(Delivered({"thing": Unprintable()})) == ("succeeded", None, {}, None)
+    assert classify(Failed("permanent", {"thing": Unprintable()})) == ("rejected", "permanent", {}, None)

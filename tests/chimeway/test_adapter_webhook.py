@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 
@@ -96,6 +97,11 @@ def server(running_server: WebhookServer) -> Iterator[WebhookServer]:
     running_server.release.set()  # let a request still sleeping in /slow finish
 
 
+def deliver(delivery: DeliveryContext, config: dict[str, Any]) -> Delivered | Failed:
+    """One call of a fresh adapter, in an event loop of its own."""
+    return anyio.run(WebhookAdapter().deliver, delivery, config)
+
+
 def context(attempt_number: int = 2) -> DeliveryContext:
     return DeliveryContext(
         delivery_id=uuid.uuid4(),
@@ -113,7 +119,7 @@ def test_a_2xx_is_delivered_with_the_id_of_the_answer_and_the_request_carries_th
 ) -> None:
     delivery = context(attempt_number=2)
 
-    result = WebhookAdapter().deliver(delivery, {"url": server.url("/ok")})
+    result = deliver(delivery, {"url": server.url("/ok")})
 
     assert result == Delivered({"adapter": "webhook", "status_code": 200, "provider_message_id": "msg-1"})
     assert classify(result).provider_message_id == "msg-1"
@@ -138,7 +144,7 @@ def test_a_2xx_is_delivered_with_the_id_of_the_answer_and_the_request_carries_th
 def test_a_2xx_takes_message_id_when_present_and_accepts_an_empty_answer(
     server: WebhookServer, path: str, message_id: str | None
 ) -> None:
-    result = WebhookAdapter().deliver(context(), {"url": server.url(path)})
+    result = deliver(context(), {"url": server.url(path)})
 
     assert isinstance(result, Delivered)
     assert result.meta.get("provider_message_id") == message_id
@@ -162,14 +168,14 @@ def test_an_error_answer_is_classified_by_its_status_and_still_carried_the_idemp
 ) -> None:
     delivery = context()
 
-    result = WebhookAdapter().deliver(delivery, {"url": server.url(path)})
+    result = deliver(delivery, {"url": server.url(path)})
 
     assert result == expected
     assert server.received[0].headers["idempotency-key"] == delivery.idempotency_key
 
 
 def test_a_redirect_is_not_followed_and_is_permanent(server: WebhookServer) -> None:
-    result = WebhookAdapter().deliver(context(), {"url": server.url("/302")})
+    result = deliver(context(), {"url": server.url("/302")})
 
     assert isinstance(result, Failed)
     assert (result.kind, result.detail["status_code"]) == ("permanent", 302)
@@ -179,7 +185,7 @@ def test_a_redirect_is_not_followed_and_is_permanent(server: WebhookServer) -> N
 def test_an_answer_slower_than_the_timeout_is_temporary(server: WebhookServer) -> None:
     delivery = context()
 
-    result = WebhookAdapter().deliver(delivery, {"url": server.url("/slow"), "timeout": 0.2})
+    result = deliver(delivery, {"url": server.url("/slow"), "timeout": 0.2})
 
     assert result == Failed("temporary", {"error": "timeout", "timeout": 0.2})
     assert server.received[0].headers["idempotency-key"] == delivery.idempotency_key
@@ -190,7 +196,7 @@ def test_a_refused_connection_is_temporary() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    result = WebhookAdapter().deliver(context(), {"url": f"http://127.0.0.1:{port}/hook", "timeout": 2})
+    result = deliver(context(), {"url": f"http://127.0.0.1:{port}/hook", "timeout": 2})
 
     assert result == Failed("temporary", {"error": "connection_failed", "exception": "ConnectError"})
 
@@ -207,7 +213,7 @@ def test_a_refused_connection_is_temporary() -> None:
     ],
 )
 def test_a_configuration_that_can_never_work_is_permanent(config: dict[str, Any], error: str) -> None:
-    assert WebhookAdapter().deliver(context(), config) == Failed("permanent", {"error": error})
+    assert deliver(context(), config) == Failed("permanent", {"error": error})
 
 
 def test_secrets_are_sent_as_headers_but_never_reach_the_response_or_the_logs(
@@ -221,7 +227,7 @@ def test_secrets_are_sent_as_headers_but_never_reach_the_response_or_the_logs(
     }
 
     with caplog.at_level(logging.DEBUG):
-        result = WebhookAdapter().deliver(context(), config)
+        result = deliver(context(), config)
 
     (request,) = server.received
     assert request.headers["authorization"] == "Bearer tok-123"
@@ -239,10 +245,11 @@ def test_secrets_are_sent_as_headers_but_never_reach_the_response_or_the_logs(
     assert "HTTP 200" in ours
 
 
-def test_a_given_client_is_used_and_left_open(server: WebhookServer) -> None:
-    with httpx.Client() as client:
+@pytest.mark.anyio
+async def test_a_given_client_is_used_and_left_open(server: WebhookServer) -> None:
+    async with httpx.AsyncClient() as client:
         adapter = WebhookAdapter(client)
 
-        assert isinstance(adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
-        assert isinstance(adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
+        assert isinstance(await adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
+        assert isinstance(await adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
         assert not client.is_closed

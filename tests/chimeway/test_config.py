@@ -22,7 +22,7 @@ def test_defaults_and_environment() -> None:
     assert (s.database_url, s.schema, s.queue_limit, s.shutdown_grace, s.channels) == (
         ENV["DATABASE_URL"],
         "public",
-        20,
+        200,
         15.0,
         {},
     )
@@ -107,3 +107,51 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "no database" in missing.stderr
     assert "Traceback" not in missing.stderr + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"queue_limit": 10_001}, "queue_limit must be an integer <= 10000, got 10001"),
+        ({"retry_backoff": 1e15}, "retry_backoff must be a number <= 1e+10"),
+        ({"rescue_window": 1e300}, "rescue_window must be a number <= 1e+10"),
+        ({"shutdown_grace": 2e10}, "shutdown_grace must be a number <= 1e+10"),
+        ({"prune_after": 1e11}, "prune_after must be a number <= 1e+10"),
+    ],
+)
+def test_values_past_their_range_are_refused(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
+        parse_settings(data, ENV)
+
+
+def test_a_queue_limit_past_its_range_is_the_config_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("queue_limit = 100000\n")
+    result = run_worker("--config", str(path), env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "chimeway.worker: queue_limit must be an integer <= 10000, got 100000"
+    ]
+
+
+def test_the_settings_repr_shows_no_password_and_no_channel_secret() -> None:
+    from chimeway.adapters import resolve_adapter
+    from chimeway.dispatch import ChannelRoute
+
+    config = {"url": "http://x", "token": "T0K3N", "secret": "S1GN", "headers": {"Authorization": "B3AR"}}
+    settings = parse_settings(
+        {"channels": {"email": {"adapter": "webhook", "config": config}}},
+        {"DATABASE_URL": "postgresql://app:S3cret@db.internal:6432/notify"},
+    )
+    route = ChannelRoute(resolve_adapter("webhook"), config)
+
+    shown = repr(settings) + repr(settings.channels["email"]) + repr(route)
+    assert "postgresql://app@db.internal:6432/notify" in repr(settings)
+    assert "webhook" in shown
+    for secret in ("S3cret", "T0K3N", "S1GN", "B3AR"):
+        assert secret not in shown
+
+
+def test_an_unparsable_dsn_is_not_echoed_by_the_repr() -> None:
+    settings = parse_settings({}, {"DATABASE_URL": "postgresql://app:S3cret PW@db/x ?="})
+    assert "S3cret" not in repr(settings)

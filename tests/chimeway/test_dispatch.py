@@ -23,12 +23,17 @@ from .conftest import MakeDelivery, MakeNotification, SessionFactory
 
 
 @pytest.fixture
-def dispatcher(sa_engine: Engine, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
+def dispatcher(sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
     engine = sa_engine.execution_options(schema_translate_map={None: schema})
     configured = Dispatcher(
-        lambda: Session(engine, expire_on_commit=False),
-        {"in_app": ChannelRoute(test_adapter), "sms_custom": ChannelRoute(test_adapter, {"from": "+100"})},
+        dsn,
+        schema=schema,
+        routes={
+            "in_app": ChannelRoute(test_adapter),
+            "sms_custom": ChannelRoute(test_adapter, {"from": "+100"}),
+        },
         default=ChannelRoute(test_adapter),
+        session_factory=lambda: Session(engine, expire_on_commit=False),
     )
     dispatch.configure(configured)
     yield configured
@@ -119,7 +124,8 @@ def test_the_final_attempt_and_its_exhaustion_commit_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A run that dies between recording the final attempt and exhausting the delivery (here: the
-    # exhaustion fails) must leave neither, so its rerun records the fifth attempt, not a sixth.
+    # statement that writes both fails) must leave neither, so its rerun records the fifth
+    # attempt, not a sixth.
     delivery_id = make_delivery()
     test_adapter.set_default(Failed("temporary"))
     for attempt in range(1, 5):
@@ -129,7 +135,7 @@ def test_the_final_attempt_and_its_exhaustion_commit_together(
         raise RuntimeError("worker died here")
 
     with monkeypatch.context() as patched:
-        patched.setattr(dispatch.deliveries, "exhaust_delivery", crash)
+        patched.setattr(dispatch.records, "_run_record", crash)
         with pytest.raises(RuntimeError, match="worker died"):
             run(delivery_id, attempt=5)
     assert len(state(new_session, delivery_id)[2]) == 4, "the fifth attempt was rolled back with it"

@@ -107,3 +107,64 @@ def test_the_worker_process_drives_every_delivery_to_its_end(
 
 def _dispatch_job(delivery_id: Any) -> pgqueue.NewJob:
     return dispatch_job(delivery_id)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_the_worker_at_its_defaults_delivers_a_backlog_and_exits_cleanly(
+    sa_engine: Engine, dsn: str, schema: str, make_notification: MakeNotification, tmp_path: Path
+) -> None:
+    engine = sa_engine.execution_options(schema_translate_map={None: schema})
+    ids = []
+    with Session(engine, expire_on_commit=False) as session:
+        notification = make_notification()
+        for n in range(300):
+            delivery = deliveries.plan_delivery(session, notification, f"channel-{n}")
+            ids.append(delivery.id)
+        pgqueue.insert_all(session, [dispatch_job(i) for i in ids], schema=schema)
+        session.commit()
+    config = tmp_path / "chimeway.toml"
+    config.write_text(f'schema = "{schema}"\n')  # everything else at its default
+    env = {**os.environ, "DATABASE_URL": dsn}
+    log = tmp_path / "worker.log"  # a file, not a pipe: two INFO lines per delivery would fill one
+    with log.open("w") as sink:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-W",
+                "always::ResourceWarning",
+                "-m",
+                "chimeway.worker",
+                "--config",
+                str(config),
+            ],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def succeeded() -> int:
+            with Session(engine) as session:
+                return len(
+                    session.scalars(
+                        select(Delivery.id).where(Delivery.id.in_(ids), Delivery.status == "succeeded")
+                    ).all()
+                )
+
+        wait_until(lambda: succeeded() == len(ids), timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    output = log.read_text()
+    assert worker.returncode == 0, output[-2000:]
+    with Session(engine) as session:
+        numbers = session.scalars(
+            select(DeliveryAttempt.attempt_number).where(DeliveryAttempt.delivery_id.in_(ids))
+        ).all()
+        jobs = pgqueue.all_jobs(session, schema=schema)
+    assert sorted(numbers) == [1] * len(ids), "one attempt each"
+    assert {j.state for j in jobs} == {"completed"}
+    assert output.count('"status": "succeeded"') == len(ids), "one outcome line per delivery"
+    for problem in ("Traceback", "ResourceWarning", "Task was destroyed", "never awaited"):
+        assert problem not in output

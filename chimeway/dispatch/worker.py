@@ -1,0 +1,71 @@
+"""The queue's side: :class:`DispatchWorker`, the process-wide dispatcher it uses, and enqueueing."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pgqueue
+
+from ..errors import ChimewayError
+from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE
+from .dispatcher import Dispatcher
+
+__all__ = ["DispatchWorker", "configure", "current_dispatcher", "dispatch_job", "enqueue_in"]
+
+_dispatcher: Dispatcher | None = None
+_dispatcher_lock = threading.Lock()
+
+
+def configure(dispatcher: Dispatcher | None) -> None:
+    """Install the :class:`Dispatcher` the dispatch worker uses in this process (None to clear)."""
+    global _dispatcher
+    with _dispatcher_lock:
+        _dispatcher = dispatcher
+
+
+def current_dispatcher() -> Dispatcher:
+    if _dispatcher is None:
+        raise ChimewayError(
+            "chimeway.dispatch.configure(Dispatcher(...)) has not been called in this process"
+        )
+    return _dispatcher
+
+
+class DispatchWorker(
+    pgqueue.Worker,
+    queue=QUEUE,
+    max_attempts=DELIVERY_ATTEMPTS + CRASH_ALLOWANCE,
+    unique={"fields": ["args"], "keys": ["delivery_id"], "period": 60},
+    name="chimeway.dispatch.DispatchWorker",
+):
+    """Performs one delivery; see :mod:`chimeway.dispatch` for the contract."""
+
+    async def perform(self, job: pgqueue.Job) -> Any:
+        return await current_dispatcher().perform(job)
+
+    def backoff(self, job: pgqueue.Job) -> float:
+        configured = _dispatcher.retry_backoff if _dispatcher is not None else None
+        return configured if configured is not None else super().backoff(job)
+
+    def timeout(self, job: pgqueue.Job) -> float | None:
+        # The slowest channel's deadline plus the claim and the record: a backstop only, as each
+        # adapter call has its own deadline and the batch finishes a delivery even past this.
+        return _dispatcher.job_timeout() if _dispatcher is not None else None
+
+
+def dispatch_job(delivery_id: uuid.UUID | str) -> pgqueue.NewJob:
+    """The unsaved dispatch job of a delivery (args: only its id, as a string)."""
+    return DispatchWorker.new({"delivery_id": str(uuid.UUID(str(delivery_id)))})
+
+
+def enqueue_in(session: Any, delivery_id: uuid.UUID | str, *, schema: str = "public") -> pgqueue.Job:
+    """Insert the dispatch job of ``delivery_id`` in ``session``'s transaction.
+
+    ``session`` is a SQLAlchemy ``Session`` or ``Connection`` (also the sync session inside
+    ``AsyncSession.run_sync``), or a psycopg connection. Rolling back removes the job with the
+    delivery; committing makes both visible and wakes the queue. ``schema`` is where the queue's
+    ``jobs`` table lives.
+    """
+    return pgqueue.insert(session, dispatch_job(delivery_id), schema=schema)
