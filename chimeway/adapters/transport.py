@@ -9,8 +9,9 @@ headers, and streams the body by its framing (``Content-Length``, chunked, or un
 connection goes back to the stack only when its body was read to the end and both sides allow
 keep-alive; anything else (an error, a cancellation, a body left unread) closes it.
 
-It speaks only what a webhook needs: HTTP/1.1 over TCP or TLS, no proxies, no HTTP/2, no
-``Expect: 100-continue``. A request on a reused connection that the server closed meanwhile (the
+It speaks only what a webhook needs: HTTP/1.1 over TCP or TLS, no HTTP/2, no
+``Expect: 100-continue``, and no proxies (``HTTP_PROXY`` and friends are not read: pass your own
+``httpx.AsyncClient`` to :class:`~chimeway.adapters.webhook.WebhookAdapter` to go through one). A request on a reused connection that the server closed meanwhile (the
 connection was idle past the server's keep-alive) is sent once more on a new connection, as
 browsers and httpcore do; the idempotency key makes that safe for the receiver.
 """
@@ -237,11 +238,11 @@ def _parse_head(raw: bytes, method: str) -> _Head:
         head.headers.append((name, value))
         lowered = name.lower()
         if lowered == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise httpx.RemoteProtocolError("malformed Content-Length") from None
-            if length < 0 or (head.length is not None and head.length != length):
+            # Digits only: int() would also take "+5", " 5" and "1_0".
+            if not value.isdigit():
+                raise httpx.RemoteProtocolError("malformed Content-Length")
+            length = int(value)
+            if head.length is not None and head.length != length:
                 raise httpx.RemoteProtocolError("malformed Content-Length")
             head.length = length
         elif lowered == b"transfer-encoding":
@@ -305,10 +306,11 @@ async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
     try:
         while True:
             line = await reader.readuntil(b"\r\n")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError("malformed chunk size") from None
+            digits = line.split(b";", 1)[0].strip()
+            # Hex digits only: int(..., 16) would also take "0x10", "+a" and "1_0".
+            if not digits or digits.strip(b"0123456789abcdefABCDEF") or len(digits) > 16:
+                raise httpx.RemoteProtocolError("malformed chunk size")
+            size = int(digits, 16)
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, ignored
                     pass

@@ -126,6 +126,12 @@ class Hostile(socketserver.BaseRequestHandler):
         elif path == "/stale":
             conn.sendall(_answer(b'{"id": "s-1"}'))  # promises keep-alive, then hangs up
             return False
+        elif path == "/bad-chunk":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x4\r\n{}\r\n")
+            return False
+        elif path == "/bad-length":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}")
+            return False
         elif path == "/503":
             conn.sendall(_answer(b"", "503 Service Unavailable", b"Retry-After: 7\r\n"))
         return True
@@ -217,6 +223,7 @@ async def test_a_2xx_whose_body_drips_is_delivered_when_the_deadline_cuts_the_bo
         ("/deep-small", None),
         ("/chunked", "c-1"),
         ("/continue", "after-100"),
+        ("/bad-chunk", None),
     ],
 )
 async def test_once_the_status_decided_the_body_only_gives_or_withholds_the_message_id(
@@ -226,6 +233,13 @@ async def test_once_the_status_decided_the_body_only_gives_or_withholds_the_mess
 
     assert isinstance(result, Delivered)
     assert result.meta.get("provider_message_id") == message_id
+
+
+async def test_a_head_with_a_malformed_content_length_is_a_temporary_failure(hostile: HostileServer) -> None:
+    result, _ = await call(WebhookAdapter(), hostile.url("/bad-length"))
+
+    assert isinstance(result, Failed)
+    assert result.kind == "temporary"
 
 
 async def test_a_shared_client_keeps_its_connection_alive_and_replaces_one_the_server_closed(
