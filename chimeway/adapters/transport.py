@@ -11,9 +11,10 @@ keep-alive; anything else (an error, a cancellation, a body left unread) closes 
 
 It speaks only what a webhook needs: HTTP/1.1 over TCP or TLS, no HTTP/2, no
 ``Expect: 100-continue``, and no proxies (``HTTP_PROXY`` and friends are not read: pass your own
-``httpx.AsyncClient`` to :class:`~chimeway.adapters.webhook.WebhookAdapter` to go through one). A request on a reused connection that the server closed meanwhile (the
-connection was idle past the server's keep-alive) is sent once more on a new connection, as
-browsers and httpcore do; the idempotency key makes that safe for the receiver.
+``httpx.AsyncClient`` to :class:`~chimeway.adapters.webhook.WebhookAdapter` to go through one).
+A request on a reused connection that the server closed meanwhile (the connection was idle past
+the server's keep-alive) is sent once more on a new connection, as browsers and httpcore do; the
+idempotency key makes that safe for the receiver.
 """
 
 from __future__ import annotations
