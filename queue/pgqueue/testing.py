@@ -23,8 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import orjson
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.json import set_json_loads
 
 from .errors import ConfigError
 from .executor import Execution, Executor, Outcome, fetch_params, read_claim, read_claim_sync
@@ -230,6 +232,7 @@ def drain_queue(
     conn = psycopg.connect(conninfo) if isinstance(conninfo, str) else conninfo
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
+            set_json_loads(orjson.loads, cur)  # decode as the runtime does (and as deep)
             while remaining > 0:
                 if with_scheduled:
                     cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
@@ -281,6 +284,7 @@ async def adrain_queue(
     conn = await psycopg.AsyncConnection.connect(conninfo) if isinstance(conninfo, str) else conninfo
     try:
         async with conn.cursor(row_factory=tuple_row) as cur:
+            set_json_loads(orjson.loads, cur)  # decode as the runtime does (and as deep)
             while remaining > 0:
                 if with_scheduled:
                     await cur.execute(queries.stage_jobs, _stage_params(schema, queue, with_scheduled))
