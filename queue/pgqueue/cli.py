@@ -213,6 +213,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value!r}")
+    return int(value)
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from .web.serve import serve
+    except ImportError as exc:
+        raise _UsageError(f"the dashboard needs the web extra (pip install 'chimeway[web]'): {exc}") from None
+    token = args.token or os.environ.get("PGQUEUE_WEB_TOKEN") or None
+    basic = args.basic_auth or os.environ.get("PGQUEUE_WEB_BASIC_AUTH") or None
+    _configure_logging("text", args.log_level)
+    serve(
+        dsn=_dsn(args.dsn),
+        schema=args.schema,
+        host=args.host,
+        port=args.port,
+        token=token,
+        basic_auth=basic,
+        insecure_no_auth=args.insecure_no_auth,
+        read_only=args.read_only,
+        extensions=args.extension,
+        log_level=args.log_level,
+    )
+    return 0
+
+
 def _filter(args: argparse.Namespace) -> JobFilter:
     if not (args.id or args.queue or args.worker or args.state):
         raise _UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
@@ -333,6 +362,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database(cancel)
     _add_selection(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
+
+    web = commands.add_parser("web", help="serve the dashboard (needs the web extra)")
+    _add_database(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    web.add_argument("--port", type=_port, default=8765, help="port to bind (default: 8765)")
+    web.add_argument(
+        "--token", default=None, help="sign-in token, 16+ characters (better: $PGQUEUE_WEB_TOKEN)"
+    )
+    web.add_argument(
+        "--basic-auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help="basic auth (better: $PGQUEUE_WEB_BASIC_AUTH)",
+    )
+    web.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without authentication (anyone who can reach it)",
+    )
+    web.add_argument("--read-only", action="store_true", help="show everything, allow no action")
+    web.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="add an extension's pages, e.g. chimeway.web:extension (repeatable)",
+    )
+    web.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    web.set_defaults(handler=_cmd_web)
 
     prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
     _add_database(prune)
