@@ -39,7 +39,9 @@ def test_deliveries_are_listed_by_status_and_channel(client: TestClient, make_de
     summary = re.search(r'<tr data-channel="email">(.*?)</tr>', page.text, re.S)
     assert summary is not None
     assert 'status=failed">1</a>' in summary.group(1)
-    assert client.get("/").text.count('href="/chimeway/"') == 1  # the navigation link
+    assert 'href="/chimeway/"' in client.get("/").text  # the navigation link
+    assert 'href="/jobs"' in page.text
+    assert 'href="/chimeway/chimeway/' not in page.text
 
 
 def test_a_delivery_page_tells_its_explain_timeline(

@@ -273,3 +273,18 @@ def test_nodes_page_lists_producers_and_the_leader(
     assert "leader" in page.text
     queues = client.get("/")
     assert "node-a · 5 · 2 · paused" in queues.text
+
+
+def test_mounted_under_a_prefix_every_link_and_the_cookie_carry_it(dsn: str, schema: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    host = Starlette(routes=[Mount("/ops/queue", create_app(dsn, schema=schema, token=TOKEN))])
+    with TestClient(host, base_url="http://dash.test") as client:
+        login = client.post("/ops/queue/login", data={"secret": TOKEN}, follow_redirects=False)
+        assert login.headers["location"] == "/ops/queue/"
+        assert "Path=/ops/queue/" in login.headers["set-cookie"]
+        page = client.get("/ops/queue/jobs")
+        assert page.status_code == 200
+        assert 'href="/ops/queue/static/app.css"' in page.text
+        assert 'action="/ops/queue/jobs"' in page.text

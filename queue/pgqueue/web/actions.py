@@ -27,7 +27,7 @@ from ..options import validate_queue
 from ..producer import QueueConfig
 from ..store import JobFilter
 from .auth import SESSION_COOKIE
-from .context import Dashboard
+from .context import Dashboard, root_of
 from .filters import BadInput, parse_job_id
 
 __all__ = ["JOB_ACTIONS", "routes"]
@@ -62,7 +62,7 @@ def _gate(dashboard: Dashboard, handler: Handler) -> Callable[[Request], Awaitab
 
 
 def _root(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return root_of(request.scope)
 
 
 def _redirect(request: Request, path: str, **params: Any) -> Response:

@@ -71,11 +71,13 @@ def create_app(
     own_pool = pool is None
     the_pool = pool or AsyncConnectionPool(dsn or "", min_size=1, max_size=4, open=False)
     dashboard = Dashboard(the_pool, schema, credentials, Sessions(secret), read_only, redact, extensions)
+    # Mounted inside another app, this app's lifespan never runs: its own pool opens on first use.
+    dashboard.opens_pool = own_pool
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if own_pool:
-            await the_pool.open(wait=True, timeout=10)
+            await dashboard.open_pool()
         try:
             yield
         finally:
@@ -140,8 +142,9 @@ class _Guard:
             return
         path = scope.get("path", "")
         root = scope.get("root_path", "")
+        scope["pgqueue_root"] = root.rstrip("/")
         local = path[len(root) :] if root and path.startswith(root) else path
-        if local.startswith(_OPEN_PATHS) or local == "/login":
+        if local.startswith(_OPEN_PATHS):
             await self.app(scope, receive, send)
             return
         principal = await self._principal(HTTPConnection(scope))
@@ -149,6 +152,8 @@ class _Guard:
             await self._refuse(scope, receive, send, headers)
             return
         scope["pgqueue_principal"] = principal
+        if self.dashboard.opens_pool:
+            await self.dashboard.open_pool()
         await self.app(scope, receive, send)
 
     async def _principal(self, conn: HTTPConnection) -> str | None:
@@ -165,9 +170,8 @@ class _Guard:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         wants_page = scope["method"] == "GET" and "text/html" in headers.get("accept", "")
         if wants_page and (self.dashboard.credentials.token or self.dashboard.credentials.basic_user):
-            root = scope.get("root_path", "").rstrip("/")
             response: Response = self.dashboard.render(
-                Request(scope, receive), "login.html", {"root": root, "failed": False}, 401
+                Request(scope, receive), "login.html", {"failed": False}, 401
             )
         else:
             response = PlainTextResponse("Unauthorized", 401)

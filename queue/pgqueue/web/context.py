@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import Request
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute
 from .auth import Credentials, Sessions
 from .reads import Reads
 
-__all__ = ["Dashboard", "Extension", "Redactor", "default_redact"]
+__all__ = ["Dashboard", "Extension", "Redactor", "default_redact", "root_of"]
 
 Redactor = Callable[[Mapping[Any, Any]], Mapping[Any, Any]]
 
@@ -43,6 +44,14 @@ def default_redact(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
         return value
 
     return dict(clean(mapping))
+
+
+def root_of(scope: Mapping[str, Any]) -> str:
+    """The path the dashboard is mounted at ("" at the root), also inside an extension's mount.
+
+    The dashboard's outer middleware records it; ``root_path`` alone would name the extension's
+    own mount point on its pages."""
+    return str(scope.get("pgqueue_root", scope.get("root_path", ""))).rstrip("/")
 
 
 class Extension(Protocol):
@@ -76,8 +85,12 @@ class Dashboard:
     read_only: bool
     redact: Redactor
     extensions: Sequence[Extension] = ()
+    #: whether the dashboard opens (and closes) the pool itself
+    opens_pool: bool = False
     reads: Reads = field(init=False)
     env: Environment = field(init=False)
+    _opening: anyio.Lock = field(init=False, default_factory=anyio.Lock)
+    _opened: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.reads = Reads(self.pool, self.schema)
@@ -88,13 +101,22 @@ class Dashboard:
         self.env = Environment(loader=ChoiceLoader(loaders), autoescape=select_autoescape(default=True))
         self.env.filters["ts"] = _timestamp
 
+    async def open_pool(self) -> None:
+        """Open the dashboard's own pool once (at startup, or on the first request when mounted)."""
+        if self._opened:
+            return
+        async with self._opening:
+            if not self._opened:
+                await self.pool.open(wait=True, timeout=10)
+                self._opened = True
+
     def render(
         self, request: Request, template: str, context: Mapping[str, Any] | None = None, status: int = 200
     ) -> HTMLResponse:
         principal = request.scope.get("pgqueue_principal")
         values = {
             "request": request,
-            "root": request.scope.get("root_path", "").rstrip("/"),
+            "root": root_of(request.scope),
             "principal": principal,
             "csrf": self.sessions.csrf_token(principal) if principal else "",
             "read_only": self.read_only,

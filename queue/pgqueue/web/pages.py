@@ -13,7 +13,7 @@ from starlette.routing import Route
 from ..job import Job, JobState
 from .auth import SESSION_COOKIE, SESSION_SECONDS
 from .chart import chart
-from .context import Dashboard
+from .context import Dashboard, root_of
 from .filters import parse_job_id, parse_job_query
 
 __all__ = ["NOTICES", "routes", "timeline"]
@@ -153,7 +153,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         principal = dashboard.credentials.check_secret(user, secret)
         if principal is None:
             return dashboard.render(request, "login.html", {"title": "Sign in", "failed": True}, 401)
-        root = request.scope.get("root_path", "").rstrip("/")
+        root = root_of(request.scope)
         response = RedirectResponse(f"{root}/", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
