@@ -33,6 +33,7 @@ from pgqueue.web import Dashboard
 from .. import redaction
 from ..errors import DeliveryNotFound
 from ..explain import explain_delivery
+from ..metrics import DeliveryCollector
 from ..states import STATUSES
 from ..store import queries_for
 
@@ -73,7 +74,8 @@ class ChimewayPages:
         return Path(__file__).parent / "templates"
 
     def collectors(self, dashboard: Dashboard) -> Sequence[Any]:
-        return ()
+        conninfo = dashboard.pool.conninfo
+        return [DeliveryCollector(conninfo, dashboard.schema)] if isinstance(conninfo, str) else []
 
     def _session(self, dashboard: Dashboard) -> Session:
         if self._engine is None:

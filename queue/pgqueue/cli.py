@@ -167,6 +167,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
             f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
             "beating less often has its own live jobs rescued"
         )
+    if args.metrics_port is not None:
+        from .metrics import registry, serve
+
+        serve(registry(dsn, args.schema)[0], args.metrics_port, args.metrics_host)
     runtime = Runtime(
         dsn,
         queues=args.queues,
@@ -344,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="delete finished jobs older than this (default: keep them)",
+    )
+    start.add_argument(
+        "--metrics-port", type=_port, default=None, help="serve Prometheus metrics at :PORT/metrics"
+    )
+    start.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default: 127.0.0.1)"
     )
     start.add_argument("--log-format", choices=["text", "json"], default="text")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")

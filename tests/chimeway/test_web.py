@@ -94,3 +94,18 @@ def test_the_delivery_pages_need_authentication(dsn: str, schema: str) -> None:
     app = create_app(dsn, schema=schema, token=TOKEN, extensions=[chimeway.web.extension()])
     with TestClient(app) as anonymous:
         assert anonymous.get("/chimeway/").status_code == 401
+
+
+def test_metrics_include_deliveries_by_channel_and_status(
+    client: TestClient, make_delivery: MakeDelivery
+) -> None:
+    from tests.helpers import parse_metrics
+
+    make_delivery("failed", channel="email")
+    make_delivery("failed", channel="email")
+    make_delivery("pending", channel="in_app")
+
+    scrape = parse_metrics(client.get("/metrics").text)
+
+    assert scrape[("chimeway_deliveries", (("channel", "email"), ("status", "failed")))] == 2
+    assert scrape[("chimeway_deliveries", (("channel", "in_app"), ("status", "pending")))] == 1

@@ -288,3 +288,27 @@ def test_mounted_under_a_prefix_every_link_and_the_cookie_carry_it(dsn: str, sch
         assert page.status_code == 200
         assert 'href="/ops/queue/static/app.css"' in page.text
         assert 'action="/ops/queue/jobs"' in page.text
+
+
+def test_metrics_endpoint_scrapes_cleanly_and_needs_auth(
+    client: TestClient, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.helpers import parse_metrics
+
+    insert_job(conn, schema, "available", scheduled_at=datetime.now(UTC) - timedelta(seconds=90))
+    insert_job(conn, schema, "available")
+    insert_job(conn, schema, "executing", attempted_by=["node-x", "p-1"])
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    scrape = parse_metrics(response.text)
+    assert scrape[("pgqueue_queue_jobs", (("queue", "alpha"), ("state", "available")))] == 2
+    assert scrape[("pgqueue_executing_jobs", (("node", "node-x"), ("queue", "alpha")))] == 1
+    assert 89 <= scrape[("pgqueue_oldest_available_age_seconds", (("queue", "alpha"),))] < 3600
+    assert scrape[("pgqueue_database_up", ())] == 1
+    client.cookies.clear()
+    assert client.get("/metrics").status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -80,6 +81,22 @@ def _parse_at(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _metrics_registry(dashboard: Dashboard) -> Any:
+    """The registry ``/metrics`` serves: the queue's gauges and each extension's collectors."""
+    from prometheus_client import CollectorRegistry
+
+    from ..metrics import QueueCollector
+
+    registry = CollectorRegistry()
+    conninfo = dashboard.pool.conninfo
+    if isinstance(conninfo, str):
+        registry.register(QueueCollector(conninfo, dashboard.schema))
+    for extension in dashboard.extensions:
+        for collector in extension.collectors(dashboard):
+            registry.register(collector)
+    return registry
+
+
 def routes(dashboard: Dashboard) -> list[Route]:
     async def queues(request: Request) -> Response:
         overview = await dashboard.reads.overview()
@@ -143,6 +160,14 @@ def routes(dashboard: Dashboard) -> list[Route]:
             headers={"Cache-Control": "no-store"},
         )
 
+    metrics_registry = _metrics_registry(dashboard)
+
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await anyio.to_thread.run_sync(generate_latest, metrics_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
+
     async def login_page(request: Request) -> Response:
         return dashboard.render(request, "login.html", {"title": "Sign in", "failed": False})
 
@@ -172,6 +197,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         Route("/jobs/{job_id}", job, name="job"),
         Route("/nodes", nodes, name="nodes"),
         Route("/api/counts", counts, name="counts"),
+        Route("/metrics", metrics, name="metrics"),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
     ]
