@@ -11,7 +11,6 @@ dashboard's ``/metrics`` includes the collector when Chimeway's pages are added 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from pgqueue.lifecycle import describe_error
+from pgqueue.metrics import ScrapeConnection
 
 from . import telemetry
 from .store import queries_for
@@ -73,7 +73,7 @@ class DeliveryCollector(Collector):
     def __init__(self, dsn: str, schema: str = "public") -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
-        self._lock = threading.Lock()
+        self._connection = ScrapeConnection(dsn)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -82,8 +82,7 @@ class DeliveryCollector(Collector):
             labels=["channel", "status"],
         )
         try:
-            with self._lock, psycopg.connect(self.dsn, connect_timeout=5, autocommit=True) as conn:
-                rows = conn.execute(self.queries.web_delivery_counts).fetchall()
+            (rows,) = self._connection.fetch([(self.queries.web_delivery_counts, {})])
         except psycopg.Error as exc:
             _log.warning("chimeway metrics: cannot read deliveries (%s)", describe_error(exc, self.dsn))
             return

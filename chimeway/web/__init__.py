@@ -115,7 +115,9 @@ class ChimewayPages:
                 cur = conn.cursor(row_factory=dict_row)
                 rows = await (
                     await cur.execute(
-                        queries.web_deliveries_before,
+                        queries.web_deliveries_before
+                        if status is None
+                        else queries.web_deliveries_status_before,
                         {
                             "status": status,
                             "channel": channel,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -29,7 +29,7 @@ from . import telemetry
 from .lifecycle import describe_error
 from .store import queries_for
 
-__all__ = ["COUNT_EXACT_UP_TO", "JobMetrics", "QueueCollector", "registry", "serve"]
+__all__ = ["COUNT_EXACT_UP_TO", "JobMetrics", "QueueCollector", "ScrapeConnection", "registry", "serve"]
 
 _log = logging.getLogger("pgqueue.metrics")
 #: a finished state larger than this is reported as a lower bound (see queries/web_state_counts.sql)
@@ -97,13 +97,34 @@ class JobMetrics:
             self.errors.labels(queue, type(error).__name__ if error is not None else "unknown").inc()
 
 
+class ScrapeConnection:
+    """One connection kept between scrapes: opened on first use, reopened after an error."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def fetch(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[tuple[Any, ...]]]:
+        """The rows of each statement, in order (autocommit: each reads its own snapshot)."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.dsn, connect_timeout=5, autocommit=True)
+            try:
+                return [self._conn.execute(statement, params).fetchall() for statement, params in statements]
+            except psycopg.Error:
+                self._conn.close()
+                self._conn = None
+                raise
+
+
 class QueueCollector(Collector):
     """Gauges read from the database at each scrape; a failed read is logged, not raised."""
 
     def __init__(self, dsn: str, schema: str = "public") -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
-        self._lock = threading.Lock()
+        self._connection = ScrapeConnection(dsn)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily(
@@ -124,12 +145,13 @@ class QueueCollector(Collector):
         )
         up = GaugeMetricFamily("pgqueue_database_up", "Whether the last scrape could read the database.")
         try:
-            with self._lock, psycopg.connect(self.dsn, connect_timeout=5, autocommit=True) as conn:
-                counts = conn.execute(
-                    self.queries.web_state_counts, {"exact_up_to": COUNT_EXACT_UP_TO}
-                ).fetchall()
-                running = conn.execute(self.queries.web_executing_by_node).fetchall()
-                ages = conn.execute(self.queries.metrics_oldest_available).fetchall()
+            counts, running, ages = self._connection.fetch(
+                [
+                    (self.queries.web_state_counts, {"exact_up_to": COUNT_EXACT_UP_TO}),
+                    (self.queries.web_executing_by_node, {}),
+                    (self.queries.metrics_oldest_available, {}),
+                ]
+            )
         except psycopg.Error as exc:
             _log.warning("pgqueue metrics: cannot read the queue (%s)", describe_error(exc, self.dsn))
             up.add_metric([], 0)

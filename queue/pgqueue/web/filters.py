@@ -54,8 +54,8 @@ class JobQuery:
     limit: int = 50
 
     def job_filter(self) -> JobFilter:
+        """The filters other than the state (the list's statement takes the state itself)."""
         return JobFilter(
-            state=self.state,
             queue=self.queue,
             worker=self.worker,
             tags=self.tags or None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
 import anyio.to_thread
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,6 +22,7 @@ from .filters import parse_job_id, parse_job_query
 __all__ = ["NOTICES", "routes", "timeline"]
 
 STATES = [s.value for s in JobState]
+T = TypeVar("T")
 
 #: the messages an action's redirect may ask a page to show, by code (never text from the URL)
 NOTICES = {
@@ -71,6 +74,22 @@ def timeline(job: Job) -> list[tuple[datetime, str, str]]:
     return sorted(entries, key=lambda entry: entry[0])
 
 
+class _Soon(Generic[T]):
+    """The result of an awaitable run in a task group."""
+
+    def __init__(self, call: Callable[[], Awaitable[T]]) -> None:
+        self.call = call
+        self._value: T | None = None
+
+    async def run(self) -> None:
+        self._value = await self.call()
+
+    @property
+    def value(self) -> T:
+        assert self._value is not None
+        return self._value
+
+
 def _parse_at(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -99,8 +118,13 @@ def _metrics_registry(dashboard: Dashboard) -> Any:
 
 def routes(dashboard: Dashboard) -> list[Route]:
     async def queues(request: Request) -> Response:
-        overview = await dashboard.reads.overview()
-        minutes = await dashboard.reads.throughput()
+        # The counts and the chart read different indexes: run them side by side on two connections.
+        async with anyio.create_task_group() as group:
+            overview_soon = _Soon(dashboard.reads.overview)
+            minutes_soon = _Soon(dashboard.reads.throughput)
+            group.start_soon(overview_soon.run)
+            group.start_soon(minutes_soon.run)
+        overview, minutes = overview_soon.value, minutes_soon.value
         names = sorted(set(overview.counts) | {p.queue for p in overview.producers} | set(overview.executing))
         by_queue: dict[str, list[Any]] = {}
         for producer in overview.producers:
@@ -123,7 +147,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
     async def jobs(request: Request) -> Response:
         query = parse_job_query(request.query_params)
         page = await dashboard.reads.jobs(
-            query.job_filter(), before=query.before, after=query.after, limit=query.limit
+            query.job_filter(), state=query.state, before=query.before, after=query.after, limit=query.limit
         )
         return dashboard.render(
             request,
@@ -150,8 +174,10 @@ def routes(dashboard: Dashboard) -> list[Route]:
         )
 
     async def nodes(request: Request) -> Response:
-        overview = await dashboard.reads.overview()
-        return dashboard.render(request, "nodes.html", {"title": "Nodes", "overview": overview})
+        producers, leader = await dashboard.reads.nodes()
+        return dashboard.render(
+            request, "nodes.html", {"title": "Nodes", "producers": producers, "leader": leader}
+        )
 
     async def counts(request: Request) -> Response:
         overview = await dashboard.reads.overview()

@@ -121,18 +121,21 @@ class Reads:
         return rows
 
     async def jobs(
-        self, job_filter: JobFilter, *, before: int | None, after: int | None, limit: int
+        self, job_filter: JobFilter, *, state: str | None, before: int | None, after: int | None, limit: int
     ) -> JobPage:
-        """A page of jobs below ``before`` (or, with ``after``, the page just above it)."""
+        """A page of jobs (of ``state``, when given) below ``before`` (or, with ``after``, the page
+        just above it)."""
+        by_state = {"state": state} if state is not None else {}
+        kind = "web_jobs_state" if state is not None else "web_jobs"
         if after is not None:
-            statement, params = filtered("web_jobs_after", self.schema, job_filter)
-            rows = await self._fetch(statement, {**params, "cursor": after, "limit": limit + 1})
+            statement, params = filtered(f"{kind}_after", self.schema, job_filter)
+            rows = await self._fetch(statement, {**params, **by_state, "cursor": after, "limit": limit + 1})
             more_newer = len(rows) > limit
             page = [JobRow(*row) for row in rows[:limit]][::-1]
             return JobPage(page, page[-1].id if page else None, page[0].id if page and more_newer else None)
         cursor = _MAX_ID if before is None else before
-        statement, params = filtered("web_jobs_before", self.schema, job_filter)
-        rows = await self._fetch(statement, {**params, "cursor": cursor, "limit": limit + 1})
+        statement, params = filtered(f"{kind}_before", self.schema, job_filter)
+        rows = await self._fetch(statement, {**params, **by_state, "cursor": cursor, "limit": limit + 1})
         page = [JobRow(*row) for row in rows[:limit]]
         older = page[-1].id if page and len(rows) > limit else None
         newer = page[0].id if page and before is not None else None
@@ -169,6 +172,15 @@ class Reads:
         return Overview(
             counts, at_least, executing, _producers(producer_rows), leader_row[0] if leader_row else None
         )
+
+    async def nodes(self) -> tuple[list[Producer], str | None]:
+        """Every producer row and the leader (no job counts: the nodes page needs none)."""
+        async with self.pool.connection() as conn:
+            producer_rows = await (await conn.execute(self.queries.web_producers)).fetchall()
+            leader_row = await (
+                await conn.execute(self.queries.leader_current, {"name": "pgqueue"})
+            ).fetchone()
+        return _producers(producer_rows), leader_row[0] if leader_row else None
 
     async def throughput(self) -> list[Minute]:
         rows = await self._fetch(self.queries.web_throughput)
