@@ -20,6 +20,7 @@ import functools
 import re
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Protocol
 
 import orjson
@@ -53,6 +54,10 @@ class SyncWriter(Protocol):
 
     def copy(self, statement: str, blocks: Iterable[str]) -> None: ...
 
+    def savepoint(self) -> AbstractContextManager[Any] | None:
+        """A savepoint the driver opens itself, or None: then open one through SQLAlchemy."""
+        ...
+
 
 class AsyncWriter(Protocol):
     """The async twin of :class:`SyncWriter`."""
@@ -60,6 +65,10 @@ class AsyncWriter(Protocol):
     async def execute(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
 
     async def copy(self, statement: str, blocks: Iterable[str]) -> None: ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[Any] | None:
+        """A savepoint the driver opens itself, or None: then open one through SQLAlchemy."""
+        ...
 
 
 class PsycopgWriter:
@@ -80,6 +89,9 @@ class PsycopgWriter:
             for block in blocks:
                 copy.write(block)
 
+    def savepoint(self) -> AbstractContextManager[Any]:
+        return self.conn.transaction()
+
 
 class AsyncPsycopgWriter:
     """psycopg 3, asynchronous."""
@@ -99,6 +111,9 @@ class AsyncPsycopgWriter:
         async with self.conn.cursor() as cur, cur.copy(statement) as copy:
             for block in blocks:
                 await copy.write(block)
+
+    def savepoint(self) -> AbstractAsyncContextManager[Any]:
+        return self.conn.transaction()
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,6 +175,9 @@ class Psycopg2Writer:
     def copy(self, statement: str, blocks: Iterable[str]) -> None:
         with self.conn.cursor() as cur:
             cur.copy_expert(statement, _BlockReader(blocks))
+
+    def savepoint(self) -> None:
+        return None  # psycopg2 has no savepoint call
 
 
 def _copy_target(statement: str) -> tuple[str | None, str, list[str]]:
@@ -228,6 +246,11 @@ class AsyncpgWriter:
         await self.conn.copy_to_table(
             table, schema_name=schema, columns=columns, source=_encoded(blocks), format="text"
         )
+
+    def savepoint(self) -> AbstractAsyncContextManager[Any]:
+        # Inside a transaction (the writer's contexts make sure of it) asyncpg nests a savepoint.
+        transaction: AbstractAsyncContextManager[Any] = self.conn.transaction()
+        return transaction
 
 
 def _decode_json(row: tuple[Any, ...], columns: list[int]) -> tuple[Any, ...]:

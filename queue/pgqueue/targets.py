@@ -237,6 +237,9 @@ class _BridgedWriter:
     def copy(self, statement: str, blocks: Any) -> None:
         self._bridge.run_async(lambda conn: self._writer(conn).copy(statement, blocks))
 
+    def savepoint(self) -> None:
+        return None  # a savepoint can't stay open across run_async calls: SQLAlchemy opens it
+
 
 def _in_autocommit(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     # In autocommit mode each statement would commit on its own: the notifications before the
