@@ -144,10 +144,16 @@ class _BlockReader:
     def __init__(self, blocks: Iterable[str]) -> None:
         self._blocks = iter(blocks)
         self._rest = ""
+        #: what producing the blocks raised: psycopg2 reports it only as a cancelled COPY
+        self.error: Exception | None = None
 
     def read(self, size: int = -1) -> str:
         while size < 0 or len(self._rest) < size:
-            block = next(self._blocks, None)
+            try:
+                block = next(self._blocks, None)
+            except Exception as exc:
+                self.error = exc
+                raise
             if block is None:
                 break
             self._rest += block
@@ -173,8 +179,14 @@ class Psycopg2Writer:
             return [tuple(row) for row in cur.fetchall()]
 
     def copy(self, statement: str, blocks: Iterable[str]) -> None:
+        reader = _BlockReader(blocks)
         with self.conn.cursor() as cur:
-            cur.copy_expert(statement, _BlockReader(blocks))
+            try:
+                cur.copy_expert(statement, reader)
+            except Exception:
+                if reader.error is not None:
+                    raise reader.error from None
+                raise
 
     def savepoint(self) -> None:
         return None  # psycopg2 has no savepoint call

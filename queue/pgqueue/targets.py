@@ -91,6 +91,15 @@ def sync_executor(target: Any) -> SyncExecutor:
                 return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
 
             return through_sqlalchemy
+        if psycopg2_connection(dbapi) is not None:
+            return Psycopg2Writer(dbapi).execute
+        if is_asyncpg_connection(dbapi):
+            if dbapi is not None and not dbapi.is_in_transaction():
+                _join_sqlalchemy_transaction(sa_connection.exec_driver_sql)
+            return _BridgedWriter(sa_connection.connection.dbapi_connection, AsyncpgWriter).execute
+    legacy = psycopg2_connection(target)
+    if legacy is not None:
+        return Psycopg2Writer(legacy).execute
     conn = sync_connection(target)
 
     def direct(query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
