@@ -7,6 +7,7 @@ stored. Unsupported objects are refused with a TypeError naming what is supporte
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -242,8 +243,6 @@ def test_an_unsupported_object_is_refused_naming_what_is_supported() -> None:
     with pytest.raises(TypeError, match=r"sqlite3\.Connection: expected a psycopg Connection.*psycopg2"):
         pgqueue.insert(sqlite3.connect(":memory:"), Ok.new({}))
     with pytest.raises(TypeError, match=r"builtins\.object: expected .*asyncpg Connection or Pool"):
-        import asyncio
-
         asyncio.run(pgqueue.ainsert(object(), Ok.new({})))
 
 
