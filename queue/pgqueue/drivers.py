@@ -82,7 +82,9 @@ class PsycopgWriter:
             cur.execute(query, params)
             # (`cur.description` would build a Column per field on every call, just to ask this.)
             result = cur.pgresult
-            return cur.fetchall() if result is not None and result.status == pq.ExecStatus.TUPLES_OK else []
+            if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+                return []
+            return _json_decoded(result, cur.fetchall())
 
     def copy(self, statement: str, blocks: Iterable[str]) -> None:
         with self.conn.cursor() as cur, cur.copy(statement) as copy:
@@ -103,9 +105,9 @@ class AsyncPsycopgWriter:
         async with self.conn.cursor(row_factory=tuple_row) as cur:
             await cur.execute(query, params)
             result = cur.pgresult
-            if result is not None and result.status == pq.ExecStatus.TUPLES_OK:
-                return await cur.fetchall()
-            return []
+            if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+                return []
+            return _json_decoded(result, await cur.fetchall())
 
     async def copy(self, statement: str, blocks: Iterable[str]) -> None:
         async with self.conn.cursor() as cur, cur.copy(statement) as copy:
@@ -114,6 +116,18 @@ class AsyncPsycopgWriter:
 
     def savepoint(self) -> AbstractAsyncContextManager[Any]:
         return self.conn.transaction()
+
+
+_JSON_OIDS = frozenset({114, 3802})  # json, jsonb
+
+
+def _json_decoded(result: pq.abc.PGresult, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` with json/jsonb values decoded where the connection loads them as text (Django
+    configures its psycopg connections so)."""
+    columns = [i for i in range(result.nfields) if result.ftype(i) in _JSON_OIDS]
+    if not columns or not rows or not any(isinstance(rows[0][i], str) for i in columns):
+        return rows
+    return [_decode_json(row, columns) for row in rows]
 
 
 @functools.lru_cache(maxsize=256)
