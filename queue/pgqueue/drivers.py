@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)[sbt]|%%")
-_JSON_TYPES = frozenset({"json", "jsonb"})
+#: the json/jsonb columns of the rows pgqueue's statements return (a job's), which asyncpg hands
+#: over as text; its records carry names, not types
+_JSON_COLUMNS = frozenset({"args", "meta", "errors"})
 _IDENTIFIER = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([A-Za-z_][A-Za-z0-9_$]*))\s*')
 _COPY_TARGET = re.compile(r"^\s*COPY\s+(.*?)\s*\((.*)\)\s*FROM\s+STDIN\s*$", re.IGNORECASE | re.DOTALL)
 
@@ -251,18 +253,22 @@ async def _encoded(blocks: Iterable[str]) -> AsyncIterator[bytes]:
 
 
 class AsyncpgWriter:
-    """asyncpg: ``$n`` placeholders; ``json``/``jsonb`` values arrive as text and are decoded here."""
+    """asyncpg: ``$n`` placeholders; a job's ``args``, ``meta`` and ``errors`` arrive as text and
+    are decoded here."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
     async def execute(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         text, names = _numbered(query)
-        statement = await self.conn.prepare(text)
-        records = await statement.fetch(*(params[name] for name in names))
-        json_columns = [i for i, a in enumerate(statement.get_attributes()) if a.type.name in _JSON_TYPES]
+        # fetch(), not prepare(): it goes through the connection's statement cache, one round trip,
+        # and keeps to the caller's settings (statement_cache_size=0 behind a pooler).
+        records = await self.conn.fetch(text, *(params[name] for name in names))
+        if not records:
+            return []
         rows = [tuple(record) for record in records]
-        if json_columns:
+        json_columns = [i for i, key in enumerate(records[0].keys()) if key in _JSON_COLUMNS]
+        if json_columns and any(isinstance(rows[0][i], str) for i in json_columns):
             rows = [_decode_json(row, json_columns) for row in rows]
         return rows
 

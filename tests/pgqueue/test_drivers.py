@@ -260,3 +260,18 @@ async def test_the_wrong_twin_says_which_to_use(
         pgqueue.insert(apg, Ok.new({}))
     with pytest.raises(TypeError, match="sync function"):
         await pgqueue.ainsert(pg2, Ok.new({}))
+
+
+@pytest.mark.anyio
+async def test_asyncpg_without_a_statement_cache_as_behind_a_pooler(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(**asyncpg_options(dsn), statement_cache_size=0)
+    try:
+        args = {"k": "b"}
+        async with conn.transaction():
+            first = await pgqueue.ainsert(conn, UniqueForever.new(args), schema=schema)
+            again = await pgqueue.ainsert(conn, UniqueForever.new(args), schema=schema)
+            many = await pgqueue.ainsert_all(conn, [Ok.new({"n": i}) for i in range(BATCH)], schema=schema)
+    finally:
+        await conn.close()
+    assert (again.conflict, again.id, again.args) == (True, first.id, args)
+    assert_stored(dsn, schema, [first, *many])
