@@ -5,7 +5,7 @@ whatever driver it uses: psycopg 3, psycopg2 or asyncpg (directly or under SQLAl
 *writer* runs pgqueue's statements on such a connection, inside the transaction it has open:
 
 * ``execute(query, params)`` runs one statement of ``queries/`` (psycopg's ``%(name)s``
-  placeholders) and returns its rows as tuples, ``json``/``jsonb`` values decoded;
+  placeholders) and returns its rows as tuples, a job's json columns decoded;
 * ``copy(statement, blocks)`` streams COPY text-format rows into ``COPY … FROM STDIN``.
 
 psycopg2 shares psycopg's placeholder style; for asyncpg the statement is rewritten to ``$n``
