@@ -5,6 +5,8 @@
     runtime = pgqueue.Runtime(dsn, queues={"default": 10, "media": {"limit": 5}}, workers=["myapp.workers"])
     async with runtime:          # start everything; leave the block to shut down gracefully
         ...
+    await runtime.start()        # or start and stop it from an application's own hooks,
+    await runtime.stop()         # on the application's running event loop
     runtime.run()                # or: block until SIGTERM/SIGINT, then shut down gracefully
 
 Inside: a connection pool; a notifier (one LISTEN connection); a leader (lease election); a
@@ -27,6 +29,7 @@ durability. Waiting for the flush costs a third of the throughput of a queue of 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -43,7 +46,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from . import migrate, telemetry
+from . import migrate, pooler, telemetry
 from . import options as opt
 from .completer import Completer
 from .control import SIGNAL_TOPIC, Control
@@ -87,6 +90,7 @@ class Runtime:
         conninfo: str | None = None,
         *,
         pool: AsyncConnectionPool[Any] | None = None,
+        direct_conninfo: str | None = None,
         queues: Mapping[str, int | Mapping[str, Any]] | None = None,
         workers: Sequence[str] = (),
         schema: str = "public",
@@ -121,6 +125,8 @@ class Runtime:
         leader_interval = opt.positive_seconds(leader_interval, "leader_interval")
         if conninfo:
             check_conninfo(conninfo)
+        if direct_conninfo:
+            check_conninfo(direct_conninfo)
         self.registry = worker_registry
         self.verify_schema = verify_schema
         self.clock = clock
@@ -138,7 +144,12 @@ class Runtime:
         if not conninfo and not isinstance(pool_conninfo, str):
             raise ConfigError("pass conninfo as well when the pool's conninfo is a callable")
         self.conninfo: str = conninfo or str(pool_conninfo)
-        self.notifier: Notifier = notifier or PostgresNotifier(self.conninfo, schema, pool=self.pool)
+        #: where LISTEN and session-bound maintenance connect: PostgreSQL itself, when ``conninfo``
+        #: goes through a transaction pooler (see :mod:`pgqueue.pooler`)
+        self.direct_conninfo: str = direct_conninfo or self.conninfo
+        self._direct_given = bool(direct_conninfo)
+        self.pool_mode = pooler.PoolMode.DIRECT
+        self.notifier: Notifier = notifier or PostgresNotifier(self.direct_conninfo, schema, pool=self.pool)
         self.leader: Leader | None = (
             Leader(self.pool, schema, self.node, notifier=self.notifier, interval=leader_interval)
             if leadership
@@ -155,6 +166,7 @@ class Runtime:
         )
         self._queues: dict[str, _Running] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._host: asyncio.Task[None] | None = None
         self._service_scope: anyio.CancelScope | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self.started = False
@@ -177,12 +189,15 @@ class Runtime:
         load_worker_modules(self.worker_modules)
         if self._own_pool:
             await self.pool.open(wait=True, timeout=30)
-        if self.verify_schema:
-            async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn:
+            if self.verify_schema:
                 await _averify(conn, self.schema)
+            behind_pooler = await pooler.apooled(conn)
+        if behind_pooler or self._direct_given:
+            direct = self.direct_conninfo if self._direct_given else None
+            self.pool_mode = await pooler.awarn_about(self.conninfo, direct, pooled=behind_pooler)
         await self.control.prepare()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._tg = await self._host_task_group()
         self.started = True
         self._unsubscribe = [
             self.notifier.subscribe(INSERT_TOPIC, self._on_insert),
@@ -195,7 +210,7 @@ class Runtime:
             services.append(self.leader)
         context = PluginContext(
             self.pool,
-            self.conninfo,
+            self.direct_conninfo,
             self.schema,
             self.node,
             self.notifier,
@@ -210,6 +225,24 @@ class Runtime:
             await self.notifier.wait_ready(5)
         for queue, config in self.queue_configs.items():
             self._start_producer(queue, config)
+
+    async def _host_task_group(self) -> anyio.abc.TaskGroup:
+        """The parts' task group, in a task of its own: start() and stop() may come from different
+        tasks (an application's hooks), and the caller's task is never inside its cancel scope."""
+        ready: asyncio.Future[anyio.abc.TaskGroup] = asyncio.get_running_loop().create_future()
+
+        async def host() -> None:
+            async with anyio.create_task_group() as tg:
+                ready.set_result(tg)
+                await anyio.sleep_forever()
+
+        self._host = asyncio.get_running_loop().create_task(host(), name=f"pgqueue runtime {self.node}")
+        self._host.add_done_callback(self._host_ended)
+        return await ready
+
+    def _host_ended(self, task: asyncio.Task[None]) -> None:
+        if self.started and not task.cancelled() and task.exception() is not None:
+            _log.error("pgqueue node %s stopped: %r", self.node, task.exception())
 
     def is_leader(self) -> bool:
         return self.leader is not None and self.leader.is_leader
@@ -299,9 +332,11 @@ class Runtime:
         # Cancelling the group stops the remaining services; the leader resigns as it stops.
         self._tg.cancel_scope.cancel()
         try:
-            await self._tg.__aexit__(None, None, None)
+            if self._host is not None:
+                await asyncio.shield(self._host)
         finally:
             self._tg = None
+            self._host = None
             self._queues.clear()
             if self.completer.backlog:
                 _log.warning(
@@ -450,6 +485,8 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     # Every statement the runtime runs outside `conn.transaction()` is a transaction of its own:
     # in autocommit that is one round trip instead of three (BEGIN, the statement, COMMIT).
     await conn.set_autocommit(True)
+    # Behind a transaction pooler, a statement prepared in one server session is missing in the next.
+    await pooler.aconfigure(conn)
 
 
 async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
