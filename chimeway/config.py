@@ -35,6 +35,7 @@ from pgqueue.migrate import validate_schema_name
 
 from .adapters import adapter_names
 from .errors import ChimewayError
+from .webhooks import parse_secrets
 
 __all__ = ["MAX_DURATION", "MAX_QUEUE_LIMIT", "ChannelSettings", "ConfigError", "Settings", "load_settings"]
 
@@ -138,10 +139,23 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
         config = section.get("config", {})
         if not isinstance(config, Mapping):
             raise ConfigError(f"{where}.config must be a table, got {config!r}")
-        if adapter == "webhook" and not isinstance(config.get("url"), str):
-            raise ConfigError(f"{where}.config.url is required for the webhook adapter")
+        if adapter == "webhook":
+            _check_webhook(where, config)
         channels[str(name)] = ChannelSettings(adapter, dict(config))
     return channels
+
+
+def _check_webhook(where: str, config: Mapping[str, Any]) -> None:
+    if not isinstance(config.get("url"), str):
+        raise ConfigError(f"{where}.config.url is required for the webhook adapter")
+    if "secret" in config:
+        try:
+            parse_secrets(config["secret"], f"{where}.config.secret")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; for the old X-Chimeway-Signature header use legacy_secret") from None
+    legacy = config.get("legacy_secret")
+    if legacy is not None and (not isinstance(legacy, str) or not legacy):
+        raise ConfigError(f"{where}.config.legacy_secret must be a non-empty string")
 
 
 def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
