@@ -11,7 +11,7 @@ Everything is validated once, at start, and every mistake is reported with the k
     prune_after = 604800       # delete finished jobs older than this many seconds (default: keep)
 
     [channels.email]
-    adapter = "webhook"        # logger (default), webhook or test
+    adapter = "webhook"        # logger (default), webhook, email or test
     config = { url = "https://hooks.example.com/notify", timeout = 5 }
 
 ``DATABASE_URL`` wins over ``database_url`` in the file. Durations are seconds, at most 1e10.
@@ -141,6 +141,13 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
             raise ConfigError(f"{where}.config must be a table, got {config!r}")
         if adapter == "webhook":
             _check_webhook(where, config)
+        elif adapter == "email":
+            for key in ("host", "from"):
+                if not isinstance(config.get(key), str) or not config[key]:
+                    raise ConfigError(f"{where}.config.{key} is required for the email adapter")
+            security = config.get("security", "starttls")
+            if security not in ("starttls", "tls", "none"):
+                raise ConfigError(f"{where}.config.security must be starttls, tls or none, got {security!r}")
         channels[str(name)] = ChannelSettings(adapter, dict(config))
     return channels
 
