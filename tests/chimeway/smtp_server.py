@@ -3,7 +3,8 @@
 ``bounce@…`` is refused at RCPT (550), ``busy@…`` deferred there (451); ``reject@…`` refused after
 the data (554), ``later@…`` deferred there (452); ``hang@…`` never answers the data; ``drop@…``
 receives the data then drops the connection without answering; ``drop-once@…`` does that the first
-time only. Every message the server received in full is recorded, parsed, in ``messages``.
+time only. A sender ``bounce-all@…``, ``reject-all@…`` or ``later-all@…`` gets that outcome for
+every recipient. Every message the server received in full is recorded, parsed, in ``messages``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class ScriptedHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         local = address.partition("@")[0]
+        # A sender named for an outcome gets it for every recipient (the contract checks use it).
+        local = {"bounce-all": "bounce"}.get(str(envelope.mail_from).partition("@")[0], local)
         if local == "bounce":
             return "550 5.1.1 <" + address + ">: no such user"
         if local == "busy":
@@ -55,6 +58,8 @@ class ScriptedHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         local = envelope.rcpt_tos[0].partition("@")[0]
+        sender = str(envelope.mail_from).partition("@")[0]
+        local = {"reject-all": "reject", "later-all": "later"}.get(sender, local)
         if local == "hang":
             await asyncio.to_thread(self.release.wait, 30)  # until the test ends
             return "451 4.3.0 released"
