@@ -59,6 +59,7 @@ DEFAULT_SMTP_TIMEOUT: Final = 30.0
 DEADLINE_GRACE: Final = 1.0
 _PORTS: Final = {"starttls": 587, "tls": 465, "none": 25}
 _MAX_TEXT: Final = 1_000_000
+_QUIT_TIMEOUT: Final = 1.0
 
 _log = logging.getLogger("chimeway.adapters.email")
 
@@ -89,12 +90,14 @@ class EmailAdapter:
             return self._failed(delivery, "permanent", {"error": exc.error})
         timeout = options["timeout"]
         stage = "connect"
+        client = aiosmtplib.SMTP(**options)
+        accepted = False
         try:
             async with asyncio.timeout(timeout):
-                client = aiosmtplib.SMTP(**options)
-                async with client:  # connects, STARTTLS and AUTH as configured; QUIT on exit
-                    stage = "send"
-                    refused, _reply = await client.send_message(message, recipients=[recipient])
+                await client.connect()  # with STARTTLS and AUTH as configured
+                stage = "send"
+                refused, _reply = await client.send_message(message, recipients=[recipient])
+                accepted = True
         except TimeoutError:
             return self._failed(
                 delivery, "temporary", {"error": "timeout", "timeout": timeout, "stage": stage}
@@ -120,6 +123,9 @@ class EmailAdapter:
         except (ssl.SSLError, OSError) as exc:  # a certificate refused, an unreachable host
             detail = {"error": "connection_failed", "exception": type(exc).__name__, "stage": stage}
             return self._failed(delivery, "temporary", detail)
+        finally:
+            # Once the data is accepted nothing after it (a QUIT unanswered) may turn it into a retry.
+            await _goodbye(client, polite=accepted)
         if refused:  # a single recipient: the server refused it yet accepted the message (never seen)
             return self._failed(delivery, "bounced", {"error": "recipient_refused"})
         message_id = str(message["Message-ID"])
@@ -141,6 +147,18 @@ class EmailAdapter:
             detail.get("exception", detail["error"]),
         )
         return Failed(kind, detail)
+
+
+async def _goodbye(client: aiosmtplib.SMTP, *, polite: bool) -> None:
+    """After an accepted message, QUIT (for a second at most); then, in any case, close."""
+    try:
+        if polite and client.is_connected:
+            async with asyncio.timeout(_QUIT_TIMEOUT):
+                await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        pass
+    finally:
+        client.close()
 
 
 def _refusal(exc: aiosmtplib.SMTPResponseException) -> str:

@@ -3,8 +3,8 @@
 ``bounce@…`` is refused at RCPT (550), ``busy@…`` deferred there (451); ``reject@…`` refused after
 the data (554), ``later@…`` deferred there (452); ``hang@…`` never answers the data; ``drop@…``
 receives the data then drops the connection without answering; ``drop-once@…`` does that the first
-time only. A sender ``bounce-all@…``, ``reject-all@…`` or ``later-all@…`` gets that outcome for
-every recipient. Every message the server received in full is recorded, parsed, in ``messages``.
+time only; ``quit-hang@…`` accepts the data and never answers the QUIT. A sender
+``bounce-all@…``, ``reject-all@…`` or ``later-all@…`` gets that outcome for every recipient. Every message the server received in full is recorded, parsed, in ``messages``.
 """
 
 from __future__ import annotations
@@ -71,11 +71,18 @@ class ScriptedHandler:
         parsed = cast("EmailMessage", message_from_bytes(content, policy=policy.default))
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         self.messages.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), parsed, login))
+        if local == "quit-hang":
+            session.quit_hangs = True  # type: ignore[attr-defined]
         if local == "drop" or (local == "drop-once" and parsed["Message-ID"] not in self.dropped):
             self.dropped.add(str(parsed["Message-ID"]))
             assert server.transport is not None
             server.transport.close()  # the data arrived; its reply never will
         return "250 2.0.0 Ok: queued"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if getattr(session, "quit_hangs", False):
+            await asyncio.to_thread(self.release.wait, 30)  # the data was accepted; the goodbye never is
+        return "221 Bye"
 
 
 def _authenticate(

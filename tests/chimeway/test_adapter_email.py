@@ -148,6 +148,14 @@ def test_a_drop_mid_data_is_temporary_and_the_retry_carries_the_same_message_id(
     assert ids == [f"<{delivery_id}@acme.test>"] * 2, "a receiver can drop the second copy by its id"
 
 
+def test_a_server_that_accepts_the_data_then_never_answers_quit_still_delivered_it(
+    server: RunningServer,
+) -> None:
+    result = deliver(context("quit-hang@example.test"), plain_config(server, timeout=5))
+    assert isinstance(result, Delivered), "a lost goodbye must not make the message be sent again"
+    assert len(server.handler.messages) == 1
+
+
 def test_an_unreachable_server_is_temporary() -> None:
     from .smtp_server import free_port
 
