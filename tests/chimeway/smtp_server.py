@@ -4,7 +4,8 @@
 the data (554), ``later@…`` deferred there (452); ``hang@…`` never answers the data; ``drop@…``
 receives the data then drops the connection without answering; ``drop-once@…`` does that the first
 time only; ``quit-hang@…`` accepts the data and never answers the QUIT. A sender
-``bounce-all@…``, ``reject-all@…`` or ``later-all@…`` gets that outcome for every recipient. Every message the server received in full is recorded, parsed, in ``messages``.
+``bounce-all@…``, ``reject-all@…`` or ``later-all@…`` gets that outcome for every recipient.
+Every message the server received in full is recorded, parsed, in ``messages``.
 """
 
 from __future__ import annotations
