@@ -2,18 +2,21 @@
 
 Config (per channel):
 
-==================  ===========================================================================
-``host``            the SMTP server (required)
-``port``            default 587 with ``security = "starttls"``, 465 with ``"tls"``, 25 with ``"none"``
-``security``        ``"starttls"`` (default: upgrade the connection, refuse a server that can't),
-                    ``"tls"`` (TLS from the first byte) or ``"none"`` (plain text; tests only)
-``ca_file``         a PEM bundle to trust instead of the system's (a private CA)
-``username``        log in with AUTH (with ``password``); only over TLS unless ``security = "none"``
+=======================  ======================================================================
+``host``                 the SMTP server (required)
+``port``                 default 587 with ``security = "starttls"``, 465 with ``"tls"``, 25
+                         with ``"none"``
+``security``             ``"starttls"`` (default: upgrade the connection, refuse a server that
+                         can't), ``"tls"`` (TLS from the first byte) or ``"none"`` (plain
+                         text; tests only)
+``ca_file``              a PEM bundle to trust instead of the system's (a private CA)
+``username``             log in with AUTH (with ``password``; not with ``security = "none"``)
 ``password``
-``from``            the sender address (required), e.g. ``"Acme <notify@acme.test>"``
-``timeout``         seconds the whole exchange may take, connecting to the final reply (default 30)
-``message_id_domain``  the right-hand side of ``Message-ID`` (default: the sender's domain)
-==================  ===========================================================================
+``from``                 the sender address (required), e.g. ``"Acme <notify@acme.test>"``
+``timeout``              seconds the whole exchange may take, connecting to the reply to the
+                         data (default 30)
+``message_id_domain``    the right-hand side of ``Message-ID`` (default: the sender's domain)
+=======================  ======================================================================
 
 The message comes from the notification's content (what the notifier's ``build`` returned):
 ``to`` (else the recipient identity, when it is an address), ``subject``, and ``text`` and/or
@@ -209,6 +212,8 @@ def _connection_options(config: Mapping[str, Any]) -> dict[str, Any]:
     if username is not None or password is not None:
         if not isinstance(username, str) or not isinstance(password, str) or not username:
             raise _Unusable("the email username and password must both be strings")
+        if security == "none":  # the password would cross the network in clear
+            raise _Unusable("the email username and password need security starttls or tls")
         options["username"], options["password"] = username, password
     return options
 

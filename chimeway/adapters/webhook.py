@@ -2,21 +2,22 @@
 
 Config (per channel):
 
-===========  ==================================================================================
-``url``      where to POST (required)
-``timeout``  seconds the whole call may take: connecting, sending, and the answer's status,
-             headers and (capped) body together (default 10)
-``headers``  extra request headers
-``token``    sent as ``Authorization: Bearer <token>``
-``secret``   signs each request per Standard Webhooks (:mod:`chimeway.webhooks`): a ``whsec_``
-             secret, or a list of them while rotating (one signature each). Adds
-             ``webhook-id`` (the delivery id: the same on every retry), ``webhook-timestamp``
-             (fresh on each attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256>``.
-             Receivers check them with :func:`chimeway.webhooks.verify`.
+=================  ============================================================================
+``url``            where to POST (required)
+``timeout``        seconds the whole call may take: connecting, sending, and the answer's
+                   status, headers and (capped) body together (default 10)
+``headers``        extra request headers
+``token``          sent as ``Authorization: Bearer <token>``
+``secret``         signs each request per Standard Webhooks (:mod:`chimeway.webhooks`): a
+                   ``whsec_`` secret, or a list of them while rotating (one signature each).
+                   Adds ``webhook-id`` (the delivery id: the same on every retry),
+                   ``webhook-timestamp`` (fresh on each attempt) and ``webhook-signature:
+                   v1,<base64 HMAC-SHA256>``; receivers check them with
+                   :func:`chimeway.webhooks.verify`
 ``legacy_secret``  the previous scheme, for receivers not yet upgraded: any string, sent as
-             ``X-Chimeway-Signature: sha256=<hex HMAC-SHA256 of the body>`` (no timestamp, so a
-             captured request verifies forever; use it only while migrating)
-===========  ==================================================================================
+                   ``X-Chimeway-Signature: sha256=<hex HMAC-SHA256 of the body>`` (no
+                   timestamp, so a captured request verifies forever: only while migrating)
+=================  ============================================================================
 
 Every request carries ``Idempotency-Key: <delivery_id>:<attempt_number>``. If the worker dies
 after the POST but before the attempt is recorded, the retry re-sends with the same key (the

@@ -188,9 +188,10 @@ def test_starttls_with_a_private_ca_and_auth(tmp_path: Path) -> None:
         assert isinstance(untrusted, Failed)
         assert (untrusted.kind, untrusted.detail["error"]) == ("temporary", "connection_failed")
 
-        no_tls = deliver(context("ana@example.test"), config | {"security": "none"})
+        plain = {k: v for k, v in config.items() if k not in ("username", "password")} | {"security": "none"}
+        no_tls = deliver(context("ana@example.test"), plain)
         assert isinstance(no_tls, Failed)
-        assert no_tls.kind == "permanent", "the server requires STARTTLS first"
+        assert (no_tls.kind, no_tls.detail.get("smtp_code")) == ("permanent", 530), "STARTTLS required first"
         assert len(server.handler.messages) == 1
 
 
@@ -221,6 +222,11 @@ def test_implicit_tls(tmp_path: Path) -> None:
         ({"host": "h", "from": SENDER}, context("a@x.test", subject="Hi\r\nBcc: e@x.test"), "one line"),
         ({"host": "h", "from": SENDER}, context("a@x.test", text=None), "needs a text or html body"),
         ({"host": "h", "from": SENDER, "username": "u"}, context("a@x.test"), "username and password"),
+        (
+            {"host": "h", "from": SENDER, "security": "none", "username": "u", "password": "p"},
+            context("a@x.test"),
+            "need security starttls or tls",
+        ),
     ],
 )
 def test_a_configuration_or_content_that_can_never_work_is_permanent_without_connecting(
