@@ -155,6 +155,8 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
             security = config.get("security", "starttls")
             if security not in ("starttls", "tls", "none"):
                 raise ConfigError(f"{where}.config.security must be starttls, tls or none, got {security!r}")
+            if security == "none" and ("username" in config or "password" in config):
+                raise ConfigError(f"{where}.config.username and password need security starttls or tls")
         channels[str(name)] = ChannelSettings(adapter, dict(config))
     return channels
 

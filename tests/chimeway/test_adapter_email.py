@@ -314,5 +314,10 @@ def test_the_worker_config_names_a_missing_email_setting() -> None:
         parse_settings(channels({"from": SENDER}), {"DATABASE_URL": "x"})
     with pytest.raises(ConfigError, match=r"channels\.mail\.config\.security must be starttls, tls or none"):
         parse_settings(channels({"host": "h", "from": SENDER, "security": "ssl"}), {"DATABASE_URL": "x"})
+    with pytest.raises(ConfigError, match=r"channels\.mail\.config\.username and password need security"):
+        parse_settings(
+            channels({"host": "h", "from": SENDER, "security": "none", "username": "u", "password": "p"}),
+            {"DATABASE_URL": "x"},
+        )
     settings = parse_settings(channels({"host": "h", "from": SENDER}), {"DATABASE_URL": "x"})
     assert settings.channels["mail"].adapter == "email"
