@@ -219,7 +219,8 @@ def receive(
     tolerance: float = DEFAULT_TOLERANCE,
     now: float | None = None,
 ) -> FeedbackOutcome:
-    """Verify, read and apply one provider webhook in ``conn``'s transaction, then commit it.
+    """Verify, read and apply one provider webhook, in a transaction block on ``conn`` (committed at
+    its end, or a savepoint when ``conn`` is already in a transaction).
 
     Raises :class:`InvalidFeedback` (nothing written) when the webhook is unsigned, badly signed,
     outside the replay window, or malformed."""

@@ -72,7 +72,7 @@ class TestWebhookAdapterContract(AdapterContract):
 
     def config(self, receiver: str) -> dict[str, Any]:
         url = self.receivers[receiver].url
-        return {"url": url, "secret": self.secret, "token": "contract-token-123", "timeout": 5}
+        return {"url": url, "secret": self.secret, "token": "contract-token-123", "timeout": 15}
 
     def success_config(self) -> Mapping[str, Any]:
         return self.config("ok")
@@ -104,7 +104,7 @@ class TestEmailAdapterContract(AdapterContract):
             "port": self.server.port,
             "security": "none",
             "from": f"{sender}@acme.test",
-            "timeout": 5,
+            "timeout": 15,
         }
 
     def success_config(self) -> Mapping[str, Any]:

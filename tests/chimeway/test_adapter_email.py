@@ -57,7 +57,7 @@ def plain_config(server: RunningServer, **extra: Any) -> dict[str, Any]:
         "port": server.port,
         "security": "none",
         "from": SENDER,
-        "timeout": 5,
+        "timeout": 15,
     } | extra
 
 
@@ -126,8 +126,8 @@ def test_4xx_is_temporary_5xx_to_the_recipient_bounced_other_5xx_permanent(
 
 
 def test_a_server_that_hangs_after_the_data_is_a_temporary_timeout(server: RunningServer) -> None:
-    result = deliver(context("hang@example.test"), plain_config(server, timeout=1))
-    assert result == Failed("temporary", {"error": "timeout", "timeout": 1.0, "stage": "send"})
+    result = deliver(context("hang@example.test"), plain_config(server, timeout=3))
+    assert result == Failed("temporary", {"error": "timeout", "timeout": 3.0, "stage": "send"})
 
 
 def test_a_drop_mid_data_is_temporary_and_the_retry_carries_the_same_message_id(
@@ -151,7 +151,7 @@ def test_a_drop_mid_data_is_temporary_and_the_retry_carries_the_same_message_id(
 def test_a_server_that_accepts_the_data_then_never_answers_quit_still_delivered_it(
     server: RunningServer,
 ) -> None:
-    result = deliver(context("quit-hang@example.test"), plain_config(server, timeout=5))
+    result = deliver(context("quit-hang@example.test"), plain_config(server, timeout=15))
     assert isinstance(result, Delivered), "a lost goodbye must not make the message be sent again"
     assert len(server.handler.messages) == 1
 
@@ -159,7 +159,7 @@ def test_a_server_that_accepts_the_data_then_never_answers_quit_still_delivered_
 def test_an_unreachable_server_is_temporary() -> None:
     from .smtp_server import free_port
 
-    config = {"host": "127.0.0.1", "port": free_port(), "security": "none", "from": SENDER, "timeout": 5}
+    config = {"host": "127.0.0.1", "port": free_port(), "security": "none", "from": SENDER, "timeout": 15}
     result = deliver(context("ana@example.test"), config)
     assert isinstance(result, Failed)
     assert (result.kind, result.detail["error"]) == ("temporary", "connection_failed")
@@ -175,7 +175,7 @@ def test_starttls_with_a_private_ca_and_auth(tmp_path: Path) -> None:
             "username": USERNAME,
             "password": PASSWORD,
             "from": SENDER,
-            "timeout": 5,
+            "timeout": 15,
         }
         assert isinstance(deliver(context("ana@example.test"), config), Delivered)
         (received,) = server.handler.messages
@@ -203,7 +203,7 @@ def test_implicit_tls(tmp_path: Path) -> None:
             "security": "tls",
             "ca_file": server.ca_file,
             "from": SENDER,
-            "timeout": 5,
+            "timeout": 15,
         }
         assert isinstance(deliver(context("ana@example.test"), config), Delivered)
         assert len(server.handler.messages) == 1

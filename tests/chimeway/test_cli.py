@@ -22,7 +22,7 @@ def _run(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]
     if dsn is not None:
         env["DATABASE_URL"] = dsn
     return subprocess.run(
-        [sys.executable, "-m", "chimeway", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "chimeway", *args], env=env, capture_output=True, text=True, timeout=180
     )
 
 
