@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .adapters import Adapter, Delivered, DeliveryContext, Failed
 from .deliveries import AttemptOutcome, explain_delivery
-from .dispatch import DispatchWorker, enqueue_in
+from .dispatch import DispatchWorker, aenqueue_in, enqueue_in
 from .errors import ChimewayError, DeliveryNotFound, InvalidValue, NotificationNotFound
 from .explain import Explanation
 from .migrations import migrate_all
@@ -40,6 +40,7 @@ __all__ = [
     "TriggerError",
     "TriggerResult",
     "__version__",
+    "aenqueue_in",
     "atrigger",
     "enqueue_in",
     "explain_delivery",
