@@ -70,6 +70,10 @@ class ChimewayPages:
     def __init__(self) -> None:
         self._engine: Engine | None = None
 
+    def redact(self, mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+        """Chimeway's redaction policy: the dashboard shows args and meta through it."""
+        return redact(mapping)
+
     def template_dir(self) -> Path | None:
         return Path(__file__).parent / "templates"
 

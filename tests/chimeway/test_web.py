@@ -109,3 +109,25 @@ def test_metrics_include_deliveries_by_channel_and_status(
 
     assert scrape[("chimeway_deliveries", (("channel", "email"), ("status", "failed")))] == 2
     assert scrape[("chimeway_deliveries", (("channel", "in_app"), ("status", "pending")))] == 1
+
+
+def test_the_command_lines_dashboard_redacts_with_chimeways_policy(dsn: str, schema: str) -> None:
+    from chimeway import redaction
+    from pgqueue.web.serve import build_app
+
+    app = build_app(
+        dsn=dsn,
+        schema=schema,
+        token=TOKEN,
+        basic_auth=None,
+        insecure_no_auth=False,
+        read_only=False,
+        extensions=["chimeway.web:extension"],
+    )
+    previous = redaction.current_policy()
+    redaction.add_sensitive_names("iban")
+    try:
+        shown = app.state.dashboard.redact({"iban": "DE00", "order": 7, "nested": {"api_key": "k"}})
+    finally:
+        redaction.set_policy(previous)
+    assert shown == {"order": 7, "nested": {}}

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from .context import Extension
+from .context import Extension, Redactor, default_redact
 
-__all__ = ["load_extension", "serve"]
+__all__ = ["build_app", "load_extension", "serve"]
 
 
 def load_extension(path: str) -> Extension:
@@ -47,15 +47,45 @@ def serve(
 ) -> None:
     import uvicorn
 
+    app = build_app(
+        dsn=dsn,
+        schema=schema,
+        token=token,
+        basic_auth=basic_auth,
+        insecure_no_auth=insecure_no_auth,
+        read_only=read_only,
+        extensions=extensions,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, access_log=False)
+
+
+def build_app(
+    *,
+    dsn: str,
+    schema: str,
+    token: str | None,
+    basic_auth: str | None,
+    insecure_no_auth: bool,
+    read_only: bool,
+    extensions: Sequence[str],
+) -> Any:
+    """The app ``python -m pgqueue web`` serves: an extension that brings a redaction policy of
+    its own (Chimeway's) has args and meta shown through it."""
     from .app import create_app
 
-    app = create_app(
+    loaded = [load_extension(path) for path in extensions]
+    redact: Redactor = default_redact
+    for extension in loaded:
+        policy = getattr(extension, "redact", None)
+        if callable(policy):
+            redact = policy
+    return create_app(
         dsn,
         schema=schema,
         token=token,
         basic_auth=basic_auth,
         insecure_no_auth=insecure_no_auth,
         read_only=read_only,
-        extensions=[load_extension(path) for path in extensions],
+        redact=redact,
+        extensions=loaded,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, access_log=False)
