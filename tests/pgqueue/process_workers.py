@@ -108,7 +108,8 @@ class Outcome(pgqueue.Worker, queue="cpu", max_attempts=5):
             return pgqueue.Error("try again")
         if end == "unjsonable":
             return object()
-        return {"pid": os.getpid(), "args": job.args, "attempted_by": job.attempted_by}
+        at = job.attempted_at.isoformat() if job.attempted_at else None
+        return {"pid": os.getpid(), "args": job.args, "attempted_by": job.attempted_by, "at": at}
 
     def backoff(self, job: pgqueue.Job) -> float:
         return 3600.0
