@@ -190,8 +190,9 @@ class ProcessPool:
             with contextlib.suppress(OSError):  # already gone: reaped by whoever waits for it
                 child.process.kill()
 
-    def _replace(self, child: _Child) -> None:
+    def _replace(self, child: _Child, job: Job, why: str) -> None:
         """Kill ``child`` (the only way to stop a sync perform) and start another in its place."""
+        _log.warning("pgqueue: worker process %d %s job %d; starting another", child.pid, why, job.id)
         self._kill(child)
         self._children.pop(child.pid, None)
         self.replaced += 1
@@ -246,11 +247,12 @@ class ProcessPool:
             except ConnectionError:
                 reply = b""
         except BaseException:
-            self._replace(child)
+            self._replace(child, job, "killed to stop")  # a timeout, a cancel, or the node stopping
             raise
         if not reply.endswith(b"\n"):  # end of file: the process died under the job
-            self._replace(child)
-            raise WorkerProcessError(f"the worker process {child.pid} {await _ended(process)} during the job")
+            ended = await _ended(process)
+            self._replace(child, job, f"{ended} during")
+            raise WorkerProcessError(f"the worker process {child.pid} {ended} during the job")
         self._idle.put_nowait(child)
         return _result(orjson.loads(reply))
 

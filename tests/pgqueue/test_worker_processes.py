@@ -230,6 +230,21 @@ async def test_a_process_killed_mid_job_fails_the_attempt_which_retries_on_a_new
     assert not alive(killed)
 
 
+async def test_cancelling_a_job_in_a_process_kills_that_process(
+    dsn: str, schema: str, runs: psycopg.Connection[Any]
+) -> None:
+    (stuck,) = insert(runs, schema, Forever.new({}))
+    async with make_runtime(dsn, schema, processes=1) as runtime:
+        assert runtime.process_pool is not None
+        rows = await await_until(lambda: run_rows(runs, schema), timeout=MARGIN)
+        assert await runtime.cancel_job(stuck)
+        await await_until(lambda: not alive(rows[0][2]), timeout=MARGIN)
+        (after,) = insert(runs, schema, Spin.new({"cpu": 0.1}))
+        await await_until(lambda: job(runs, schema, after).state == "completed", timeout=MARGIN)
+        assert runtime.process_pool.replaced == 1
+    assert job(runs, schema, stuck).state == "cancelled"
+
+
 async def test_stop_lets_running_jobs_finish_then_reaps_every_process(
     dsn: str, schema: str, runs: psycopg.Connection[Any]
 ) -> None:
