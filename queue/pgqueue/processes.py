@@ -21,7 +21,8 @@ error naming the signal, and is replaced.
 
 Jobs and results cross the boundary as JSON: a job's fields go over as the row holds them, and a
 returned value that is not JSON-compatible comes back as its ``repr``. Each process imports only
-the node's configured worker modules; a job row names a worker to look up, never a module.
+the node's configured worker modules; a job row names a worker to look up, never a module. So
+a sync worker must be defined in one of those modules to run in a process.
 """
 
 from __future__ import annotations
