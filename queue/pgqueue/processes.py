@@ -98,6 +98,7 @@ class ProcessPool:
         self._idle: asyncio.Queue[_Child] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
+        self._replacing = True
 
     @property
     def pids(self) -> list[int]:
@@ -123,9 +124,15 @@ class ProcessPool:
             await self._reap_all(0.0)
             raise failure
         self._running = True
+        self._replacing = True
         for child in started:
             assert isinstance(child, _Child)
             self._idle.put_nowait(child)
+
+    def retire(self) -> None:
+        """Stop replacing processes: the node is shutting down, and a process killed now (its job
+        abandoned past the grace period) would be replaced only to be stopped at once."""
+        self._replacing = False
 
     async def stop(self, timeout: float = 5.0) -> None:
         """End every process: idle ones exit when told, busy ones get ``timeout`` seconds (the
@@ -193,8 +200,12 @@ class ProcessPool:
 
     def _replace(self, child: _Child, job: Job, why: str) -> None:
         """Kill ``child`` (the only way to stop a sync perform) and start another in its place."""
-        _log.warning("pgqueue: worker process %d %s job %d; starting another", child.pid, why, job.id)
         self._kill(child)
+        if not (self._running and self._replacing):
+            # Shutting down: stop() reaps it with the others.
+            _log.warning("pgqueue: worker process %d %s job %d", child.pid, why, job.id)
+            return
+        _log.warning("pgqueue: worker process %d %s job %d; starting another", child.pid, why, job.id)
         self._children.pop(child.pid, None)
         self.replaced += 1
         task = asyncio.get_running_loop().create_task(self._succeed(child), name="pgqueue process restart")
@@ -205,7 +216,7 @@ class ProcessPool:
         await child.process.wait()  # reap it: no zombie left behind
         backoff = Backoff(0.1, 5.0)
         failures = 0
-        while self._running:
+        while self._running and self._replacing:
             try:
                 replacement = await self._spawn()
             except Exception as exc:
@@ -214,7 +225,7 @@ class ProcessPool:
                 _log.warning("pgqueue: could not restart a worker process (%s); retry in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            if not self._running:  # stopped while it started
+            if not (self._running and self._replacing):  # stopped while it started
                 self._kill(replacement)
                 await replacement.process.wait()
                 self._children.pop(replacement.pid, None)

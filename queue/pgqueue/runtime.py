@@ -301,6 +301,8 @@ class Runtime:
                 for producer in running:
                     tg.start_soon(drain, producer)
             finish_by = anyio.current_time() + self.shutdown_flush_timeout
+            if self.process_pool is not None:
+                self.process_pool.retire()  # the jobs abandoned next kill their processes for good
             for entry in self._queues.values():
                 entry.scope.cancel()
             with anyio.CancelScope(deadline=finish_by):

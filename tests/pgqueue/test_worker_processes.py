@@ -277,6 +277,9 @@ async def test_stop_past_the_grace_period_kills_running_jobs_and_leaves_them_for
     assert time.monotonic() - began < 0.5 + runtime.shutdown_flush_timeout + 1
     assert job(runs, schema, stuck).state == "executing"
     assert not any(alive(pid) for pid in children)
+    # The process killed with its abandoned job was not replaced only to be stopped at once.
+    assert runtime.process_pool.replaced == 0
+    assert runtime.process_pool.pids == []
 
 
 async def test_a_row_naming_a_module_never_makes_a_process_import_it(
