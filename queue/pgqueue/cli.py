@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from . import __version__
-from .errors import PgQueueError
+from .errors import ConfigError, PgQueueError
 from .job import JobState
 from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
@@ -26,6 +26,7 @@ from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
 from .plugins.pruner import Pruner
 from .plugins.stager import Stager
+from .processes import MAX_PROCESSES, validate_processes
 from .producer import QueueConfig
 from .runtime import Runtime
 from .store import queries_for
@@ -141,6 +142,15 @@ def _count(value: str) -> int:
     return number
 
 
+def _processes(value: str) -> int:
+    try:
+        return validate_processes(int(value))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of worker processes 0..{MAX_PROCESSES}, got {value!r}"
+        ) from None
+
+
 def _configure_logging(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -182,6 +192,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         shutdown_grace_period=args.shutdown_grace,
         heartbeat_interval=args.heartbeat_interval,
         synchronous_acks=args.synchronous_acks,
+        processes=args.processes,
     )
     runtime.run()
     return 0
@@ -329,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         "itself, for LISTEN (default: $DIRECT_DATABASE_URL, else --dsn)",
     )
     start.add_argument("--node", default=None, help="node name (default: host:pid)")
+    start.add_argument(
+        "--processes",
+        type=_processes,
+        default=0,
+        metavar="N",
+        help="run sync (CPU-bound) jobs in N worker processes instead of threads (default: 0, threads)",
+    )
     start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")
     start.add_argument(
         "--rescue-window",
