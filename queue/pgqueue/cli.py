@@ -26,7 +26,7 @@ from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
 from .plugins.pruner import Pruner
 from .plugins.stager import Stager
-from .producer import QueueConfig
+from .queue_config import QueueConfig
 from .runtime import Runtime
 from .store import queries_for
 from .telemetry import JsonFormatter, attach_default_logger

@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from .errors import ConfigError
 from .lifecycle import SYSTEM_CLOCK, Clock, Wakeup
 from .notifier import Notifier
-from .producer import QueueConfig
+from .queue_config import QueueConfig
 from .store import channel_name, queries_for
 
 if TYPE_CHECKING:

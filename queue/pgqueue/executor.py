@@ -103,23 +103,24 @@ def fetch_params(
     }
 
 
-def fetch_result(rows: Sequence[Sequence[Any]]) -> tuple[int, list[Job]]:
+def fetch_result(rows: Sequence[Sequence[Any]], offset: int = 1) -> tuple[int, list[Job]]:
     """The result of ``queries/fetch_jobs.sql``: how many acks passed the fence, and the jobs
-    claimed. It always has a row: with nothing claimed, one whose job columns are NULL."""
+    claimed. It always has a row: with nothing claimed, one whose job columns are NULL.
+
+    ``offset``: how many columns precede the job's (``fetch_limited.sql`` adds a second)."""
     acked = int(rows[0][0])
-    if rows[0][1] is None:
+    if rows[0][offset] is None:
         return acked, []
-    return acked, [Job(*row[1:]) for row in rows]
+    return acked, [Job(*row[offset:]) for row in rows]
 
 
 #: Claimed rows: (how many acks landed, the jobs decoded, a discarding ack per row that wasn't).
 Claim = tuple[int, list[Job], list[Ack]]
 # Columns of a fetch_jobs.sql row: the ack count, then the job's columns in Job's order.
-_ID_COLUMN = 1
-_ATTEMPT_COLUMN = 1 + Job._fields.index("attempt")
+_ATTEMPT_FIELD = Job._fields.index("attempt")
 
 
-async def read_claim(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+async def read_claim(cursor: psycopg.AsyncCursor[Any], offset: int = 1) -> Claim:
     """Read the result of ``queries/fetch_jobs.sql`` from ``cursor``: :func:`fetch_result`, except
     that a row which can't be decoded costs only itself.
 
@@ -129,8 +130,8 @@ async def read_claim(cursor: psycopg.AsyncCursor[Any]) -> Claim:
     try:
         rows = await cursor.fetchall()
     except Exception:
-        return await _read_row_by_row(cursor)
-    acked, jobs = fetch_result(rows)
+        return await _read_row_by_row(cursor, offset)
+    acked, jobs = fetch_result(rows, offset)
     return acked, jobs, []
 
 
@@ -148,13 +149,13 @@ def read_claim_sync(cursor: psycopg.Cursor[Any]) -> Claim:
             try:
                 jobs.append(Job(*(cursor.fetchone() or ())[1:]))
             except Exception as exc:
-                refused.append(_undecodable(result, index, exc))
+                refused.append(_undecodable(result, index, exc, 1))
         return _raw_int(result, 0, 0), jobs, refused
     acked, jobs = fetch_result(rows)
     return acked, jobs, []
 
 
-async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any], offset: int) -> Claim:
     result = cursor.pgresult
     assert result is not None
     jobs: list[Job] = []
@@ -162,18 +163,18 @@ async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any]) -> Claim:
     for index in range(result.ntuples):
         await cursor.scroll(index, mode="absolute")
         try:
-            jobs.append(Job(*(await cursor.fetchone() or ())[1:]))
+            jobs.append(Job(*(await cursor.fetchone() or ())[offset:]))
         except Exception as exc:
-            refused.append(_undecodable(result, index, exc))
+            refused.append(_undecodable(result, index, exc, offset))
     return _raw_int(result, 0, 0), jobs, refused
 
 
-def _undecodable(result: pq.abc.PGresult, index: int, exc: Exception) -> Ack:
+def _undecodable(result: pq.abc.PGresult, index: int, exc: Exception, offset: int) -> Ack:
     # The id and attempt are read from the raw result: integers always decode.
     error = storable_text(
         f"pgqueue could not decode this job's row ({describe_error(exc)}); discarded without running"
     )
-    job_id, attempt = _raw_int(result, index, _ID_COLUMN), _raw_int(result, index, _ATTEMPT_COLUMN)
+    job_id, attempt = _raw_int(result, index, offset), _raw_int(result, index, offset + _ATTEMPT_FIELD)
     return Ack(job_id, attempt, JobState.DISCARDED, error=error)
 
 

@@ -32,7 +32,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -57,7 +57,8 @@ from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
 from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
-from .producer import Producer, QueueConfig
+from .producer import Producer
+from .queue_config import QueueConfig
 from .worker import WorkerRegistry, load_worker_modules, registry
 
 __all__ = ["Runtime", "default_node_name"]
@@ -221,7 +222,7 @@ class Runtime:
         assert self._tg is not None
         producer = Producer(
             queue,
-            QueueConfig(config.limit, config.paused),
+            replace(config),
             self.pool,
             self.schema,
             self.node,

@@ -207,12 +207,28 @@ def test_queue_control_arrives_with_version_2_and_leaves_with_it(
     assert table_exists(conn, empty_schema, "jobs")
     assert not table_exists(conn, empty_schema, "pgqueue_signals")
 
-    assert m.migrate(conn, empty_schema).applied == (2,)
+    assert m.migrate(conn, empty_schema, to_version=2).applied == (2,)
     assert table_exists(conn, empty_schema, "pgqueue_signals")
 
     assert m.rollback(conn, empty_schema).reverted == (2,)
     assert not table_exists(conn, empty_schema, "pgqueue_signals")
     assert table_exists(conn, empty_schema, "jobs")
+
+
+def test_flow_tables_arrive_with_version_3_and_leave_with_it(
+    conn: psycopg.Connection[Any], empty_schema: str
+) -> None:
+    m.migrate(conn, empty_schema, to_version=2)
+    assert not table_exists(conn, empty_schema, "pgqueue_queues")
+
+    assert m.migrate(conn, empty_schema, to_version=3).applied == (3,)
+    for table in ("pgqueue_queues", "pgqueue_limit_state", "pgqueue_cron"):
+        assert table_exists(conn, empty_schema, table)
+
+    assert m.rollback(conn, empty_schema).reverted == (3,)
+    for table in ("pgqueue_queues", "pgqueue_limit_state", "pgqueue_cron"):
+        assert not table_exists(conn, empty_schema, table)
+    assert table_exists(conn, empty_schema, "pgqueue_signals")
 
 
 def test_a_role_that_can_only_connect_can_not_write_signals(
