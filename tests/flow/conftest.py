@@ -65,3 +65,10 @@ def launch(dsn: str, marks: str, tmp_path: Path) -> Iterator[Launch]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+@pytest.fixture
+def db(dsn: str, marks: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection: what it inserts is visible to the node at once."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
