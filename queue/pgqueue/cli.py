@@ -11,16 +11,26 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 
 from . import __version__
+from .cli_queues import add_queue_commands
+from .cli_support import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_database,
+    connect,
+    dsn_from,
+    schema_name,
+)
 from .errors import PgQueueError
 from .job import JobState
 from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
-from .migrate import PGQUEUE, migrate, rollback, validate_schema_name, verify_migrated
+from .migrate import PGQUEUE, migrate, rollback, verify_migrated
 from .options import MAX_SECONDS
 from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
@@ -33,29 +43,6 @@ from .telemetry import JsonFormatter, attach_default_logger
 
 __all__ = ["main"]
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, not argparse's usage dump
-        raise _UsageError(message)
-
-
-def _schema(value: str) -> str:
-    try:
-        return validate_schema_name(value)
-    except PgQueueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _connect(dsn: str | None) -> psycopg.Connection[Any]:
-    return psycopg.connect(_dsn(dsn), connect_timeout=10)
-
 
 def _cmd_version(args: argparse.Namespace) -> int:
     print(f"pgqueue {__version__} (schema version {PGQUEUE.latest})")
@@ -63,7 +50,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         if args.down:
             result = rollback(conn, args.schema, to_version=args.to)
             if result.reverted:
@@ -81,20 +68,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queues(value: str) -> dict[str, int]:
-    """``default:10,media:5`` → {"default": 10, "media": 5}."""
-    queues: dict[str, int] = {}
+def _queues(value: str) -> dict[str, int | None]:
+    """``default:10,media:5`` → {"default": 10, "media": 5}; a name alone (``media``) takes its
+    settings from the queues declared in the database."""
+    queues: dict[str, int | None] = {}
     for part in value.split(","):
         name, sep, limit = part.strip().partition(":")
-        if not name or not sep or not limit.strip().isdigit():
+        if not name or (sep and not limit.strip().isdigit()):
             raise argparse.ArgumentTypeError(
                 f"queues must look like default:10,media:5; got {part.strip()!r}"
             )
         try:
-            QueueConfig.parse(name, int(limit))
+            QueueConfig.parse(name, int(limit) if sep else 1)
         except (ValueError, PgQueueError) as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        queues[name] = int(limit)
+        queues[name] = int(limit) if sep else None
     return queues
 
 
@@ -154,7 +142,7 @@ def _configure_logging(fmt: str, level: str) -> None:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    dsn = _dsn(args.dsn)
+    dsn = dsn_from(args.dsn)
     _configure_logging(args.log_format, args.log_level)
     attach_default_logger()
     plugins: list[Plugin] = [Stager(), Lifeline(rescue_window=args.rescue_window)]
@@ -162,7 +150,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         plugins.append(Pruner(max_age=args.prune_after))
     beat, window = args.heartbeat_interval, args.rescue_window
     if beat is not None and beat > window / BEATS_PER_WINDOW:
-        raise _UsageError(
+        raise UsageError(
             f"--heartbeat-interval must be at most --rescue-window / {BEATS_PER_WINDOW} "
             f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
             "beating less often has its own live jobs rescued"
@@ -170,6 +158,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     runtime = Runtime(
         dsn,
         queues=args.queues,
+        queues_from_database=args.queues is None,
         workers=args.workers,
         schema=args.schema,
         node=args.node,
@@ -182,16 +171,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dsn(value: str | None) -> str:
-    dsn = value or os.environ.get("DATABASE_URL")
-    if not dsn:
-        raise _UsageError("no database given: pass --dsn or set DATABASE_URL")
-    return dsn
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     queries = queries_for(args.schema)
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         verify_migrated(conn, args.schema)
         counts = conn.execute(queries.queue_counts).fetchall()
         producers = conn.execute(queries.producers_list, {"window": 60}).fetchall()
@@ -215,7 +197,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _filter(args: argparse.Namespace) -> JobFilter:
     if not (args.id or args.queue or args.worker or args.state):
-        raise _UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
+        raise UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
     return JobFilter(
         ids=args.id or None,
         queue=args.queue or None,
@@ -225,14 +207,14 @@ def _filter(args: argparse.Namespace) -> JobFilter:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         count = retry_all_jobs(conn, _filter(args), schema=args.schema)
     print(f"retried {count} job{'s' if count != 1 else ''}")
     return 0
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         count = cancel_all_jobs(conn, _filter(args), schema=args.schema)
     print(f"cancelled {count} job{'s' if count != 1 else ''}")
     return 0
@@ -241,7 +223,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     queries = queries_for(args.schema)
     total = 0
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         while True:
             rows = conn.execute(queries.prune_jobs, {"max_age": args.max_age, "limit": args.limit}).fetchall()
             conn.commit()
@@ -261,30 +243,31 @@ def _add_selection(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_database(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dsn", help="PostgreSQL connection string (default: $DATABASE_URL)")
-    command.add_argument(
-        "--schema", type=_schema, default="public", help="the queue's schema (default: public)"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pgqueue", description="A PostgreSQL-native job queue.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m pgqueue", description="A PostgreSQL-native job queue.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     version = commands.add_parser("version", help="print the installed and schema versions")
     version.set_defaults(handler=_cmd_version)
 
     mig = commands.add_parser("migrate", help="create or upgrade the queue's tables (or roll them back)")
     mig.add_argument("--dsn", help="PostgreSQL connection string (default: $DATABASE_URL)")
-    mig.add_argument("--schema", type=_schema, default="public", help="schema to migrate (default: public)")
+    mig.add_argument(
+        "--schema", type=schema_name, default="public", help="schema to migrate (default: public)"
+    )
     mig.add_argument("--down", action="store_true", help="roll back instead (one version, or to --to)")
     mig.add_argument("--to", type=int, default=None, metavar="VERSION", help="target version")
     mig.set_defaults(handler=_cmd_migrate)
 
     start = commands.add_parser("start", help="run queues on this node until SIGTERM/SIGINT")
-    _add_database(start)
-    start.add_argument("--queues", type=_queues, required=True, help="queues and limits: default:10,media:5")
+    add_database(start)
+    start.add_argument(
+        "--queues",
+        type=_queues,
+        default=None,
+        help="queues and limits: default:10,media:5; a name alone takes the declared queue's settings "
+        "(default: every queue declared with 'queues add', following changes)",
+    )
     start.add_argument(
         "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
     )
@@ -321,25 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=_cmd_start)
 
     status = commands.add_parser("status", help="jobs per queue and state, live producers, the leader")
-    _add_database(status)
+    add_database(status)
     status.set_defaults(handler=_cmd_status)
 
     retry = commands.add_parser("retry", help="make jobs available again (by id or filter)")
-    _add_database(retry)
+    add_database(retry)
     _add_selection(retry)
     retry.set_defaults(handler=_cmd_retry)
 
     cancel = commands.add_parser("cancel", help="cancel unfinished jobs (by id or filter)")
-    _add_database(cancel)
+    add_database(cancel)
     _add_selection(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
 
     prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
-    _add_database(prune)
+    add_database(prune)
     prune.add_argument("--max-age", type=_duration, default=86_400.0, metavar="SECONDS")
     prune.add_argument("--limit", type=_count, default=10_000, help="jobs deleted per transaction")
     prune.add_argument("--all", action="store_true", help="repeat until nothing older is left")
     prune.set_defaults(handler=_cmd_prune)
+
+    add_queue_commands(commands)
     return parser
 
 
@@ -357,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # shows none of a DSN libpq can't parse).
         dsn = getattr(args, "dsn", None) or os.environ.get("DATABASE_URL") or None
         return int(args.handler(args))
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"pgqueue: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -47,7 +47,7 @@ from . import migrate, telemetry
 from . import options as opt
 from .completer import Completer
 from .control import SIGNAL_TOPIC, Control
-from .errors import ConfigError, NotMigratedError
+from .errors import ConfigError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
@@ -59,6 +59,7 @@ from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
 from .producer import Producer
 from .queue_config import QueueConfig
+from .queues import aresolve_queues
 from .worker import WorkerRegistry, load_worker_modules, registry
 
 __all__ = ["Runtime", "default_node_name"]
@@ -88,7 +89,8 @@ class Runtime:
         conninfo: str | None = None,
         *,
         pool: AsyncConnectionPool[Any] | None = None,
-        queues: Mapping[str, int | Mapping[str, Any]] | None = None,
+        queues: Mapping[str, int | Mapping[str, Any] | None] | None = None,
+        queues_from_database: bool = False,
         workers: Sequence[str] = (),
         schema: str = "public",
         node: str | None = None,
@@ -111,7 +113,11 @@ class Runtime:
         migrate.validate_schema_name(schema)
         self.schema = schema
         self.node = _node_name(node)
-        self.queue_configs = {q: QueueConfig.parse(q, v) for q, v in (queues or {}).items()}
+        #: the code's queues (None: settings from the database's pgqueue_queues)
+        self.queue_configs: dict[str, QueueConfig | None] = {
+            q: None if v is None else QueueConfig.parse(q, v) for q, v in (queues or {}).items()
+        }
+        self.queues_from_database = queues_from_database
         self.worker_modules = tuple(workers)
         self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
         self.leadership = leadership
@@ -180,7 +186,14 @@ class Runtime:
             await self.pool.open(wait=True, timeout=30)
         if self.verify_schema:
             async with self.pool.connection() as conn:
-                await _averify(conn, self.schema)
+                await migrate.averify_migrated(conn, self.schema)
+        configs = {q: c for q, c in self.queue_configs.items() if c is not None}
+        if self.verify_schema or self.queues_from_database or len(configs) < len(self.queue_configs):
+            # Declared queues: a row of pgqueue_queues wins over the code's settings.
+            async with self.pool.connection() as conn:
+                configs = await aresolve_queues(
+                    conn, self.queue_configs, schema=self.schema, everything=self.queues_from_database
+                )
         await self.control.prepare()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -209,7 +222,7 @@ class Runtime:
             self._tg.start_soon(supervise, service, name=f"pgqueue {service.name}")
         with anyio.move_on_after(5):
             await self.notifier.wait_ready(5)
-        for queue, config in self.queue_configs.items():
+        for queue, config in configs.items():
             self._start_producer(queue, config)
 
     def is_leader(self) -> bool:
@@ -357,6 +370,16 @@ class Runtime:
         if queue not in self._queues and self.started:
             self._start_producer(queue, config)
 
+    def configure_queue_here(self, queue: str, config: QueueConfig | None) -> None:
+        running = self._queues.get(queue)
+        if config is None:  # no longer declared: a node that runs the table's queues stops it
+            if running is not None and self.queues_from_database:
+                self.stop_queue_here(queue)
+        elif running is not None:
+            running.producer.configure(config)
+        elif self.queues_from_database:
+            self.start_queue_here(queue, config)
+
     def stop_queue_here(self, queue: str) -> None:
         running = self._queues.get(queue)
         if running is not None and self._tg is not None:
@@ -451,23 +474,6 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     # Every statement the runtime runs outside `conn.transaction()` is a transaction of its own:
     # in autocommit that is one round trip instead of three (BEGIN, the statement, COMMIT).
     await conn.set_autocommit(True)
-
-
-async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    table = psycopg.sql.Identifier(schema, migrate.VERSION_TABLE).as_string(None)
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    exists = (await cursor.fetchone() or (False,))[0]
-    version = 0
-    if exists:
-        query = psycopg.sql.SQL(
-            "SELECT coalesce(max(version), 0) FROM {} WHERE component = 'pgqueue'"
-        ).format(psycopg.sql.Identifier(schema, migrate.VERSION_TABLE))
-        version = int((await (await conn.execute(query)).fetchone() or (0,))[0])
-    if version != migrate.PGQUEUE.latest:
-        raise NotMigratedError(
-            f"schema {schema!r} is at pgqueue version {version}, expected {migrate.PGQUEUE.latest}; "
-            f"run: python -m pgqueue migrate --schema {schema!r}"
-        )
 
 
 async def _quietly(work: Any, what: str) -> None:

@@ -68,7 +68,7 @@ def launch(dsn: str, marks: str, tmp_path: Path) -> Iterator[Launch]:
 
 
 @pytest.fixture
-def db(dsn: str, marks: str) -> Iterator[psycopg.Connection[Any]]:
+def db(dsn: str, schema: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection: what it inserts is visible to the node at once."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
