@@ -10,11 +10,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from . import __version__
+from .cli_cron import add_cron_commands
 from .cli_queues import add_queue_commands
 from .cli_support import (
     EXIT_ERROR,
@@ -26,20 +29,19 @@ from .cli_support import (
     dsn_from,
     schema_name,
 )
+from .config_file import DEFAULT_FILE, StartFile, load_start_file
 from .errors import PgQueueError
 from .job import JobState
 from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
 from .migrate import PGQUEUE, migrate, rollback, verify_migrated
 from .options import MAX_SECONDS
-from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
-from .plugins.pruner import Pruner
-from .plugins.stager import Stager
 from .queue_config import QueueConfig
 from .runtime import Runtime
 from .store import queries_for
 from .telemetry import JsonFormatter, attach_default_logger
+from .worker import load_worker_modules
 
 __all__ = ["main"]
 
@@ -141,29 +143,42 @@ def _configure_logging(fmt: str, level: str) -> None:
     logging.getLogger("psycopg").setLevel(logging.WARNING)
 
 
+def _start_file(args: argparse.Namespace) -> StartFile:
+    """The settings file: --config, else ./pgqueue.toml when there is one, else nothing."""
+    if args.config is not None:
+        return load_start_file(args.config, load_workers=False)
+    if Path(DEFAULT_FILE).is_file():
+        return load_start_file(DEFAULT_FILE, load_workers=False)
+    return StartFile()
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
-    dsn = dsn_from(args.dsn)
+    settings = _start_file(args)
+    dsn = dsn_from(args.dsn or settings.dsn)
     _configure_logging(args.log_format, args.log_level)
     attach_default_logger()
-    plugins: list[Plugin] = [Stager(), Lifeline(rescue_window=args.rescue_window)]
-    if args.prune_after is not None:
-        plugins.append(Pruner(max_age=args.prune_after))
-    beat, window = args.heartbeat_interval, args.rescue_window
+    workers = [*settings.workers, *(m for m in args.workers if m not in settings.workers)]
+    load_worker_modules(workers)  # cron entries name their workers
+    plugins = settings.plugin_list(rescue_window=args.rescue_window, prune_after=args.prune_after)
+    window = next(p.rescue_window for p in plugins if isinstance(p, Lifeline))
+    beat = args.heartbeat_interval
     if beat is not None and beat > window / BEATS_PER_WINDOW:
         raise UsageError(
             f"--heartbeat-interval must be at most --rescue-window / {BEATS_PER_WINDOW} "
             f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
             "beating less often has its own live jobs rescued"
         )
+    queues: Mapping[str, Any] | None = args.queues if args.queues is not None else settings.queues
+    grace = args.shutdown_grace if args.shutdown_grace is not None else settings.shutdown_grace
     runtime = Runtime(
         dsn,
-        queues=args.queues,
-        queues_from_database=args.queues is None,
-        workers=args.workers,
-        schema=args.schema,
-        node=args.node,
+        queues=queues,
+        queues_from_database=queues is None,
+        workers=workers,
+        schema=args.schema or settings.schema or "public",
+        node=args.node or settings.node,
         plugins=plugins,
-        shutdown_grace_period=args.shutdown_grace,
+        shutdown_grace_period=15.0 if grace is None else grace,
         heartbeat_interval=args.heartbeat_interval,
         synchronous_acks=args.synchronous_acks,
     )
@@ -260,7 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(handler=_cmd_migrate)
 
     start = commands.add_parser("start", help="run queues on this node until SIGTERM/SIGINT")
-    add_database(start)
+    start.add_argument("--dsn", help="PostgreSQL connection string (default: the file's dsn, $DATABASE_URL)")
+    start.add_argument(
+        "--schema", type=schema_name, default=None, help="the queue's schema (default: public)"
+    )
+    start.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"settings file (default: ./{DEFAULT_FILE} when present)",
+    )
     start.add_argument(
         "--queues",
         type=_queues,
@@ -272,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
     )
     start.add_argument("--node", default=None, help="node name (default: host:pid)")
-    start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")
+    start.add_argument("--shutdown-grace", type=_duration, default=None, metavar="SECONDS", help="default 15")
     start.add_argument(
         "--rescue-window",
         type=_interval,
-        default=15.0,
+        default=None,
         metavar="SECONDS",
-        help="rescue a dead node's jobs after its heartbeats stop this long",
+        help="rescue a dead node's jobs after its heartbeats stop this long (default 15)",
     )
     start.add_argument(
         "--heartbeat-interval",
@@ -325,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(handler=_cmd_prune)
 
     add_queue_commands(commands)
+    add_cron_commands(commands)
     return parser
 
 

@@ -15,7 +15,7 @@ from .cli_support import UsageError, add_database, connect
 from .errors import ConfigError
 from .queues import QueueInfo, add_queue, delete_queue, list_queues, update_queue
 
-__all__ = ["add_queue_commands"]
+__all__ = ["add_queue_commands", "flag"]
 
 _NONE = "none"
 
@@ -45,7 +45,7 @@ def _period(value: str) -> float:
     return number
 
 
-def _flag(value: str) -> bool:
+def flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("true", "yes", "on", "1"):
         return True
@@ -161,8 +161,8 @@ def _add_settings(command: argparse.ArgumentParser, *, adding: bool) -> None:
         )
         command.add_argument("--paused", action="store_true", default=suppress, help="declare it paused")
     else:
-        command.add_argument("--partitioned", type=_flag, default=suppress, metavar="true|false")
-        command.add_argument("--paused", type=_flag, default=suppress, metavar="true|false")
+        command.add_argument("--partitioned", type=flag, default=suppress, metavar="true|false")
+        command.add_argument("--paused", type=flag, default=suppress, metavar="true|false")
 
 
 def add_queue_commands(commands: Any) -> None:
