@@ -56,6 +56,7 @@ from .manage import (
     retry_job,
     update_job,
 )
+from .middleware import Middleware
 from .queue_config import QueueConfig
 from .queues import (
     QueueInfo,
@@ -92,6 +93,7 @@ __all__ = [
     "JobNotFoundError",
     "JobOutcome",
     "JobState",
+    "Middleware",
     "MigrationError",
     "NewJob",
     "NotMigratedError",

@@ -22,12 +22,13 @@ import orjson
 import psycopg
 from psycopg import pq
 
-from . import telemetry
+from . import middleware, telemetry
 from .backoff import default_backoff
 from .errors import TimeoutError as JobTimeoutError
 from .errors import UnknownWorkerError
 from .job import Job, JobState
 from .lifecycle import describe_error
+from .middleware import Middleware
 from .options import MAX_SECONDS
 from .poison import storable_text
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
@@ -262,10 +263,13 @@ class Executor:
         *,
         completer: Callable[[Ack], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.workers = workers
         self.completer = completer
         self.clock = clock
+        #: this executor's own perform middleware, inside the process-wide chain
+        self.middleware = tuple(middleware)
 
     async def execute(
         self,
@@ -352,14 +356,14 @@ class Executor:
         # costs measurable time. The timeout schedules nothing when there is none.
         timer = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            if worker.is_async:
-                call = worker.perform(job)
+            chain = (
+                middleware.installed() + self.middleware if middleware.installed() or self.middleware else ()
+            )
+            call: Awaitable[Any]
+            if chain:
+                call = middleware.run_perform(chain, job, lambda: self._start(worker, job, thread_limiter))
             else:
-                # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
-                # stop waiting for it and raise its flag (see is_cancelled()).
-                call = anyio.to_thread.run_sync(
-                    worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
-                )
+                call = self._start(worker, job, thread_limiter)
             if timer is None:
                 return await call
             async with timer:
@@ -382,6 +386,14 @@ class Executor:
             raise
         finally:
             _current_flag.reset(token)
+
+    @staticmethod
+    def _start(worker: Worker, job: Job, thread_limiter: anyio.CapacityLimiter | None) -> Awaitable[Any]:
+        if worker.is_async:
+            return worker.perform(job)  # type: ignore[no-any-return]
+        # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we stop
+        # waiting for it and raise its flag (see is_cancelled()).
+        return anyio.to_thread.run_sync(worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True)
 
     def _classify(self, worker: Worker, job: Job, result: Any, started: float) -> Execution:
         duration = self.clock() - started

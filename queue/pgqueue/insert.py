@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from psycopg.rows import tuple_row
 
+from . import middleware
 from .bulk_copy import COPY_THRESHOLD, CopyBatch, acopy_insert, sync_copy_insert
 from .errors import PgQueueError
 from .job import Job, NewJob
@@ -262,6 +263,13 @@ def insert_all(
     lands whole or not at all.
     """
     _check_jobs(jobs)
+    if middleware.installed():
+        return middleware.run_insert(jobs, lambda given: _insert_all(target, given, schema, notify))
+    return _insert_all(target, jobs, schema, notify)
+
+
+def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    _check_jobs(jobs)
     runner = inline_runner.get()
     if runner is not None:
         return runner(jobs)
@@ -303,6 +311,13 @@ async def ainsert_all(
 ) -> list[Job]:
     """The async twin of :func:`insert_all`: a psycopg ``AsyncConnection``/``AsyncCursor`` or a
     SQLAlchemy ``AsyncSession``/``AsyncConnection`` on the psycopg driver."""
+    _check_jobs(jobs)
+    if middleware.installed():
+        return await middleware.run_ainsert(jobs, lambda given: _ainsert_all(target, given, schema, notify))
+    return await _ainsert_all(target, jobs, schema, notify)
+
+
+async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     _check_jobs(jobs)
     arunner = ainline_runner.get()
     if arunner is not None:

@@ -53,6 +53,7 @@ from .heartbeat import Heartbeat
 from .leader import Leader
 from .lifecycle import SYSTEM_CLOCK, Clock, Service, check_conninfo, supervise
 from .manage import acancel_job
+from .middleware import Middleware
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
 from .plugins.lifeline import Lifeline, heartbeat_for
@@ -106,6 +107,7 @@ class Runtime:
         verify_schema: bool = True,
         pool_size: int | None = None,
         synchronous_acks: bool = False,
+        middleware: Sequence[Middleware] = (),
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if pool is None and not conninfo:
@@ -153,7 +155,9 @@ class Runtime:
         )
         self.synchronous_acks = synchronous_acks
         self.completer = Completer(self.pool, schema, clock=clock, async_commit=not synchronous_acks)
-        self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)
+        self.executor = Executor(
+            worker_registry, completer=self.completer.ack, clock=clock.monotonic, middleware=middleware
+        )
         self.heartbeat = Heartbeat(
             self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock
         )
