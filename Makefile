@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m benchmarks.chimeway_e2e $(if $(FULL),--full,)
 	$(PY) -m benchmarks.chimeway_fanout $(if $(FULL),--full,)
 	$(PY) -m benchmarks.rss_drain $(if $(FULL),--full,)
+	$(PY) -m benchmarks.flow $(if $(FULL),--full,)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -259,6 +259,7 @@ class Producer:
             global_limit=config.global_limit,
             rate_limit=config.rate_limit,
             rate_period=config.rate_period,
+            period_us=round((config.rate_period or 1.0) * 1_000_000),
             slots=RATE_SLOTS,
         )
         statement = self.queries.fetch_partitioned if config.partitioned else self.queries.fetch_limited

@@ -6,8 +6,9 @@
 --              order, whose weights (meta.weight, 1 by default, at most rate_limit) fit in what
 --              the rate window has left.
 -- The rate limit is a sliding window kept as `slots` of 1/%(slots)s of the period: an admission at
--- time t counts the units started in every slot that overlaps (t - period, t], plus one slot of
--- margin against rounding, so no window of one period ever holds more than rate_limit units.
+-- time t counts the units started in every slot that overlaps [t - period, t], so no window of one
+-- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
+-- division (timestamps are microseconds), so no rounding can shift a boundary.
 -- Admission times come from the database clock and never go backwards per queue (last_start).
 -- The second column tells the producer whether jobs were left waiting by a limit (so it retries
 -- soon rather than at its next poll).
@@ -22,14 +23,14 @@ state AS (
 ),
 slot AS (
     SELECT st.t,
-           floor(extract(epoch FROM st.t) * %(slots)s / coalesce(%(rate_period)s::float8, 1))::bigint AS cur,
+           div(floor(extract(epoch FROM st.t) * 1000000) * %(slots)s, %(period_us)s)::bigint AS cur,
            st.slots, st.units
     FROM state AS st
 ),
 used AS (
     SELECT coalesce(sum(o.u), 0) AS units
     FROM slot, unnest(slot.slots, slot.units) AS o(s, u)
-    WHERE o.s >= slot.cur - %(slots)s - 1
+    WHERE o.s >= slot.cur - %(slots)s
 ),
 running AS (
     -- Through the executing index: bounded by what runs in the whole cluster, not by the backlog.
@@ -85,7 +86,7 @@ stamped AS (
                   FROM (SELECT * FROM unnest(s.slots, s.units) AS x(s, u)
                         UNION ALL
                         SELECT slot.cur, (SELECT sum(weight) FROM claimed)::integer) AS o(s, u)
-                  WHERE o.s >= slot.cur - %(slots)s - 1 AND %(rate_limit)s::integer IS NOT NULL
+                  WHERE o.s >= slot.cur - %(slots)s AND %(rate_limit)s::integer IS NOT NULL
                   GROUP BY o.s) AS k)
     FROM slot
     WHERE s.queue = %(queue)s AND s.partition_key = '' AND EXISTS (SELECT 1 FROM claimed)

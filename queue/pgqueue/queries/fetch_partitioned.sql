@@ -15,8 +15,8 @@ WITH commit_mode AS (
 {acks_part}
 clock AS (
     SELECT greatest(clock_timestamp(), s.last_start) AS t,
-           floor(extract(epoch FROM greatest(clock_timestamp(), s.last_start)) * %(slots)s
-                 / coalesce(%(rate_period)s::float8, 1))::bigint AS cur
+           div(floor(extract(epoch FROM greatest(clock_timestamp(), s.last_start)) * 1000000) * %(slots)s,
+               %(period_us)s)::bigint AS cur
     FROM {limit_state} AS s
     WHERE s.queue = %(queue)s AND s.partition_key = ''
 ),
@@ -60,7 +60,7 @@ parts AS (
            greatest(0, least(%(demand)s, coalesce(%(global_limit)s - coalesce(r.n, 0), %(demand)s))) AS jobs,
            coalesce(%(rate_limit)s - (SELECT coalesce(sum(o.u), 0)
                                       FROM unnest(s.slots, s.units) AS o(s, u)
-                                      WHERE o.s >= clock.cur - %(slots)s - 1), 2147483647) AS units
+                                      WHERE o.s >= clock.cur - %(slots)s), 2147483647) AS units
     FROM (SELECT k FROM keyed UNION ALL SELECT '' WHERE EXISTS (SELECT 1 FROM keyless)) AS p(k)
     CROSS JOIN clock
     LEFT JOIN running AS r ON r.k = p.k
@@ -150,7 +150,7 @@ counted AS (
                   FROM (SELECT * FROM unnest(s.slots, s.units) AS x(s, u)
                         UNION ALL
                         SELECT excluded.slots[1], excluded.units[1]) AS o(s, u)
-                  WHERE o.s >= excluded.slots[1] - %(slots)s - 1
+                  WHERE o.s >= excluded.slots[1] - %(slots)s
                   GROUP BY o.s) AS k)
     RETURNING 1
 ),
