@@ -39,7 +39,15 @@ from __future__ import annotations
 from .batcher import DispatchError
 from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE, ChannelRoute, UnhandledOutcomeError
 from .dispatcher import DEFAULT_ATTEMPT_TIMEOUT, Dispatcher
-from .worker import DispatchWorker, configure, current_dispatcher, dispatch_job, enqueue_in
+from .worker import (
+    DispatchWorker,
+    PacedDispatchWorker,
+    configure,
+    current_dispatcher,
+    dispatch_job,
+    enqueue_in,
+    paced_job,
+)
 
 __all__ = [
     "CRASH_ALLOWANCE",
@@ -50,9 +58,11 @@ __all__ = [
     "DispatchError",
     "DispatchWorker",
     "Dispatcher",
+    "PacedDispatchWorker",
     "UnhandledOutcomeError",
     "configure",
     "current_dispatcher",
     "dispatch_job",
     "enqueue_in",
+    "paced_job",
 ]
