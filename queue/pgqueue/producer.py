@@ -273,6 +273,7 @@ class Producer:
         # then the fetch, whose snapshot is taken once the lock is held (see lock_limits.sql).
         cursor = conn.cursor(row_factory=tuple_row)
         async with conn.pipeline(), conn.transaction():
+            await cursor.execute(self.queries.limited_plan)
             await cursor.execute(self.queries.lock_limits, {"queue": self.queue})
             await cursor.execute(statement, params)
         blocked = await cursor.fetchone()

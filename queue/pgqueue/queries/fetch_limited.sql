@@ -33,11 +33,16 @@ used AS (
     WHERE o.s >= slot.cur - %(slots)s
 ),
 running AS (
-    -- Through the executing index: bounded by what runs in the whole cluster, not by the backlog.
+    -- An ordered walk of the executing index, stopped at the limit: a plain index scan skips the
+    -- entries of jobs that stopped executing since the last vacuum (marked dead on first sight),
+    -- where a bitmap scan would visit the heap for each of them.
     SELECT count(*) AS n
-    FROM {jobs} AS j
-    WHERE j.state = 'executing' AND j.queue = %(queue)s
-      AND j.id NOT IN (SELECT id FROM acked)
+    FROM (SELECT j.id
+          FROM {jobs} AS j
+          WHERE j.state = 'executing' AND j.queue = %(queue)s
+            AND j.id NOT IN (SELECT id FROM acked)
+          ORDER BY j.attempted_at
+          LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
 ),
 room AS (
     SELECT greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s))) AS jobs,

@@ -49,10 +49,15 @@ keyless AS (
     WHERE h.meta ->> 'partition_key' IS NULL
 ),
 running AS (
-    SELECT coalesce(j.meta ->> 'partition_key', '') AS k, count(*) AS n
-    FROM {jobs} AS j
-    WHERE j.state = 'executing' AND j.queue = %(queue)s
-      AND j.id NOT IN (SELECT id FROM acked)
+    -- An ordered walk of the executing index (see fetch_limited.sql), skipped without a global limit.
+    SELECT coalesce(e.meta ->> 'partition_key', '') AS k, count(*) AS n
+    FROM (SELECT j.meta
+          FROM {jobs} AS j
+          WHERE j.state = 'executing' AND j.queue = %(queue)s
+            AND j.id NOT IN (SELECT id FROM acked)
+            AND %(global_limit)s::integer IS NOT NULL
+          ORDER BY j.attempted_at
+          LIMIT 1000000) AS e
     GROUP BY 1
 ),
 parts AS (
