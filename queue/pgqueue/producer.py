@@ -81,6 +81,7 @@ class Producer:
         self._stopping = False
         self._drained = anyio.Event()
         self._held_back = False
+        self._retry_in = 0.0
         self.fetched = 0
 
     @property
@@ -234,10 +235,13 @@ class Producer:
             self.wake()  # the queue may hold more than we could take
 
     def _retry_delay(self) -> float:
+        if self._retry_in > 0:
+            # The rate window has no room until then; a little jitter spreads the nodes' retries.
+            return min(self.poll_interval, self._retry_in + 0.002 + self.clock.random() * 0.005)
         delay = min(self.poll_interval, _LIMITED_RETRY)
         if self.config.rate_period is not None:
             delay = min(delay, self.config.rate_period / RATE_SLOTS)
-        return max(delay, 0.001)
+        return max(delay, 0.001) * (0.5 + self.clock.random())
 
     async def _fetch(self, acks: list[Ack], demand: int) -> Claim:
         params = fetch_params(
@@ -276,9 +280,11 @@ class Producer:
             await cursor.execute(self.queries.limited_plan)
             await cursor.execute(self.queries.lock_limits, {"queue": self.queue})
             await cursor.execute(statement, params)
-        blocked = await cursor.fetchone()
+        first = await cursor.fetchone()
         await cursor.scroll(0, mode="absolute")
-        self._held_back = bool(blocked is not None and blocked[1])
+        retry_in = first[1] if first is not None else None
+        self._held_back = retry_in is not None
+        self._retry_in = float(retry_in or 0.0)
         return await read_claim(cursor, offset=2)
 
     async def _execute(self, job: Job, running: _Running) -> None:

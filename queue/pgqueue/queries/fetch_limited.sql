@@ -10,8 +10,8 @@
 -- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
 -- division (timestamps are microseconds), so no rounding can shift a boundary.
 -- Admission times come from the database clock and never go backwards per queue (last_start).
--- The second column tells the producer whether jobs were left waiting by a limit (so it retries
--- soon rather than at its next poll).
+-- The second column tells the producer whether jobs were left waiting by a limit, and when to look
+-- again (so it neither waits for its next poll nor polls a window that can't have room yet).
 WITH commit_mode AS (
     SELECT CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) END AS setting
 ),
@@ -106,7 +106,16 @@ waiting AS (
     ) AS blocked
 )
 SELECT (SELECT count(*) FROM acked) AS acked,
-       (SELECT blocked FROM waiting) AS blocked,
+       -- NULL: no limit held a job back. Else seconds until the rate window frees a unit (the
+       -- oldest slot counted leaves it), or 0 when it was the global limit (it frees as jobs end).
+       CASE WHEN (SELECT blocked FROM waiting) THEN
+           CASE WHEN (SELECT units FROM room) > 0 THEN 0
+                ELSE greatest(0, (SELECT (min(o.s) + %(slots)s + 1) * %(period_us)s::numeric / %(slots)s
+                                         - max(floor(extract(epoch FROM slot.t) * 1000000))
+                                  FROM slot, unnest(slot.slots, slot.units) AS o(s, u)
+                                  WHERE o.s >= slot.cur - %(slots)s) / 1000000.0)
+           END
+       END::float8 AS retry_in,
        f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true

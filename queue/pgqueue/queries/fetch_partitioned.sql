@@ -177,7 +177,7 @@ waiting AS (
            (SELECT count(*) FROM claimed) AS taken
 )
 SELECT (SELECT count(*) FROM acked) AS acked,
-       (SELECT any_left AND taken < %(demand)s FROM waiting) AS blocked,
+       CASE WHEN (SELECT any_left AND taken < %(demand)s FROM waiting) THEN 0 END::float8 AS retry_in,
        f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true
