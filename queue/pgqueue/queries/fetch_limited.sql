@@ -95,6 +95,8 @@ stamped AS (
                   GROUP BY o.s) AS k)
     FROM slot
     WHERE s.queue = %(queue)s AND s.partition_key = '' AND EXISTS (SELECT 1 FROM claimed)
+      -- A global limit alone keeps no state: its fetch only locks the row, writing nothing.
+      AND %(rate_limit)s::integer IS NOT NULL
     RETURNING 1
 ),
 waiting AS (
