@@ -46,6 +46,7 @@ bench: setup
 	$(PY) -m benchmarks.rss_drain $(if $(FULL),--full,)
 	$(PY) -m benchmarks.processes $(if $(FULL),--full,)
 	$(PY) -m benchmarks.web $(if $(FULL),--full,)
+	$(PY) -m benchmarks.flow $(if $(FULL),--full,)
 
 lint: setup
 	$(PY) -m ruff check .

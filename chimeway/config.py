@@ -13,6 +13,11 @@ Everything is validated once, at start, and every mistake is reported with the k
     [channels.email]
     adapter = "webhook"        # logger (default), webhook, email or test
     config = { url = "https://hooks.example.com/notify", timeout = 5 }
+    rate_limit = 10            # sends started per rate_period, across every worker (optional)
+    rate_period = 1            # seconds (default 1)
+    concurrency = 5            # sends in flight at once, across every worker (optional)
+    account = "provider-main"  # channels naming one provider account share its limits
+                               # (default: the channel's own name)
 
 ``DATABASE_URL`` wins over ``database_url`` in the file. Durations are seconds, at most 1e10.
 Secrets in adapter configs (keys named like password, token, secret) are never logged, and the
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ import psycopg
 from pgqueue.migrate import validate_schema_name
 
 from .adapters import adapter_names
+from .channel_limits import ChannelLimits
 from .errors import ChimewayError
 from .webhooks import parse_secrets
 
@@ -57,6 +64,7 @@ _TOP_LEVEL = {
 #: timestamp computed from it overflows PostgreSQL's range.
 MAX_DURATION = 1e10
 MAX_QUEUE_LIMIT = 10_000
+_ACCOUNT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(ChimewayError, ValueError):
@@ -67,10 +75,15 @@ class ConfigError(ChimewayError, ValueError):
 class ChannelSettings:
     adapter: str = "logger"
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: the provider's limits, enforced across every worker by pgqueue (see chimeway.dispatch.limits)
+    limits: ChannelLimits | None = None
 
     def __repr__(self) -> str:
         # Config values may be secrets (tokens, signing keys, auth headers): keys only.
-        return f"ChannelSettings(adapter={self.adapter!r}, config keys={sorted(map(str, self.config))})"
+        return (
+            f"ChannelSettings(adapter={self.adapter!r}, config keys={sorted(map(str, self.config))}, "
+            f"limits={self.limits!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,9 +150,10 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
         where = f"channels.{name}"
         if not isinstance(section, Mapping):
             raise ConfigError(f"{where} must be a table, got {section!r}")
-        unknown = set(section) - {"adapter", "config"}
+        unknown = set(section) - {"adapter", "config", *_LIMIT_KEYS}
         if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (valid: adapter, config)")
+            valid = ", ".join(("adapter", "config", *_LIMIT_KEYS))
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (valid: {valid})")
         adapter = section.get("adapter", "logger")
         if adapter not in adapter_names():
             raise ConfigError(f"{where}.adapter must be one of {list(adapter_names())}, got {adapter!r}")
@@ -157,7 +171,8 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
                 raise ConfigError(f"{where}.config.security must be starttls, tls or none, got {security!r}")
             if security == "none" and ("username" in config or "password" in config):
                 raise ConfigError(f"{where}.config.username and password need security starttls or tls")
-        channels[str(name)] = ChannelSettings(adapter, dict(config))
+        channels[str(name)] = ChannelSettings(adapter, dict(config), _limits(str(name), section))
+    _check_shared_accounts(channels)
     return channels
 
 
@@ -172,6 +187,43 @@ def _check_webhook(where: str, config: Mapping[str, Any]) -> None:
     legacy = config.get("legacy_secret")
     if legacy is not None and (not isinstance(legacy, str) or not legacy):
         raise ConfigError(f"{where}.config.legacy_secret must be a non-empty string")
+
+
+_LIMIT_KEYS = ("rate_limit", "rate_period", "concurrency", "account")
+
+
+def _limits(name: str, section: Mapping[str, Any]) -> ChannelLimits | None:
+    where = f"channels.{name}"
+    if not any(key in section for key in _LIMIT_KEYS):
+        return None
+    values: dict[str, Any] = {}
+    for key in ("rate_limit", "concurrency"):
+        if key in section:
+            values[key] = _number(section, key, integer=True, minimum=1, maximum=1_000_000)
+    if "rate_period" in section:
+        if "rate_limit" not in section:
+            raise ConfigError(f"{where}.rate_period needs a rate_limit")
+        values["rate_period"] = float(_number(section, "rate_period", minimum=0.001, maximum=86_400))
+    if "rate_limit" not in values and "concurrency" not in values:
+        raise ConfigError(f"{where}: account needs a rate_limit or a concurrency to share")
+    account = section.get("account", name)
+    if not isinstance(account, str) or not _ACCOUNT.fullmatch(account):
+        raise ConfigError(f"{where}.account must be 1..64 letters, digits, '_', '-' or '.', got {account!r}")
+    return ChannelLimits(account=account, **values)
+
+
+def _check_shared_accounts(channels: Mapping[str, ChannelSettings]) -> None:
+    seen: dict[str, tuple[str, ChannelLimits]] = {}
+    for name, channel in channels.items():
+        if channel.limits is None:
+            continue
+        first = seen.setdefault(channel.limits.account, (name, channel.limits))
+        if first[1] != channel.limits:
+            raise ConfigError(
+                f"channels.{name} and channels.{first[0]} share the account {channel.limits.account!r} "
+                "but declare different limits"
+            )
+    return None
 
 
 def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:

@@ -37,7 +37,15 @@ from .config import ConfigError, Settings, load_settings
 from .dispatch import QUEUE, ChannelRoute, Dispatcher, configure
 from .migrations import migrate_all
 
-__all__ = ["WorkerRuntime", "build_dispatcher", "build_runtime", "engine_for", "main", "session_factory"]
+__all__ = [
+    "WorkerRuntime",
+    "build_dispatcher",
+    "build_runtime",
+    "engine_for",
+    "main",
+    "queues_for",
+    "session_factory",
+]
 
 EXIT_CONFIG = 2
 
@@ -77,8 +85,13 @@ def build_dispatcher(settings: Settings) -> Dispatcher:
         name: ChannelRoute(resolve_adapter(channel.adapter), channel.config)
         for name, channel in settings.channels.items()
     }
+    limits = {name: channel.limits for name, channel in settings.channels.items() if channel.limits}
     return Dispatcher(
-        settings.database_url, schema=settings.schema, routes=routes, retry_backoff=settings.retry_backoff
+        settings.database_url,
+        schema=settings.schema,
+        routes=routes,
+        retry_backoff=settings.retry_backoff,
+        limits=limits,
     )
 
 
@@ -115,12 +128,21 @@ def build_runtime(
         settings.database_url,
         direct_conninfo=settings.direct_database_url,
         dispatcher=dispatcher or build_dispatcher(settings),
-        queues={QUEUE: settings.queue_limit},
+        queues=queues_for(settings),
         schema=settings.schema,
         node=settings.node,
         plugins=plugins,
         shutdown_grace_period=settings.shutdown_grace,
     )
+
+
+def queues_for(settings: Settings) -> dict[str, Any]:
+    """The dispatch queue, and one paced queue per provider account with limits."""
+    queues: dict[str, Any] = {QUEUE: settings.queue_limit}
+    for channel in settings.channels.values():
+        if channel.limits is not None:
+            queues[channel.limits.queue] = channel.limits.queue_config(settings.queue_limit)
+    return queues
 
 
 def _configure_logging(fmt: str, level: str) -> None:

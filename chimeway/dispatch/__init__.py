@@ -39,7 +39,16 @@ from __future__ import annotations
 from .batcher import DispatchError
 from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE, ChannelRoute, UnhandledOutcomeError
 from .dispatcher import DEFAULT_ATTEMPT_TIMEOUT, Dispatcher
-from .worker import DispatchWorker, aenqueue_in, configure, current_dispatcher, dispatch_job, enqueue_in
+from .worker import (
+    DispatchWorker,
+    PacedDispatchWorker,
+    aenqueue_in,
+    configure,
+    current_dispatcher,
+    dispatch_job,
+    enqueue_in,
+    paced_job,
+)
 
 __all__ = [
     "CRASH_ALLOWANCE",
@@ -50,10 +59,12 @@ __all__ = [
     "DispatchError",
     "DispatchWorker",
     "Dispatcher",
+    "PacedDispatchWorker",
     "UnhandledOutcomeError",
     "aenqueue_in",
     "configure",
     "current_dispatcher",
     "dispatch_job",
     "enqueue_in",
+    "paced_job",
 ]

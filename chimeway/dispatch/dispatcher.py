@@ -25,6 +25,7 @@ from pgqueue import pooler
 from .. import deliveries, telemetry
 from ..adapters import Adapter, DeliveryContext, Failed, resolve_adapter
 from ..adapters.base import classify
+from ..channel_limits import ChannelLimits
 from ..errors import ChimewayError
 from ..models import Delivery, Notification
 from ..states import Reason
@@ -94,6 +95,7 @@ class Dispatcher:
         thread_limit: int = 40,
         record_delay: float = 0.002,
         synchronous_commit: bool = False,
+        limits: Mapping[str, ChannelLimits] | None = None,
     ) -> None:
         if pool is None and not conninfo:
             raise ChimewayError("Dispatcher needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
@@ -117,6 +119,8 @@ class Dispatcher:
         self.thread_limit = thread_limit
         self.record_delay = record_delay
         self.synchronous_commit = synchronous_commit
+        #: channel → the provider limits its deliveries are paced by (see chimeway.channel_limits)
+        self.limits: dict[str, ChannelLimits] = dict(limits or {})
         self._given_pool = pool
         self._prepared = {channel: self._prepare(route) for channel, route in self.routes.items()}
         self._default = self._prepare(self.default)
@@ -259,6 +263,22 @@ class Dispatcher:
         pending = Pending(delivery_id, str(delivery_id), job.attempt, budget, loop.create_future())
         batcher.submit(pending)
         return await pending.future
+
+    async def hand_off(self, job: pgqueue.Job, paced_job: Callable[[uuid.UUID, str], pgqueue.NewJob]) -> bool:
+        """When ``job``'s delivery is pending on a channel with limits, insert its paced job into the
+        account's queue (committed at once) and return True; else False. A second hand-off of one
+        delivery (its first job re-run after a crash) is the same unique job."""
+        delivery_id = _delivery_id(job.args)
+        if delivery_id is None:
+            return False
+        async with self._connection() as conn:
+            cursor = await conn.execute(self.queries.dispatch_channel, {"id": str(delivery_id)})
+            row = await cursor.fetchone()
+            limit = self.limits.get(row[0]) if row else None
+            if limit is None:
+                return False
+            await pgqueue.ainsert(conn, paced_job(delivery_id, limit.queue), schema=self.schema)
+        return True
 
     async def claim_batch(self, ids: Sequence[str]) -> dict[uuid.UUID, records.Claim]:
         async with self._connection() as conn:

@@ -12,7 +12,16 @@ from ..errors import ChimewayError
 from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE
 from .dispatcher import Dispatcher
 
-__all__ = ["DispatchWorker", "aenqueue_in", "configure", "current_dispatcher", "dispatch_job", "enqueue_in"]
+__all__ = [
+    "DispatchWorker",
+    "PacedDispatchWorker",
+    "aenqueue_in",
+    "configure",
+    "current_dispatcher",
+    "dispatch_job",
+    "enqueue_in",
+    "paced_job",
+]
 
 _dispatcher: Dispatcher | None = None
 _dispatcher_lock = threading.Lock()
@@ -43,7 +52,12 @@ class DispatchWorker(
     """Performs one delivery; see :mod:`chimeway.dispatch` for the contract."""
 
     async def perform(self, job: pgqueue.Job) -> Any:
-        return await current_dispatcher().perform(job)
+        dispatcher = current_dispatcher()
+        # A delivery on a channel with provider limits goes to its account's paced queue (see
+        # chimeway.channel_limits); the first job ends there.
+        if dispatcher.limits and job.queue == QUEUE and await dispatcher.hand_off(job, paced_job):
+            return None
+        return await dispatcher.perform(job)
 
     def backoff(self, job: pgqueue.Job) -> float:
         configured = _dispatcher.retry_backoff if _dispatcher is not None else None
@@ -53,6 +67,24 @@ class DispatchWorker(
         # The slowest channel's deadline plus the claim and the record: a backstop only, as each
         # adapter call has its own deadline and the batch finishes a delivery even past this.
         return _dispatcher.job_timeout() if _dispatcher is not None else None
+
+
+class PacedDispatchWorker(
+    DispatchWorker,
+    # The worker is part of the key: the hand-off happens while the first job (same args) runs.
+    unique={"fields": ["worker", "args"], "keys": ["delivery_id"], "period": None},
+    name="chimeway.dispatch.PacedDispatchWorker",
+):
+    """A dispatch job in a provider account's paced queue: performs the delivery as
+    :class:`DispatchWorker` does, admitted by pgqueue's limits of that queue."""
+
+    async def perform(self, job: pgqueue.Job) -> Any:
+        return await current_dispatcher().perform(job)
+
+
+def paced_job(delivery_id: uuid.UUID, queue: str) -> pgqueue.NewJob:
+    """The paced dispatch job of ``delivery_id`` in ``queue`` (an account's queue)."""
+    return PacedDispatchWorker.new({"delivery_id": str(delivery_id)}, queue=queue)
 
 
 def dispatch_job(delivery_id: uuid.UUID | str) -> pgqueue.NewJob:

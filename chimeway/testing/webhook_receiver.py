@@ -47,6 +47,11 @@ class ScriptedWebhookServer:
         self.delay = delay
         self._answered: dict[str, int] = {}
         self._lock = threading.Lock()
+        #: requests being answered right now, and the most there ever were at once
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        #: time.monotonic() of each request's arrival
+        self.arrivals: list[float] = []
         self.requests: list[ReceivedRequest] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -75,8 +80,16 @@ class ScriptedWebhookServer:
                 except ValueError:
                     document = {}
                 recipient = str(document.get("recipient", ""))
-                if owner.delay > 0:
-                    time.sleep(owner.delay)
+                with owner._lock:
+                    owner.arrivals.append(time.monotonic())
+                    owner.in_flight += 1
+                    owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
+                try:
+                    if owner.delay > 0:
+                        time.sleep(owner.delay)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
                 status = owner._answer(recipient)
                 with owner._lock:
                     owner.requests.append(

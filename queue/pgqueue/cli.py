@@ -10,52 +10,41 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from . import __version__
+from .cli_cron import add_cron_commands
+from .cli_queues import add_queue_commands
+from .cli_support import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    add_database,
+    connect,
+    dsn_from,
+    schema_name,
+)
+from .config_file import DEFAULT_FILE, StartFile, load_start_file
 from .errors import ConfigError, PgQueueError
 from .job import JobState
 from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
-from .migrate import PGQUEUE, migrate, rollback, validate_schema_name, verify_migrated
+from .migrate import PGQUEUE, migrate, rollback, verify_migrated
 from .options import MAX_SECONDS
-from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
-from .plugins.pruner import Pruner
-from .plugins.stager import Stager
 from .processes import MAX_PROCESSES, validate_processes
-from .producer import QueueConfig
+from .queue_config import QueueConfig
 from .runtime import Runtime
 from .store import queries_for
 from .telemetry import JsonFormatter, attach_default_logger
+from .worker import load_worker_modules
 
 __all__ = ["main"]
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, not argparse's usage dump
-        raise _UsageError(message)
-
-
-def _schema(value: str) -> str:
-    try:
-        return validate_schema_name(value)
-    except PgQueueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _connect(dsn: str | None) -> psycopg.Connection[Any]:
-    return psycopg.connect(_dsn(dsn), connect_timeout=10)
 
 
 def _cmd_version(args: argparse.Namespace) -> int:
@@ -64,7 +53,7 @@ def _cmd_version(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         if args.down:
             result = rollback(conn, args.schema, to_version=args.to)
             if result.reverted:
@@ -82,20 +71,21 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queues(value: str) -> dict[str, int]:
-    """``default:10,media:5`` → {"default": 10, "media": 5}."""
-    queues: dict[str, int] = {}
+def _queues(value: str) -> dict[str, int | None]:
+    """``default:10,media:5`` → {"default": 10, "media": 5}; a name alone (``media``) takes its
+    settings from the queues declared in the database."""
+    queues: dict[str, int | None] = {}
     for part in value.split(","):
         name, sep, limit = part.strip().partition(":")
-        if not name or not sep or not limit.strip().isdigit():
+        if not name or (sep and not limit.strip().isdigit()):
             raise argparse.ArgumentTypeError(
                 f"queues must look like default:10,media:5; got {part.strip()!r}"
             )
         try:
-            QueueConfig.parse(name, int(limit))
+            QueueConfig.parse(name, int(limit) if sep else 1)
         except (ValueError, PgQueueError) as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
-        queues[name] = int(limit)
+        queues[name] = int(limit) if sep else None
     return queues
 
 
@@ -163,33 +153,48 @@ def _configure_logging(fmt: str, level: str) -> None:
     logging.getLogger("psycopg").setLevel(logging.WARNING)
 
 
+def _start_file(args: argparse.Namespace) -> StartFile:
+    """The settings file: --config, else ./pgqueue.toml when there is one, else nothing."""
+    if args.config is not None:
+        return load_start_file(args.config, load_workers=False)
+    if Path(DEFAULT_FILE).is_file():
+        return load_start_file(DEFAULT_FILE, load_workers=False)
+    return StartFile()
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
-    dsn = _dsn(args.dsn)
+    settings = _start_file(args)
+    dsn = dsn_from(args.dsn or settings.dsn)
     _configure_logging(args.log_format, args.log_level)
     attach_default_logger()
-    plugins: list[Plugin] = [Stager(), Lifeline(rescue_window=args.rescue_window)]
-    if args.prune_after is not None:
-        plugins.append(Pruner(max_age=args.prune_after))
-    beat, window = args.heartbeat_interval, args.rescue_window
+    workers = [*settings.workers, *(m for m in args.workers if m not in settings.workers)]
+    load_worker_modules(workers)  # cron entries name their workers
+    plugins = settings.plugin_list(rescue_window=args.rescue_window, prune_after=args.prune_after)
+    window = next(p.rescue_window for p in plugins if isinstance(p, Lifeline))
+    beat = args.heartbeat_interval
     if beat is not None and beat > window / BEATS_PER_WINDOW:
-        raise _UsageError(
+        raise UsageError(
             f"--heartbeat-interval must be at most --rescue-window / {BEATS_PER_WINDOW} "
             f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
             "beating less often has its own live jobs rescued"
         )
+    queues: Mapping[str, Any] | None = args.queues if args.queues is not None else settings.queues
+    grace = args.shutdown_grace if args.shutdown_grace is not None else settings.shutdown_grace
+    schema = args.schema or settings.schema or "public"
     if args.metrics_port is not None:
         from .metrics import registry, serve
 
-        serve(registry(dsn, args.schema)[0], args.metrics_port, args.metrics_host)
+        serve(registry(dsn, schema)[0], args.metrics_port, args.metrics_host)
     runtime = Runtime(
         dsn,
         direct_conninfo=args.direct_dsn or os.environ.get("DIRECT_DATABASE_URL") or None,
-        queues=args.queues,
-        workers=args.workers,
-        schema=args.schema,
-        node=args.node,
+        queues=queues,
+        queues_from_database=queues is None,
+        workers=workers,
+        schema=schema,
+        node=args.node or settings.node,
         plugins=plugins,
-        shutdown_grace_period=args.shutdown_grace,
+        shutdown_grace_period=15.0 if grace is None else grace,
         heartbeat_interval=args.heartbeat_interval,
         synchronous_acks=args.synchronous_acks,
         processes=args.processes,
@@ -198,16 +203,9 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dsn(value: str | None) -> str:
-    dsn = value or os.environ.get("DATABASE_URL")
-    if not dsn:
-        raise _UsageError("no database given: pass --dsn or set DATABASE_URL")
-    return dsn
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     queries = queries_for(args.schema)
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         verify_migrated(conn, args.schema)
         counts = conn.execute(queries.queue_counts).fetchall()
         producers = conn.execute(queries.producers_list, {"window": 60}).fetchall()
@@ -239,12 +237,12 @@ def _cmd_web(args: argparse.Namespace) -> int:
     try:
         from .web.serve import serve
     except ImportError as exc:
-        raise _UsageError(f"the dashboard needs the web extra (pip install 'chimeway[web]'): {exc}") from None
+        raise UsageError(f"the dashboard needs the web extra (pip install 'chimeway[web]'): {exc}") from None
     token = args.token or os.environ.get("PGQUEUE_WEB_TOKEN") or None
     basic = args.basic_auth or os.environ.get("PGQUEUE_WEB_BASIC_AUTH") or None
     _configure_logging("text", args.log_level)
     serve(
-        dsn=_dsn(args.dsn),
+        dsn=dsn_from(args.dsn),
         schema=args.schema,
         host=args.host,
         port=args.port,
@@ -260,7 +258,7 @@ def _cmd_web(args: argparse.Namespace) -> int:
 
 def _filter(args: argparse.Namespace) -> JobFilter:
     if not (args.id or args.queue or args.worker or args.state):
-        raise _UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
+        raise UsageError("say which jobs: --id, or a filter (--queue, --worker, --state)")
     return JobFilter(
         ids=args.id or None,
         queue=args.queue or None,
@@ -270,14 +268,14 @@ def _filter(args: argparse.Namespace) -> JobFilter:
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         count = retry_all_jobs(conn, _filter(args), schema=args.schema)
     print(f"retried {count} job{'s' if count != 1 else ''}")
     return 0
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         count = cancel_all_jobs(conn, _filter(args), schema=args.schema)
     print(f"cancelled {count} job{'s' if count != 1 else ''}")
     return 0
@@ -286,7 +284,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     queries = queries_for(args.schema)
     total = 0
-    with _connect(args.dsn) as conn:
+    with connect(args.dsn) as conn:
         while True:
             rows = conn.execute(queries.prune_jobs, {"max_age": args.max_age, "limit": args.limit}).fetchall()
             conn.commit()
@@ -306,30 +304,40 @@ def _add_selection(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_database(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dsn", help="PostgreSQL connection string (default: $DATABASE_URL)")
-    command.add_argument(
-        "--schema", type=_schema, default="public", help="the queue's schema (default: public)"
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pgqueue", description="A PostgreSQL-native job queue.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m pgqueue", description="A PostgreSQL-native job queue.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     version = commands.add_parser("version", help="print the installed and schema versions")
     version.set_defaults(handler=_cmd_version)
 
     mig = commands.add_parser("migrate", help="create or upgrade the queue's tables (or roll them back)")
     mig.add_argument("--dsn", help="PostgreSQL connection string (default: $DATABASE_URL)")
-    mig.add_argument("--schema", type=_schema, default="public", help="schema to migrate (default: public)")
+    mig.add_argument(
+        "--schema", type=schema_name, default="public", help="schema to migrate (default: public)"
+    )
     mig.add_argument("--down", action="store_true", help="roll back instead (one version, or to --to)")
     mig.add_argument("--to", type=int, default=None, metavar="VERSION", help="target version")
     mig.set_defaults(handler=_cmd_migrate)
 
     start = commands.add_parser("start", help="run queues on this node until SIGTERM/SIGINT")
-    _add_database(start)
-    start.add_argument("--queues", type=_queues, required=True, help="queues and limits: default:10,media:5")
+    start.add_argument("--dsn", help="PostgreSQL connection string (default: the file's dsn, $DATABASE_URL)")
+    start.add_argument(
+        "--schema", type=schema_name, default=None, help="the queue's schema (default: public)"
+    )
+    start.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help=f"settings file (default: ./{DEFAULT_FILE} when present)",
+    )
+    start.add_argument(
+        "--queues",
+        type=_queues,
+        default=None,
+        help="queues and limits: default:10,media:5; a name alone takes the declared queue's settings "
+        "(default: every queue declared with 'queues add', following changes)",
+    )
     start.add_argument(
         "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
     )
@@ -347,13 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run sync (CPU-bound) jobs in N worker processes instead of threads (default: 0, threads)",
     )
-    start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")
+    start.add_argument("--shutdown-grace", type=_duration, default=None, metavar="SECONDS", help="default 15")
     start.add_argument(
         "--rescue-window",
         type=_interval,
-        default=15.0,
+        default=None,
         metavar="SECONDS",
-        help="rescue a dead node's jobs after its heartbeats stop this long",
+        help="rescue a dead node's jobs after its heartbeats stop this long (default 15)",
     )
     start.add_argument(
         "--heartbeat-interval",
@@ -385,21 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     start.set_defaults(handler=_cmd_start)
 
     status = commands.add_parser("status", help="jobs per queue and state, live producers, the leader")
-    _add_database(status)
+    add_database(status)
     status.set_defaults(handler=_cmd_status)
 
     retry = commands.add_parser("retry", help="make jobs available again (by id or filter)")
-    _add_database(retry)
+    add_database(retry)
     _add_selection(retry)
     retry.set_defaults(handler=_cmd_retry)
 
     cancel = commands.add_parser("cancel", help="cancel unfinished jobs (by id or filter)")
-    _add_database(cancel)
+    add_database(cancel)
     _add_selection(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
 
     web = commands.add_parser("web", help="serve the dashboard (needs the web extra)")
-    _add_database(web)
+    add_database(web)
     web.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     web.add_argument("--port", type=_port, default=8765, help="port to bind (default: 8765)")
     web.add_argument(
@@ -428,11 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     web.set_defaults(handler=_cmd_web)
 
     prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
-    _add_database(prune)
+    add_database(prune)
     prune.add_argument("--max-age", type=_duration, default=86_400.0, metavar="SECONDS")
     prune.add_argument("--limit", type=_count, default=10_000, help="jobs deleted per transaction")
     prune.add_argument("--all", action="store_true", help="repeat until nothing older is left")
     prune.set_defaults(handler=_cmd_prune)
+
+    add_queue_commands(commands)
+    add_cron_commands(commands)
     return parser
 
 
@@ -450,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # shows none of a DSN libpq can't parse).
         dsn = getattr(args, "dsn", None) or os.environ.get("DATABASE_URL") or None
         return int(args.handler(args))
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"pgqueue: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -33,7 +33,8 @@ from psycopg_pool import AsyncConnectionPool
 from .errors import ConfigError
 from .lifecycle import SYSTEM_CLOCK, Clock, Wakeup
 from .notifier import Notifier
-from .producer import QueueConfig
+from .queue_config import QueueConfig
+from .queues import QueueInfo
 from .store import channel_name, queries_for
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ __all__ = [
 
 _log = logging.getLogger("pgqueue.control")
 SIGNAL_TOPIC = "signal"
-ACTIONS = frozenset({"pause", "resume", "scale", "start", "stop", "pkill"})
+ACTIONS = frozenset({"pause", "resume", "scale", "start", "stop", "pkill", "configure"})
 #: seconds an id seen skipped is still looked for (its transaction may commit late)
 MISSING_WINDOW = 60.0
 #: at most this many skipped ids are tracked at once
@@ -95,6 +96,10 @@ class QueueHost(Protocol):
 
     def stop_queue_here(self, queue: str) -> None:
         """Stop ``queue``'s producer gracefully (in the background)."""
+        ...
+
+    def configure_queue_here(self, queue: str, config: QueueConfig | None) -> None:
+        """Apply ``queue``'s row of the queues table (None: the row is gone)."""
         ...
 
 
@@ -254,6 +259,9 @@ class Control:
         if signal.action == "pkill":
             await self._stop_cancelled(signal.param("job_ids"))
             return
+        if signal.action == "configure":
+            await self._configure(signal.queue)
+            return
         queue = signal.queue
         if not isinstance(queue, str):
             raise ConfigError(f"signal {signal.action!r} needs a queue")
@@ -284,6 +292,14 @@ class Control:
                 self.host.stop_queue_here(queue)
         else:
             raise ConfigError(f"unknown signal action {signal.action!r}")
+
+    async def _configure(self, queue: Any) -> None:
+        # The signal names the queue; its settings are read from the table, never from the signal.
+        if not isinstance(queue, str):
+            raise ConfigError("signal 'configure' needs a queue")
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(self.queries.queue_get, {"name": queue})).fetchone()
+        self.host.configure_queue_here(queue, QueueInfo.from_row(row).config if row else None)
 
     async def _stop_cancelled(self, job_ids: Any) -> None:
         if not isinstance(job_ids, list) or not all(

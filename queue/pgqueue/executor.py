@@ -22,12 +22,13 @@ import orjson
 import psycopg
 from psycopg import pq
 
-from . import telemetry
+from . import middleware, telemetry
 from .backoff import default_backoff
 from .errors import TimeoutError as JobTimeoutError
 from .errors import UnknownWorkerError
 from .job import Job, JobState
 from .lifecycle import describe_error
+from .middleware import Middleware
 from .options import MAX_SECONDS
 from .poison import storable_text
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
@@ -104,23 +105,24 @@ def fetch_params(
     }
 
 
-def fetch_result(rows: Sequence[Sequence[Any]]) -> tuple[int, list[Job]]:
+def fetch_result(rows: Sequence[Sequence[Any]], offset: int = 1) -> tuple[int, list[Job]]:
     """The result of ``queries/fetch_jobs.sql``: how many acks passed the fence, and the jobs
-    claimed. It always has a row: with nothing claimed, one whose job columns are NULL."""
+    claimed. It always has a row: with nothing claimed, one whose job columns are NULL.
+
+    ``offset``: how many columns precede the job's (``fetch_limited.sql`` adds a second)."""
     acked = int(rows[0][0])
-    if rows[0][1] is None:
+    if rows[0][offset] is None:
         return acked, []
-    return acked, [Job(*row[1:]) for row in rows]
+    return acked, [Job(*row[offset:]) for row in rows]
 
 
 #: Claimed rows: (how many acks landed, the jobs decoded, a discarding ack per row that wasn't).
 Claim = tuple[int, list[Job], list[Ack]]
 # Columns of a fetch_jobs.sql row: the ack count, then the job's columns in Job's order.
-_ID_COLUMN = 1
-_ATTEMPT_COLUMN = 1 + Job._fields.index("attempt")
+_ATTEMPT_FIELD = Job._fields.index("attempt")
 
 
-async def read_claim(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+async def read_claim(cursor: psycopg.AsyncCursor[Any], offset: int = 1) -> Claim:
     """Read the result of ``queries/fetch_jobs.sql`` from ``cursor``: :func:`fetch_result`, except
     that a row which can't be decoded costs only itself.
 
@@ -130,8 +132,8 @@ async def read_claim(cursor: psycopg.AsyncCursor[Any]) -> Claim:
     try:
         rows = await cursor.fetchall()
     except Exception:
-        return await _read_row_by_row(cursor)
-    acked, jobs = fetch_result(rows)
+        return await _read_row_by_row(cursor, offset)
+    acked, jobs = fetch_result(rows, offset)
     return acked, jobs, []
 
 
@@ -149,13 +151,13 @@ def read_claim_sync(cursor: psycopg.Cursor[Any]) -> Claim:
             try:
                 jobs.append(Job(*(cursor.fetchone() or ())[1:]))
             except Exception as exc:
-                refused.append(_undecodable(result, index, exc))
+                refused.append(_undecodable(result, index, exc, 1))
         return _raw_int(result, 0, 0), jobs, refused
     acked, jobs = fetch_result(rows)
     return acked, jobs, []
 
 
-async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any]) -> Claim:
+async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any], offset: int) -> Claim:
     result = cursor.pgresult
     assert result is not None
     jobs: list[Job] = []
@@ -163,18 +165,18 @@ async def _read_row_by_row(cursor: psycopg.AsyncCursor[Any]) -> Claim:
     for index in range(result.ntuples):
         await cursor.scroll(index, mode="absolute")
         try:
-            jobs.append(Job(*(await cursor.fetchone() or ())[1:]))
+            jobs.append(Job(*(await cursor.fetchone() or ())[offset:]))
         except Exception as exc:
-            refused.append(_undecodable(result, index, exc))
+            refused.append(_undecodable(result, index, exc, offset))
     return _raw_int(result, 0, 0), jobs, refused
 
 
-def _undecodable(result: pq.abc.PGresult, index: int, exc: Exception) -> Ack:
+def _undecodable(result: pq.abc.PGresult, index: int, exc: Exception, offset: int) -> Ack:
     # The id and attempt are read from the raw result: integers always decode.
     error = storable_text(
         f"pgqueue could not decode this job's row ({describe_error(exc)}); discarded without running"
     )
-    job_id, attempt = _raw_int(result, index, _ID_COLUMN), _raw_int(result, index, _ATTEMPT_COLUMN)
+    job_id, attempt = _raw_int(result, index, offset), _raw_int(result, index, offset + _ATTEMPT_FIELD)
     return Ack(job_id, attempt, JobState.DISCARDED, error=error)
 
 
@@ -272,11 +274,14 @@ class Executor:
         completer: Callable[[Ack], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         processes: Performer | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.workers = workers
         self.completer = completer
         self.clock = clock
         self.processes = processes
+        #: this executor's own perform middleware, inside the process-wide chain
+        self.middleware = tuple(middleware)
 
     async def execute(
         self,
@@ -363,17 +368,14 @@ class Executor:
         # costs measurable time. The timeout schedules nothing when there is none.
         timer = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            if worker.is_async:
-                call = worker.perform(job)
-            elif self.processes is not None:
-                # Cancelling this await (timeout, cancel, shutdown) kills the process running it.
-                call = self.processes.perform(job)
+            chain = (
+                middleware.installed() + self.middleware if middleware.installed() or self.middleware else ()
+            )
+            call: Awaitable[Any]
+            if chain:
+                call = middleware.run_perform(chain, job, lambda: self._start(worker, job, thread_limiter))
             else:
-                # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
-                # stop waiting for it and raise its flag (see is_cancelled()).
-                call = anyio.to_thread.run_sync(
-                    worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True
-                )
+                call = self._start(worker, job, thread_limiter)
             if timer is None:
                 return await call
             async with timer:
@@ -396,6 +398,18 @@ class Executor:
             raise
         finally:
             _current_flag.reset(token)
+
+    def _start(
+        self, worker: Worker, job: Job, thread_limiter: anyio.CapacityLimiter | None
+    ) -> Awaitable[Any]:
+        if worker.is_async:
+            return worker.perform(job)  # type: ignore[no-any-return]
+        if self.processes is not None:
+            # Cancelling this await (timeout, cancel, shutdown) kills the process running it.
+            return self.processes.perform(job)
+        # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we stop
+        # waiting for it and raise its flag (see is_cancelled()).
+        return anyio.to_thread.run_sync(worker.perform, job, limiter=thread_limiter, abandon_on_cancel=True)
 
     def _classify(self, worker: Worker, job: Job, result: Any, started: float) -> Execution:
         duration = self.clock() - started

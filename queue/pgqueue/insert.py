@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from . import middleware
 from .bulk_copy import COPY_THRESHOLD, CopyBatch, acopy_insert, copy_insert
 from .drivers import AsyncWriter, SyncWriter
 from .errors import PgQueueError
@@ -277,6 +278,13 @@ def insert_all(
     lands whole or not at all.
     """
     _check_jobs(jobs)
+    if middleware.installed():
+        return middleware.run_insert(jobs, lambda given: _insert_all(target, given, schema, notify))
+    return _insert_all(target, jobs, schema, notify)
+
+
+def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    _check_jobs(jobs)
     runner = inline_runner.get()
     if runner is not None:
         return runner(jobs)
@@ -285,11 +293,11 @@ def insert_all(
     wrapper = _insert_wrapper
     if wrapper is not None:
         with wrapper(jobs) as wrapped:
-            return _insert_all(target, wrapped, schema, notify)
-    return _insert_all(target, jobs, schema, notify)
+            return _write_all(target, wrapped, schema, notify)
+    return _write_all(target, jobs, schema, notify)
 
 
-def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+def _write_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     with sync_writer(target) as writer:
         batch = CopyBatch.of(jobs)
         if batch is not None:
@@ -333,6 +341,13 @@ async def ainsert_all(
     asyncpg ``Connection`` or ``Pool``, or a SQLAlchemy ``AsyncSession``/``AsyncConnection``/
     ``AsyncEngine`` on psycopg or asyncpg (a pool or an engine gets a transaction of its own)."""
     _check_jobs(jobs)
+    if middleware.installed():
+        return await middleware.run_ainsert(jobs, lambda given: _ainsert_all(target, given, schema, notify))
+    return await _ainsert_all(target, jobs, schema, notify)
+
+
+async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    _check_jobs(jobs)
     arunner = ainline_runner.get()
     if arunner is not None:
         return await arunner(jobs)
@@ -341,11 +356,11 @@ async def ainsert_all(
     wrapper = _insert_wrapper
     if wrapper is not None:
         with wrapper(jobs) as wrapped:
-            return await _ainsert_all(target, wrapped, schema, notify)
-    return await _ainsert_all(target, jobs, schema, notify)
+            return await _awrite_all(target, wrapped, schema, notify)
+    return await _awrite_all(target, jobs, schema, notify)
 
 
-async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+async def _awrite_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     async with async_writer(target) as writer:
         batch = CopyBatch.of(jobs)
         if batch is not None:

@@ -36,6 +36,7 @@ __all__ = [
     "MigrationStatus",
     "alembic_downgrade",
     "alembic_upgrade",
+    "averify_migrated",
     "current_version",
     "downgrade_statements",
     "migrate",
@@ -396,3 +397,21 @@ def alembic_downgrade(op: _AlembicOp, schema: str = "public", migrations: Migrat
     """Call from an Alembic revision's ``downgrade()``: removes what :func:`alembic_upgrade` made."""
     for statement in downgrade_statements(schema, migrations):
         op.execute(_as_text(statement))
+
+
+async def averify_migrated(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """The async twin of :func:`verify_migrated`, for pgqueue's own tables."""
+    table = sql.Identifier(schema, VERSION_TABLE).as_string(None)
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    exists = (await cursor.fetchone() or (False,))[0]
+    version = 0
+    if exists:
+        query = sql.SQL("SELECT coalesce(max(version), 0) FROM {} WHERE component = 'pgqueue'").format(
+            sql.Identifier(schema, VERSION_TABLE)
+        )
+        version = int((await (await conn.execute(query)).fetchone() or (0,))[0])
+    if version != PGQUEUE.latest:
+        raise NotMigratedError(
+            f"schema {schema!r} is at pgqueue version {version}, expected {PGQUEUE.latest}; "
+            f"run: python -m pgqueue migrate --schema {schema!r}"
+        )

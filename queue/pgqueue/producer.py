@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -27,43 +28,17 @@ from .completer import Completer
 from .executor import Ack, Cancellation, Claim, Executor, fetch_params, read_claim
 from .job import Job
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
-from .options import validate_queue
 from .poison import is_row_error
+from .queue_config import QueueConfig
 from .store import queries_for
 
 __all__ = ["Producer", "QueueConfig"]
 
 _log = logging.getLogger("pgqueue.producer")
-_MAX_LIMIT = 10_000
-
-
-@dataclass
-class QueueConfig:
-    """How a queue runs on this node: its concurrency limit and whether it is paused."""
-
-    limit: int
-    paused: bool = False
-
-    @classmethod
-    def parse(cls, queue: str, value: Any) -> QueueConfig:
-        """``10`` or ``{"limit": 10, "paused": True}``; errors name the queue."""
-        validate_queue(queue)
-        if isinstance(value, QueueConfig):
-            return value
-        if isinstance(value, dict):
-            unknown = set(value) - {"limit", "paused"}
-            if unknown:
-                raise ValueError(
-                    f"queue {queue!r}: unknown option {sorted(unknown)[0]!r} (valid: limit, paused)"
-                )
-            limit, paused = value.get("limit"), value.get("paused", False)
-        else:
-            limit, paused = value, False
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= _MAX_LIMIT:
-            raise ValueError(f"queue {queue!r}: limit must be an integer 1..{_MAX_LIMIT}, got {limit!r}")
-        if not isinstance(paused, bool):
-            raise ValueError(f"queue {queue!r}: paused must be true or false, got {paused!r}")
-        return cls(limit, paused)
+#: a limited queue's rate window is kept in this many slots per period (see fetch_limited.sql)
+RATE_SLOTS = 40
+#: how soon a producer whose jobs a cluster-wide limit held back tries again, at most
+_LIMITED_RETRY = 0.05
 
 
 class _Running(Cancellation):
@@ -105,6 +80,8 @@ class Producer:
         self._wakeup = Wakeup(self.clock)
         self._stopping = False
         self._drained = anyio.Event()
+        self._held_back = False
+        self._retry_in = 0.0
         self.fetched = 0
 
     @property
@@ -125,8 +102,12 @@ class Producer:
         self.wake()
 
     def scale(self, limit: int) -> None:
-        self.config = QueueConfig.parse(self.queue, {"limit": limit, "paused": self.config.paused})
-        self.limiter.total_tokens = limit
+        self.configure(self.config.with_changes(self.queue, limit=limit))
+
+    def configure(self, config: QueueConfig) -> None:
+        """Run with ``config`` from now on (limits, paused); takes effect at the next fetch."""
+        self.config = QueueConfig.parse(self.queue, config)
+        self.limiter.total_tokens = self.config.limit
         self.wake()
 
     def cancel_job(self, job_id: int) -> bool:
@@ -159,6 +140,10 @@ class Producer:
             "queue": self.queue,
             "limit": self.config.limit,
             "paused": self.config.paused,
+            "global_limit": self.config.global_limit,
+            "rate_limit": self.config.rate_limit,
+            "rate_period": self.config.rate_period,
+            "partitioned": self.config.partitioned,
             "running": sorted(self.running),
             "node": self.node,
             "uuid": self.uuid,
@@ -173,7 +158,9 @@ class Producer:
         self.wake()  # jobs may be waiting already: fetch at once
         try:
             while True:
-                await self._wakeup.wait(self.poll_interval)
+                # A cluster-wide limit that left jobs waiting frees up as jobs end on any node and
+                # as the rate window slides, neither of which wakes this node: look again soon.
+                await self._wakeup.wait(self._retry_delay() if self._held_back else self.poll_interval)
                 try:
                     await self._dispatch()
                     failures = 0
@@ -247,6 +234,15 @@ class Producer:
         if len(jobs) == demand:
             self.wake()  # the queue may hold more than we could take
 
+    def _retry_delay(self) -> float:
+        if self._retry_in > 0:
+            # The rate window has no room until then; a little jitter spreads the nodes' retries.
+            return min(self.poll_interval, self._retry_in + 0.002 + self.clock.random() * 0.005)
+        delay = min(self.poll_interval, _LIMITED_RETRY)
+        if self.config.rate_period is not None:
+            delay = min(delay, self.config.rate_period / RATE_SLOTS)
+        return max(delay, 0.001) * (0.5 + self.clock.random())
+
     async def _fetch(self, acks: list[Ack], demand: int) -> Claim:
         params = fetch_params(
             acks,
@@ -256,10 +252,40 @@ class Producer:
             producer=self.uuid,
             async_commit=self.async_commit,
         )
+        config = self.config
+        if not config.limited:
+            self._held_back = False
+            async with self.pool.connection() as conn:
+                cursor = conn.cursor(row_factory=tuple_row)
+                await cursor.execute(self.queries.fetch_jobs, params)
+                return await read_claim(cursor)
+        params.update(
+            global_limit=config.global_limit,
+            rate_limit=config.rate_limit,
+            rate_period=config.rate_period,
+            period_us=round((config.rate_period or 1.0) * 1_000_000),
+            slots=RATE_SLOTS,
+        )
+        statement = self.queries.fetch_partitioned if config.partitioned else self.queries.fetch_limited
         async with self.pool.connection() as conn:
-            cursor = conn.cursor(row_factory=tuple_row)
-            await cursor.execute(self.queries.fetch_jobs, params)
-            return await read_claim(cursor)
+            return await self._fetch_limited(conn, statement, params)
+
+    async def _fetch_limited(
+        self, conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
+    ) -> Claim:
+        # Two statements, one transaction, sent together: the lock on the queue's admission row,
+        # then the fetch, whose snapshot is taken once the lock is held (see lock_limits.sql).
+        cursor = conn.cursor(row_factory=tuple_row)
+        async with conn.pipeline(), conn.transaction():
+            await cursor.execute(self.queries.limited_plan)
+            await cursor.execute(self.queries.lock_limits, {"queue": self.queue})
+            await cursor.execute(statement, params)
+        first = await cursor.fetchone()
+        await cursor.scroll(0, mode="absolute")
+        retry_in = first[1] if first is not None else None
+        self._held_back = retry_in is not None
+        self._retry_in = float(retry_in or 0.0)
+        return await read_claim(cursor, offset=2)
 
     async def _execute(self, job: Job, running: _Running) -> None:
         try:

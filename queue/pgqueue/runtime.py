@@ -35,7 +35,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -50,18 +50,21 @@ from . import migrate, pooler, telemetry
 from . import options as opt
 from .completer import Completer
 from .control import SIGNAL_TOPIC, Control
-from .errors import ConfigError, NotMigratedError
+from .errors import ConfigError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
 from .lifecycle import SYSTEM_CLOCK, Clock, Service, check_conninfo, supervise
 from .manage import acancel_job
+from .middleware import Middleware
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
 from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
 from .processes import ProcessPool, validate_processes
-from .producer import Producer, QueueConfig
+from .producer import Producer
+from .queue_config import QueueConfig
+from .queues import aresolve_queues
 from .worker import WorkerRegistry, load_worker_modules, registry
 
 __all__ = ["Runtime", "default_node_name"]
@@ -92,7 +95,8 @@ class Runtime:
         *,
         pool: AsyncConnectionPool[Any] | None = None,
         direct_conninfo: str | None = None,
-        queues: Mapping[str, int | Mapping[str, Any]] | None = None,
+        queues: Mapping[str, int | Mapping[str, Any] | None] | None = None,
+        queues_from_database: bool = False,
         workers: Sequence[str] = (),
         schema: str = "public",
         node: str | None = None,
@@ -109,6 +113,7 @@ class Runtime:
         pool_size: int | None = None,
         synchronous_acks: bool = False,
         processes: int = 0,
+        middleware: Sequence[Middleware] = (),
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if pool is None and not conninfo:
@@ -116,7 +121,11 @@ class Runtime:
         migrate.validate_schema_name(schema)
         self.schema = schema
         self.node = _node_name(node)
-        self.queue_configs = {q: QueueConfig.parse(q, v) for q, v in (queues or {}).items()}
+        #: the code's queues (None: settings from the database's pgqueue_queues)
+        self.queue_configs: dict[str, QueueConfig | None] = {
+            q: None if v is None else QueueConfig.parse(q, v) for q, v in (queues or {}).items()
+        }
+        self.queues_from_database = queues_from_database
         self.worker_modules = tuple(workers)
         self.plugins: list[Plugin] = list(plugins) if plugins is not None else [Stager(), Lifeline()]
         self.leadership = leadership
@@ -163,7 +172,11 @@ class Runtime:
         self.processes = validate_processes(processes)
         self.process_pool = ProcessPool(self.processes, self.worker_modules) if self.processes else None
         self.executor = Executor(
-            worker_registry, completer=self.completer.ack, clock=clock.monotonic, processes=self.process_pool
+            worker_registry,
+            completer=self.completer.ack,
+            clock=clock.monotonic,
+            processes=self.process_pool,
+            middleware=middleware,
         )
         self.heartbeat = Heartbeat(
             self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock
@@ -198,11 +211,18 @@ class Runtime:
             await self.pool.open(wait=True, timeout=30)
         async with self.pool.connection() as conn:
             if self.verify_schema:
-                await _averify(conn, self.schema)
+                await migrate.averify_migrated(conn, self.schema)
             behind_pooler = await pooler.apooled(conn)
         if behind_pooler or self._direct_given:
             direct = self.direct_conninfo if self._direct_given else None
             self.pool_mode = await pooler.awarn_about(self.conninfo, direct, pooled=behind_pooler)
+        configs = {q: c for q, c in self.queue_configs.items() if c is not None}
+        if self.verify_schema or self.queues_from_database or len(configs) < len(self.queue_configs):
+            # Declared queues: a row of pgqueue_queues wins over the code's settings.
+            async with self.pool.connection() as conn:
+                configs = await aresolve_queues(
+                    conn, self.queue_configs, schema=self.schema, everything=self.queues_from_database
+                )
         await self.control.prepare()
         self._tg = await self._host_task_group()
         self.started = True
@@ -236,7 +256,7 @@ class Runtime:
             except BaseException:
                 await self.stop()
                 raise
-        for queue, config in self.queue_configs.items():
+        for queue, config in configs.items():
             self._start_producer(queue, config)
 
     async def _host_task_group(self) -> anyio.abc.TaskGroup:
@@ -267,7 +287,7 @@ class Runtime:
         assert self._tg is not None
         producer = Producer(
             queue,
-            QueueConfig(config.limit, config.paused),
+            replace(config),
             self.pool,
             self.schema,
             self.node,
@@ -411,6 +431,16 @@ class Runtime:
         if queue not in self._queues and self.started:
             self._start_producer(queue, config)
 
+    def configure_queue_here(self, queue: str, config: QueueConfig | None) -> None:
+        running = self._queues.get(queue)
+        if config is None:  # no longer declared: a node that runs the table's queues stops it
+            if running is not None and self.queues_from_database:
+                self.stop_queue_here(queue)
+        elif running is not None:
+            running.producer.configure(config)
+        elif self.queues_from_database:
+            self.start_queue_here(queue, config)
+
     def stop_queue_here(self, queue: str) -> None:
         running = self._queues.get(queue)
         if running is not None and self._tg is not None:
@@ -507,23 +537,6 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
     # Behind a transaction pooler, a statement prepared in one server session is missing in the next.
     await pooler.aconfigure(conn)
-
-
-async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
-    table = psycopg.sql.Identifier(schema, migrate.VERSION_TABLE).as_string(None)
-    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    exists = (await cursor.fetchone() or (False,))[0]
-    version = 0
-    if exists:
-        query = psycopg.sql.SQL(
-            "SELECT coalesce(max(version), 0) FROM {} WHERE component = 'pgqueue'"
-        ).format(psycopg.sql.Identifier(schema, migrate.VERSION_TABLE))
-        version = int((await (await conn.execute(query)).fetchone() or (0,))[0])
-    if version != migrate.PGQUEUE.latest:
-        raise NotMigratedError(
-            f"schema {schema!r} is at pgqueue version {version}, expected {migrate.PGQUEUE.latest}; "
-            f"run: python -m pgqueue migrate --schema {schema!r}"
-        )
 
 
 async def _quietly(work: Any, what: str) -> None:

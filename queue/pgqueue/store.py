@@ -12,7 +12,13 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{producers}``  the producers (heartbeat) table
 ``{leaders}``    the leader lease table
 ``{signals}``    the queue-control table (signals between nodes)
+``{queues}``     the queues declared in the database
+``{limit_state}`` the per-queue (and per-partition) admission state of limited queues
+``{cron}``       the cron entries declared in the database
 =============== ==============================================
+
+A ``*.part.sql`` file is a fragment shared by several statements: ``{acks_part}`` in a statement is
+replaced by the text of ``acks.part.sql`` before the placeholders above are filled.
 
 Two kinds of file take one more placeholder, filled per call: ``*.filtered.sql`` a ``{where}``
 condition (see :func:`filtered`) and ``*.columns.sql`` a ``{columns}`` list (see
@@ -53,6 +59,7 @@ __all__ = [
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.sql$")
 _FILTERED_RE = re.compile(r"^[a-z][a-z0-9_]*\.filtered\.sql$")
 _COLUMNS_RE = re.compile(r"^[a-z][a-z0-9_]*\.columns\.sql$")
+_PART_RE = re.compile(r"^[a-z][a-z0-9_]*\.part\.sql$")
 _MAX_CHANNEL_BYTES = 63
 
 
@@ -64,6 +71,14 @@ def _load_templates(pattern: re.Pattern[str]) -> dict[str, str]:
     return templates
 
 
+def _with_parts(templates: dict[str, str], parts: dict[str, str]) -> dict[str, str]:
+    for name, text in templates.items():
+        for part, fragment in parts.items():
+            text = text.replace("{" + part + "_part}", fragment)
+        templates[name] = text
+    return templates
+
+
 def _without_comment_lines(text: str) -> str:
     # The files explain themselves at length; the server needn't read that on every call, and
     # psycopg caches its parse of a query only up to 4 KiB (the fetch is run thousands of times a
@@ -71,7 +86,8 @@ def _without_comment_lines(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 
-_TEMPLATES = _load_templates(_NAME_RE)
+_PARTS = _load_templates(_PART_RE)
+_TEMPLATES = _with_parts(_load_templates(_NAME_RE), _PARTS)
 #: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
 _FILTERED = _load_templates(_FILTERED_RE)
 #: statements with a ``{columns}`` placeholder, completed per call with a list of column names
@@ -104,6 +120,9 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         producers=sql.Identifier(schema, "pgqueue_producers"),
         leaders=sql.Identifier(schema, "pgqueue_leaders"),
         signals=sql.Identifier(schema, "pgqueue_signals"),
+        queues=sql.Identifier(schema, "pgqueue_queues"),
+        limit_state=sql.Identifier(schema, "pgqueue_limit_state"),
+        cron=sql.Identifier(schema, "pgqueue_cron"),
         **extra,
     )
     return composed.as_string(None)

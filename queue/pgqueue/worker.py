@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+from . import flow_meta as flow
 from . import options as opt
 from .backoff import default_backoff
 from .errors import ConfigError
@@ -102,7 +103,19 @@ registry = WorkerRegistry()
 
 _UNSET: Any = object()
 _NEW_OPTIONS = frozenset(
-    {"queue", "priority", "max_attempts", "tags", "meta", "schedule_in", "scheduled_at", "unique", "replace"}
+    {
+        "queue",
+        "priority",
+        "max_attempts",
+        "tags",
+        "meta",
+        "schedule_in",
+        "scheduled_at",
+        "unique",
+        "replace",
+        "weight",
+        "partition",
+    }
 )
 
 
@@ -111,8 +124,10 @@ class Worker:
 
     Class keywords: ``queue`` (default "default"), ``max_attempts`` (20), ``priority`` (0-9, 0 runs
     first), ``tags``, ``unique`` (``True`` or a dict of fields/keys/period/states/timestamp),
-    ``replace`` (fields to overwrite on a unique conflict), ``name`` (the registry key) and
-    ``abstract=True`` for a base class that is not itself a worker.
+    ``replace`` (fields to overwrite on a unique conflict), ``partition_by`` (what a job's
+    partition key is made of, for queues with partitioned limits: ``"worker"``, ``"args.KEY"``,
+    ``"meta.KEY"``), ``name`` (the registry key) and ``abstract=True`` for a base class that is not
+    itself a worker.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +137,7 @@ class Worker:
     tags: ClassVar[tuple[str, ...]] = ()
     unique: ClassVar[UniqueSpec | None] = None
     replace: ClassVar[dict[str, tuple[str, ...]]] = {}
+    partition_by: ClassVar[tuple[str, ...]] = ()
     #: set when the class is defined: True when ``perform`` is a coroutine function
     is_async: ClassVar[bool] = False
 
@@ -134,6 +150,7 @@ class Worker:
         tags: Any = _UNSET,
         unique: Any = _UNSET,
         replace: Any = _UNSET,
+        partition_by: Any = _UNSET,
         name: str = _UNSET,
         abstract: bool = False,
         **unknown: Any,
@@ -157,6 +174,7 @@ class Worker:
             cls.tags = opt.normalize_tags(raw_tags)
             cls.unique = opt.compile_unique(pick(unique, "unique"))
             cls.replace = opt.compile_replace(pick(replace, "replace"))
+            cls.partition_by = flow.validate_partition_by(pick(partition_by, "partition_by"))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if abstract:
@@ -189,7 +207,9 @@ class Worker:
         """Build an unsaved job for this worker; pass it to ``pgqueue.insert``.
 
         Options: ``schedule_in`` (seconds or timedelta), ``scheduled_at`` (aware datetime),
-        ``priority``, ``queue``, ``max_attempts``, ``tags``, ``meta``, ``unique``, ``replace``.
+        ``priority``, ``queue``, ``max_attempts``, ``tags``, ``meta``, ``unique``, ``replace``,
+        ``weight`` (units the job counts for against a rate limit, ``meta.weight``) and
+        ``partition`` (its partition key, ``meta.partition_key``, instead of ``partition_by``'s).
         """
         if options:
             unknown = options.keys() - _NEW_OPTIONS
@@ -227,6 +247,9 @@ class Worker:
                 unique = opt.compile_unique(opt.merge_unique(cls.unique, options["unique"]))
             if "replace" in options:
                 replace = opt.compile_replace(options["replace"])
+        if cls.partition_by or (options and ("weight" in options or "partition" in options)):
+            meta = flow.flow_meta(cls.name, cls.partition_by, args, meta, options)
+            meta_json = opt.encode_json_object(meta, "meta")
         key = None
         if unique is not None:
             key = opt.unique_key(unique, worker=cls.name, queue=queue, args=args, meta=meta)

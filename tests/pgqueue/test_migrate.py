@@ -230,6 +230,22 @@ def test_the_dashboard_index_arrives_with_version_3_and_leaves_with_it(
     assert not has_index()
 
 
+def test_flow_tables_arrive_with_version_4_and_leave_with_it(
+    conn: psycopg.Connection[Any], empty_schema: str
+) -> None:
+    m.migrate(conn, empty_schema, to_version=3)
+    assert not table_exists(conn, empty_schema, "pgqueue_queues")
+
+    assert m.migrate(conn, empty_schema, to_version=4).applied == (4,)
+    for table in ("pgqueue_queues", "pgqueue_limit_state", "pgqueue_cron"):
+        assert table_exists(conn, empty_schema, table)
+
+    assert m.rollback(conn, empty_schema).reverted == (4,)
+    for table in ("pgqueue_queues", "pgqueue_limit_state", "pgqueue_cron"):
+        assert not table_exists(conn, empty_schema, table)
+    assert table_exists(conn, empty_schema, "pgqueue_signals")
+
+
 def test_a_role_that_can_only_connect_can_not_write_signals(
     conn: psycopg.Connection[Any], schema: str
 ) -> None:

@@ -4,12 +4,19 @@ Only the leader inserts, but leadership can change in the middle of a minute; wh
 "at most once" is the database: every cron job carries ``meta.cron_name`` and ``meta.cron_at``
 (the entry and the minute) and is unique on them forever, so a second insert of the same entry for
 the same minute (by a new leader, or after a restart) is a conflict, not a duplicate.
+
+With ``database=True`` the entries declared in the ``pgqueue_cron`` table (see
+:mod:`pgqueue.cron_entries`) are read every round, in the same transaction as the insert, and
+fire alongside the code's; an entry's name is its identity, in the table and in the code alike.
+A row that can't fire (a worker not loaded on the leader, a hand-written malformed row) is
+skipped with a warning; the others fire.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +24,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..cron import CronExpression, minute_floor, now_matches, parse
+from ..cron_entries import CronRow, alist_crons
 from ..errors import ConfigError
 from ..insert import ainsert_all
 from ..job import NewJob
 from ..lifecycle import Clock
-from ..worker import Worker
+from ..worker import Worker, registry
 from . import PluginContext
+
+_log = logging.getLogger("pgqueue.cron")
+#: seconds from boot to the first round
+_FIRST_ROUND = 1.0
 
 __all__ = ["Cron", "CronEntry"]
 
@@ -79,7 +91,9 @@ class CronEntry:
 class Cron:
     """Leader-only; wakes at each minute boundary and inserts the entries due in that minute."""
 
-    entries: Sequence[CronEntry]
+    entries: Sequence[CronEntry] = ()
+    #: also fire the entries declared in the database's pgqueue_cron table
+    database: bool = False
     name: str = "cron"
     leader_only: bool = True
 
@@ -93,16 +107,48 @@ class Cron:
                 "cron entries must be distinct (same expression, worker, args and options twice)"
             )
         self._rebooted = False
+        #: declared entries already warned about, so a bad row is logged once, not every minute
+        self._warned: set[tuple[str, str]] = set()
 
     def next_delay(self, clock: Clock) -> float:
+        if not self._rebooted:
+            # The first round comes soon after boot, so @reboot entries fire when the node starts
+            # (and the current minute, if due and not inserted yet by an earlier leader).
+            return _FIRST_ROUND
         # Just past the next minute boundary of the wall clock.
         return 60.0 - (time.time() % 60.0) + 0.01
 
-    def due(self, instant: datetime, *, reboot: bool) -> list[NewJob]:
+    def declared(self, rows: Sequence[CronRow]) -> list[tuple[CronEntry, CronExpression]]:
+        """The database's entries that can fire here (the others are logged once and skipped)."""
+        code_names = {entry.cron_name for entry, _ in self._parsed}
+        usable = []
+        for row in rows:
+            try:
+                worker = registry.get(row.worker)
+                if worker is None:
+                    raise ConfigError(f"worker {row.worker!r} is not loaded on this node")
+                if row.name in code_names:
+                    raise ConfigError("an entry of the code has the same name")
+                entry = CronEntry(row.expression, worker, row.args, row.timezone, row.options(), row.name)
+                usable.append((entry, parse(row.expression)))
+            except (ConfigError, TypeError, ValueError) as exc:
+                warning = (row.name, str(exc))
+                if warning not in self._warned:
+                    self._warned.add(warning)
+                    _log.warning("pgqueue cron: entry %r of the database skipped: %s", row.name, exc)
+        return usable
+
+    def due(
+        self,
+        instant: datetime,
+        *,
+        reboot: bool,
+        declared: Sequence[tuple[CronEntry, CronExpression]] = (),
+    ) -> list[NewJob]:
         """The jobs to insert for the minute of ``instant``."""
         minute = minute_floor(instant.astimezone(UTC))
         jobs = []
-        for entry, expression in self._parsed:
+        for entry, expression in [*self._parsed, *declared]:
             if expression.reboot:
                 if not reboot:
                     continue
@@ -124,13 +170,16 @@ class Cron:
         return jobs
 
     async def run_once(self, ctx: PluginContext) -> Mapping[str, Any]:
-        jobs = self.due(datetime.now(UTC), reboot=not self._rebooted)
-        if not jobs:
-            self._rebooted = True
-            return {"inserted": 0, "conflicts": 0}
+        now = datetime.now(UTC)
         async with ctx.pool.connection() as conn:
             async with conn.transaction():
-                saved = await ainsert_all(conn, jobs, schema=ctx.schema)
+                declared = (
+                    self.declared(await alist_crons(conn, schema=ctx.schema, enabled_only=True))
+                    if self.database
+                    else []
+                )
+                jobs = self.due(now, reboot=not self._rebooted, declared=declared)
+                saved = await ainsert_all(conn, jobs, schema=ctx.schema) if jobs else []
         self._rebooted = True
         inserted = sum(1 for job in saved if not job.conflict)
         return {"inserted": inserted, "conflicts": len(saved) - inserted}

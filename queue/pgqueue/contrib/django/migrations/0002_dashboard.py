@@ -1,4 +1,4 @@
-"""Brings ``PGQUEUE['SCHEMA']`` to pgqueue's latest version (0003 adds the dashboard's index).
+"""Brings ``PGQUEUE['SCHEMA']`` to pgqueue's latest version (0003 added the dashboard's index).
 
 A schema that ``0001_initial`` migrated before pgqueue 0003 existed would otherwise stay at
 version 2, and nodes refuse to start on it.

@@ -1,0 +1,123 @@
+-- The fetch of a queue with a global and/or rate limit (see fetch_jobs.sql for the acks and the
+-- claim). Runs in a transaction after lock_limits.sql has locked the queue's admission row, so its
+-- snapshot sees every earlier admission, on any node:
+--   running  = jobs of the queue executing now, less those acked by this very statement;
+--   admitted = at most min(demand, global_limit - running) jobs, in priority, scheduled_at, id
+--              order, whose weights (meta.weight, 1 by default, at most rate_limit) fit in what
+--              the rate window has left.
+-- The rate limit is a sliding window kept as `slots` of 1/%(slots)s of the period: an admission at
+-- time t counts the units started in every slot that overlaps [t - period, t], so no window of one
+-- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
+-- division (timestamps are microseconds), so no rounding can shift a boundary.
+-- Admission times come from the database clock and never go backwards per queue (last_start).
+-- The second column tells the producer whether jobs were left waiting by a limit, and when to look
+-- again (so it neither waits for its next poll nor polls a window that can't have room yet).
+WITH commit_mode AS (
+    SELECT CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) END AS setting
+),
+{acks_part}
+state AS (
+    SELECT greatest(clock_timestamp(), s.last_start) AS t, s.slots, s.units
+    FROM {limit_state} AS s
+    WHERE s.queue = %(queue)s AND s.partition_key = ''
+),
+slot AS (
+    SELECT st.t,
+           div(floor(extract(epoch FROM st.t) * 1000000) * %(slots)s, %(period_us)s)::bigint AS cur,
+           st.slots, st.units
+    FROM state AS st
+),
+used AS (
+    SELECT coalesce(sum(o.u), 0) AS units
+    FROM slot, unnest(slot.slots, slot.units) AS o(s, u)
+    WHERE o.s >= slot.cur - %(slots)s
+),
+running AS (
+    -- An ordered walk of the executing index, stopped at the limit: a plain index scan skips the
+    -- entries of jobs that stopped executing since the last vacuum (marked dead on first sight),
+    -- where a bitmap scan would visit the heap for each of them.
+    SELECT count(*) AS n
+    FROM (SELECT j.id
+          FROM {jobs} AS j
+          WHERE j.state = 'executing' AND j.queue = %(queue)s
+            AND j.id NOT IN (SELECT id FROM acked)
+          ORDER BY j.attempted_at
+          LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
+),
+room AS (
+    SELECT greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s))) AS jobs,
+           coalesce(%(rate_limit)s - used.units, 2147483647) AS units
+    FROM running, used
+),
+candidates AS (
+    SELECT j.id, j.priority, j.scheduled_at,
+           CASE WHEN %(rate_limit)s::integer IS NULL THEN 1
+                WHEN jsonb_typeof(j.meta -> 'weight') = 'number'
+                THEN least(greatest(floor((j.meta ->> 'weight')::numeric), 1), %(rate_limit)s)::integer
+                ELSE 1 END AS weight
+    FROM {jobs} AS j
+    WHERE j.state = 'available' AND j.queue = %(queue)s
+    ORDER BY j.priority, j.scheduled_at, j.id
+    LIMIT (SELECT jobs FROM room)
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    -- The longest prefix whose weights fit: a heavy job at the head is not overtaken by light ones.
+    SELECT c.id, c.weight
+    FROM (SELECT id, weight, sum(weight) OVER (ORDER BY priority, scheduled_at, id) AS total
+          FROM candidates) AS c
+    WHERE c.total <= (SELECT units FROM room)
+),
+fetched AS (
+    UPDATE {jobs} AS j
+    SET state = 'executing',
+        attempt = j.attempt + 1,
+        attempted_at = (SELECT t FROM slot),
+        attempted_by = ARRAY[%(node)s::text, %(producer)s::text]
+    FROM claimed
+    WHERE j.id = claimed.id
+    RETURNING j.id, j.state, j.queue, j.worker, j.args, j.meta, j.tags, j.errors, j.attempt,
+              j.max_attempts, j.priority, j.inserted_at, j.scheduled_at, j.attempted_at,
+              j.attempted_by, j.completed_at, j.cancelled_at, j.discarded_at
+),
+stamped AS (
+    -- Record the admission: the new time floor and, for a rate limit, the units in this slot
+    -- (slots older than the window are dropped).
+    UPDATE {limit_state} AS s
+    SET last_start = slot.t,
+        (slots, units) = (
+            SELECT coalesce(array_agg(k.s ORDER BY k.s), '{{}}'), coalesce(array_agg(k.u ORDER BY k.s), '{{}}')
+            FROM (SELECT o.s, sum(o.u)::integer AS u
+                  FROM (SELECT * FROM unnest(s.slots, s.units) AS x(s, u)
+                        UNION ALL
+                        SELECT slot.cur, (SELECT sum(weight) FROM claimed)::integer) AS o(s, u)
+                  WHERE o.s >= slot.cur - %(slots)s AND %(rate_limit)s::integer IS NOT NULL
+                  GROUP BY o.s) AS k)
+    FROM slot
+    WHERE s.queue = %(queue)s AND s.partition_key = '' AND EXISTS (SELECT 1 FROM claimed)
+      -- A global limit alone keeps no state: its fetch only locks the row, writing nothing.
+      AND %(rate_limit)s::integer IS NOT NULL
+    RETURNING 1
+),
+waiting AS (
+    -- A job left waiting although there was demand: a limit held it back.
+    SELECT EXISTS (
+        SELECT 1 FROM {jobs} AS j
+        WHERE j.state = 'available' AND j.queue = %(queue)s
+          AND j.id NOT IN (SELECT id FROM claimed)
+    ) AS blocked
+)
+SELECT (SELECT count(*) FROM acked) AS acked,
+       -- NULL: no limit held a job back. Else seconds until the rate window frees a unit (the
+       -- oldest slot counted leaves it), or 0 when it was the global limit (it frees as jobs end).
+       CASE WHEN (SELECT blocked FROM waiting) THEN
+           CASE WHEN (SELECT units FROM room) > 0 THEN 0
+                ELSE greatest(0, (SELECT (min(o.s) + %(slots)s + 1) * %(period_us)s::numeric / %(slots)s
+                                         - max(floor(extract(epoch FROM slot.t) * 1000000))
+                                  FROM slot, unnest(slot.slots, slot.units) AS o(s, u)
+                                  WHERE o.s >= slot.cur - %(slots)s) / 1000000.0)
+           END
+       END::float8 AS retry_in,
+       f.*
+FROM commit_mode
+LEFT JOIN fetched AS f ON true
