@@ -396,8 +396,8 @@ def test_migrate_down_takes_queue_control_away_and_back(
     assert has_signals()
     down = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema, "--down", "--to", "1")
     assert down.returncode == 0, down.stderr
-    assert "reverted 3, 2" in down.stdout
+    assert "reverted 4, 3, 2" in down.stdout
     assert not has_signals()
     up = run_cli("migrate", "--dsn", dsn, "--schema", empty_schema)
-    assert "applied 2, 3" in up.stdout
+    assert "applied 2, 3, 4" in up.stdout
     assert has_signals()
