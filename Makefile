@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_PYTHON_DOWNLOADS := never
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-all demo bench chaos lint typecheck fmt clean
+.PHONY: setup test test-fast test-all demo bench chaos lint typecheck fmt clean dist wheel-demo
 
 setup: $(VENV)/.installed
 
@@ -64,3 +64,24 @@ clean:
 # The table goes to stdout and to benchmarks/results/chaos-*; a lost job fails the target.
 chaos: setup
 	$(PY) -m chaos $(if $(SHORT),--short,)
+
+# Both distributions, sdist and wheel (the wheel built from the sdist, as an installer would):
+# chimeway (chimeway/) and chimeway-pgqueue (queue/).
+DIST ?= dist
+dist: setup
+	rm -rf $(DIST)
+	$(UV) build --all-packages --out-dir $(DIST)
+
+# The built wheels in a clean virtualenv outside the source tree, then the demo run from there:
+# proves the wheels carry everything the runtime loads (code, queries, migrations).
+wheel-demo: dist
+	@set -euo pipefail; \
+	dist=$$(cd $(DIST) && pwd); src=$$(pwd); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
+	$(UV) venv --quiet --python $(PYTHON) venv; \
+	$(UV) pip install --quiet --python venv/bin/python \
+	  "$$(ls "$$dist"/chimeway-*.whl)[embedded]" "$$(ls "$$dist"/chimeway_pgqueue-*.whl)"; \
+	env -u PYTHONPATH venv/bin/python -c 'import sys, pgqueue, chimeway; from importlib.resources import files; \
+	  bad = [m.__file__ for m in (pgqueue, chimeway) if "site-packages" not in (m.__file__ or "")]; \
+	  bad += [p for p in ("pgqueue", "chimeway") if not (files(p) / "_sql").is_dir()]; \
+	  sys.exit(f"not installed from the wheels: {bad}" if bad else 0)'; \
+	env -u PYTHONPATH venv/bin/python -m chimeway.demo
