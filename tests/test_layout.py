@@ -94,3 +94,13 @@ def test_the_chimeway_wheel_carries_its_package_and_sql_and_needs_the_queue(tmp_
     assert not any(n.startswith(("pgqueue/", "queue/")) for n in names)
     metadata = zipfile.ZipFile(wheel).read("chimeway-0.1.0.dist-info/METADATA").decode()
     assert "Requires-Dist: chimeway-pgqueue[sqlalchemy]==0.1.0" in metadata
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    import chimeway
+    import pgqueue
+
+    assert pgqueue.Runtime.__module__ == "pgqueue.runtime"  # the README's `pgqueue.Runtime(...)`
+    for package in (pgqueue, chimeway):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert missing == [], (package.__name__, missing)

@@ -44,6 +44,7 @@ from .manage import (
     retry_job,
     update_job,
 )
+from .runtime import Runtime
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ __all__ = [
     "NotMigratedError",
     "PgQueueError",
     "Result",
+    "Runtime",
     "Snooze",
     "UniqueConflictError",
     "UnknownWorkerError",
