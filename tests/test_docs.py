@@ -21,6 +21,8 @@ from psycopg import sql
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+import pgqueue
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -86,6 +88,11 @@ def test_every_example_parses_and_names_only_what_exists(where: str, code: str) 
             dotted = _dotted(node)
             if dotted and dotted.split(".")[0] in _OURS:
                 _resolve(dotted)  # e.g. pgqueue.Runtime, chimeway.redaction.allow_names
+    # Worker classes are checked when they are defined (options, a perform method): define them.
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(_dotted(base) == "pgqueue.Worker" for base in node.bases):
+            module = ast.Module(body=[node], type_ignores=[])
+            exec(compile(module, where, "exec"), {"pgqueue": pgqueue, "__name__": f"docs.{uuid.uuid4().hex}"})
 
 
 @pytest.fixture
