@@ -76,6 +76,7 @@ chaos: setup
 # chimeway (chimeway/) and chimeway-pgqueue (queue/).
 DIST ?= dist
 dist: setup
+	$(UV) lock --check  # uv.lock agrees with both pyproject.toml files
 	rm -rf $(DIST)
 	$(UV) build --all-packages --out-dir $(DIST)
 
