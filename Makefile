@@ -81,7 +81,8 @@ dist: setup
 	$(UV) build --all-packages --out-dir $(DIST)
 
 # The built wheels in a clean virtualenv outside the source tree, then the demo run from there:
-# proves the wheels carry everything the runtime loads (code, queries, migrations).
+# proves the wheels carry everything the runtime loads (code, queries, migrations). Then the
+# queue's wheel alone (no chimeway, no SQLAlchemy) runs a job: .ci/queue_smoke.py.
 wheel-demo: dist
 	@set -euo pipefail; \
 	dist=$$(cd $(DIST) && pwd); src=$$(pwd); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
@@ -92,7 +93,10 @@ wheel-demo: dist
 	  bad = [m.__file__ for m in (pgqueue, chimeway) if "site-packages" not in (m.__file__ or "")]; \
 	  bad += [p for p in ("pgqueue", "chimeway") if not (files(p) / "_sql").is_dir()]; \
 	  sys.exit(f"not installed from the wheels: {bad}" if bad else 0)'; \
-	env -u PYTHONPATH venv/bin/python -m chimeway.demo
+	env -u PYTHONPATH venv/bin/python -m chimeway.demo; \
+	$(UV) venv --quiet --python $(PYTHON) queue-only; \
+	$(UV) pip install --quiet --python queue-only/bin/python "$$(ls "$$dist"/chimeway_pgqueue-*.whl)[embedded]"; \
+	env -u PYTHONPATH queue-only/bin/python "$$src/.ci/queue_smoke.py"
 
 # The documentation site (mkdocs-material; the API reference comes from the docstrings through
 # mkdocstrings). `make docs` serves it on http://127.0.0.1:8000 and rebuilds on change;
