@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -182,3 +183,28 @@ def test_the_custom_adapter_example_delivers_and_explains(fresh_database: str) -
         assert request.idempotency_key == f"{sms.delivery_id}:1"
     finally:
         engine.dispose()
+
+
+def _shell_commands(program: str) -> list[tuple[str, list[str]]]:
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for block in re.findall(r"^```sh\n(.*?)^```", page.read_text(), re.S | re.M):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = line.split("#", 1)[0].strip()
+                if command.startswith(program):
+                    found.append(
+                        (f"{page.relative_to(DOCS)}: {command}", shlex.split(command)[len(program.split()) :])
+                    )
+    return found
+
+
+@pytest.mark.parametrize(("where", "argv"), _shell_commands("python -m pgqueue"), ids=lambda v: str(v))
+def test_every_documented_pgqueue_command_parses(where: str, argv: list[str]) -> None:
+    from pgqueue.cli import build_parser
+
+    build_parser().parse_args(argv)  # an unknown command or flag, or a bad value, raises
+
+
+def test_the_documented_commands_include_each_subcommand() -> None:
+    documented = {argv[0] for _, argv in _shell_commands("python -m pgqueue")}
+    assert documented >= {"migrate", "version", "start", "status", "retry", "cancel", "prune"}
