@@ -208,3 +208,19 @@ def test_every_documented_pgqueue_command_parses(where: str, argv: list[str]) ->
 def test_the_documented_commands_include_each_subcommand() -> None:
     documented = {argv[0] for _, argv in _shell_commands("python -m pgqueue")}
     assert documented >= {"migrate", "version", "start", "status", "retry", "cancel", "prune"}
+
+
+def test_the_documented_chimeway_toml_is_valid_and_routes_its_channels() -> None:
+    import tomllib
+
+    from chimeway.config import parse_settings
+
+    (document,) = re.findall(
+        r"^```toml\n(.*?)^```", (DOCS / "chimeway" / "channels.md").read_text(), re.S | re.M
+    )
+    settings = parse_settings(tomllib.loads(document), {"DATABASE_URL": "postgresql://app@localhost/app"})
+    assert settings.queue_limit == 200
+    assert {name: channel.adapter for name, channel in settings.channels.items()} == {
+        "email": "webhook",
+        "in_app": "logger",
+    }
