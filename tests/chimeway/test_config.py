@@ -155,3 +155,18 @@ def test_the_settings_repr_shows_no_password_and_no_channel_secret() -> None:
 def test_an_unparsable_dsn_is_not_echoed_by_the_repr() -> None:
     settings = parse_settings({}, {"DATABASE_URL": "postgresql://app:S3cret PW@db/x ?="})
     assert "S3cret" not in repr(settings)
+
+
+def test_a_direct_database_url_comes_from_the_environment_or_the_file_and_hides_its_password() -> None:
+    from_file = parse_settings({"direct_database_url": "postgresql://app:hunter2@db:5432/notify"}, ENV)
+    assert from_file.direct_database_url == "postgresql://app:hunter2@db:5432/notify"
+    assert "hunter2" not in repr(from_file)
+    assert "direct_database_url='postgresql://app@db:5432/notify'" in repr(from_file)
+    env = {**ENV, "DIRECT_DATABASE_URL": "host=db port=5432 dbname=notify"}
+    assert (
+        parse_settings({"direct_database_url": "ignored"}, env).direct_database_url
+        == env["DIRECT_DATABASE_URL"]
+    )
+    assert parse_settings({}, ENV).direct_database_url is None
+    with pytest.raises(ConfigError, match="direct_database_url"):
+        parse_settings({"direct_database_url": "  "}, ENV)

@@ -88,6 +88,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         queues: str = "default:10",
         grace: float = 2.0,
         rescue_window: float = RESCUE_WINDOW,
+        direct_dsn: str | None = None,
     ) -> Node:
         log = tmp_path / f"{name}.log"
         env = {
@@ -108,6 +109,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
             "--rescue-window", str(rescue_window),
             "--shutdown-grace", str(grace),
             "--log-level", "warning",
+            *(["--direct-dsn", direct_dsn] if direct_dsn else []),
         ]  # fmt: skip
         with log.open("wb") as stderr:
             process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stderr=stderr)
