@@ -142,6 +142,7 @@ def _timeline(
         )
         for a in attempts
     ]
+    entries += _provider_feedback(delivery.metadata_.get("provider_feedback"))
     if delivery.status != "pending" and delivery.status != "failed":
         # The last status change is dated by updated_at; earlier ones are told by the attempts.
         entries.append(
@@ -156,6 +157,23 @@ def _timeline(
         )
     # Stable: facts written in one transaction share a timestamp and keep their logical order.
     return tuple(sorted(entries, key=lambda entry: entry.at))
+
+
+def _provider_feedback(recorded: object) -> list[TimelineEntry]:
+    """The provider events :mod:`chimeway.feedback` recorded on the delivery, as timeline entries."""
+    if not isinstance(recorded, list):
+        return []
+    entries = []
+    for item in recorded:
+        if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
+            continue
+        try:
+            at = datetime.fromisoformat(str(item.get("at")))
+        except ValueError:
+            continue
+        detail = {"adapter": item.get("adapter"), "provider_event_id": item.get("provider_event_id")}
+        entries.append(TimelineEntry(at, f"provider_{item['type']}", detail))
+    return entries
 
 
 _CLASS_WORDS = {
@@ -195,6 +213,8 @@ def _why(status: str, reason: str | None, checkpoint: object, attempts: Sequence
             return f"cancelled after {_failures(attempts)}: retries exhausted"
         if reason == Reason.PERMANENT_FAILURE and last is not None:
             return f"cancelled on attempt {last.number}: the provider refused it for good (permanent failure)"
+        if reason == Reason.BOUNCED and last is not None and last.outcome == "succeeded":
+            return f"cancelled after attempt {last.number} was accepted: the provider reported a bounce"
         if reason == Reason.BOUNCED and last is not None:
             return f"cancelled on attempt {last.number}: the address bounced"
         if reason is None:

@@ -45,6 +45,7 @@ from .manage import (
     update_job,
 )
 from .runtime import Runtime
+from .typed import ArgsError, TypedWorker
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 Result = object
 
 __all__ = [
+    "ArgsError",
     "Cancel",
     "ConfigError",
     "Discard",
@@ -71,6 +73,7 @@ __all__ = [
     "Result",
     "Runtime",
     "Snooze",
+    "TypedWorker",
     "UniqueConflictError",
     "UnknownWorkerError",
     "Worker",
