@@ -106,7 +106,7 @@ wheel-demo: dist
 # a docstring mkdocstrings can't read). CI runs docs-build.
 export NO_MKDOCS_2_WARNING := 1
 docs-env: setup
-	$(UV) sync --quiet --frozen --python $(PYTHON) --extra dev --extra embedded --extra docs
+	$(UV) sync --quiet --frozen --python $(PYTHON) --extra dev --extra embedded --extra web --extra otel --extra docs
 
 docs: docs-env
 	$(PY) -m mkdocs serve
