@@ -38,23 +38,69 @@ def test_import_queue_from_the_repository_root_is_the_standard_library() -> None
     assert out2.stdout.strip() == "pgqueue"
 
 
-@pytest.mark.slow
-def test_the_wheel_contains_both_packages_and_the_sql(tmp_path: Path) -> None:
+def _build(project: Path, outdir: Path, *only: str) -> Path:
+    """Build ``project`` without isolation (sdist then a wheel from it, unless ``only`` says)."""
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", *only, "--no-isolation", "--outdir", str(outdir), str(project)],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("*.whl")
+    (wheel,) = outdir.glob("*.whl")
+    return wheel
+
+
+def _files_under(directory: Path, prefix: str) -> set[str]:
+    return {f"{prefix}/{p.relative_to(directory).as_posix()}" for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_the_queue_wheel_built_from_its_sdist_carries_code_queries_and_migrations(tmp_path: Path) -> None:
+    wheel = _build(ROOT / "queue", tmp_path)
+    assert wheel.name.startswith("chimeway_pgqueue-")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "pgqueue/__init__.py" in names
+    package = ROOT / "queue" / "pgqueue"
+    expected = {
+        n for n in _files_under(package, "pgqueue") if "__pycache__" not in n and not n.endswith(".pyc")
+    }
+    assert expected <= names, sorted(expected - names)
     assert "pgqueue/py.typed" in names
-    assert "chimeway/__init__.py" in names
-    assert "pgqueue/queries/fetch_jobs.sql" in names
-    assert "chimeway/queries/count_open_deliveries.sql" in names
-    assert "pgqueue/_sql/0001_jobs.up.sql" in names
-    assert "pgqueue/_sql/0001_jobs.down.sql" in names
-    assert not any(n.startswith("queue/") for n in names)
-    sql_files = {n for n in names if n.startswith("chimeway/_sql/") and n.endswith(".sql")}
-    expected = {f"chimeway/_sql/{p.name}" for p in (ROOT / "sql" / "chimeway").glob("*.sql")}
-    assert sql_files == expected
+    assert _files_under(ROOT / "sql" / "pgqueue", "pgqueue/_sql") <= names
+    assert not any(n.startswith(("queue/", "chimeway/", "sql/")) for n in names)
+    metadata = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-')[0]}-0.1.0.dist-info/METADATA").decode()
+    assert "Name: chimeway-pgqueue" in metadata
+    assert "Requires-Dist: tzdata" in metadata
+    assert "License-Expression: Apache-2.0" in metadata
+    # SQLAlchemy is an extra of the queue: a queue user on plain psycopg doesn't install it.
+    sqlalchemy = [
+        line for line in metadata.splitlines() if line.lower().startswith("requires-dist: sqlalchemy")
+    ]
+    assert sqlalchemy, metadata
+    assert all("extra == 'sqlalchemy'" in line for line in sqlalchemy), sqlalchemy
+
+
+@pytest.mark.slow
+def test_the_chimeway_wheel_carries_its_package_and_sql_and_needs_the_queue(tmp_path: Path) -> None:
+    wheel = _build(ROOT, tmp_path, "--wheel")
+    assert wheel.name.startswith("chimeway-")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        n
+        for n in _files_under(ROOT / "chimeway", "chimeway")
+        if "__pycache__" not in n and not n.endswith(".pyc")
+    }
+    assert expected <= names, sorted(expected - names)
+    assert "chimeway/py.typed" in names
+    assert _files_under(ROOT / "sql" / "chimeway", "chimeway/_sql") <= names
+    assert not any(n.startswith(("pgqueue/", "queue/")) for n in names)
+    metadata = zipfile.ZipFile(wheel).read("chimeway-0.1.0.dist-info/METADATA").decode()
+    assert "Requires-Dist: chimeway-pgqueue[sqlalchemy]==0.1.0" in metadata
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    import chimeway
+    import pgqueue
+
+    assert pgqueue.Runtime.__module__ == "pgqueue.runtime"  # the README's `pgqueue.Runtime(...)`
+    for package in (pgqueue, chimeway):
+        missing = [name for name in package.__all__ if not hasattr(package, name)]
+        assert missing == [], (package.__name__, missing)

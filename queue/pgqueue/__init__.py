@@ -72,6 +72,7 @@ from .queues import (
     list_queues,
     update_queue,
 )
+from .runtime import Runtime
 from .typed import ArgsError, TypedWorker
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker
 
@@ -104,6 +105,7 @@ __all__ = [
     "QueueInfo",
     "QueueNotFoundError",
     "Result",
+    "Runtime",
     "Snooze",
     "TypedWorker",
     "UniqueConflictError",

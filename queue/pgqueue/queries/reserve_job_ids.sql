@@ -6,7 +6,9 @@
 -- The n nextval calls feed one aggregate, so the array holds them in call order, ascending. When
 -- no other transaction took an id meanwhile they are first..first+n-1 and only the first is
 -- sent back; otherwise the whole array is (and the caller sorts it, to be sure). (generate_series in a select list streams its rows;
--- in FROM it would store them all first.)
+-- in FROM it would store them all first.) The sequence comes in as a column of that subquery:
+-- PostgreSQL 13 assigns an aggregate whose argument holds a sub-select of an outer CTE to the
+-- outer query, which then fails to group.
 -- Waking: one pg_notify per queue given (those receiving an available job), with the channel and
 -- payload of insert_jobs.sql. Notifications are delivered only when the transaction commits, and
 -- a failed COPY aborts it, so sending them before the rows exist is safe.
@@ -25,8 +27,11 @@ usable AS (
     FROM target AS t
 ),
 reserved AS (
-    SELECT array_agg(nextval((SELECT t.sequence FROM target AS t))) AS ids
-    FROM (SELECT generate_series(1, CASE WHEN u.ok THEN %(n)s::integer ELSE 0 END) FROM usable AS u) AS g
+    SELECT array_agg(nextval(g.sequence)) AS ids
+    FROM (
+        SELECT t.sequence, generate_series(1, CASE WHEN u.ok THEN %(n)s::integer ELSE 0 END)
+        FROM usable AS u, target AS t
+    ) AS g
 ),
 woken AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('queue', q.queue)::text)) AS n
