@@ -16,7 +16,6 @@ from typing import Any, Final
 import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import pgqueue
@@ -24,9 +23,8 @@ import pgqueue
 from .. import deliveries, telemetry
 from ..adapters import Adapter, DeliveryContext, Failed, resolve_adapter
 from ..adapters.base import classify
-from ..errors import ChimewayError
-from ..models import Delivery, Notification
-from ..states import Reason
+from ..errors import ChimewayError, DeliveryNotFound
+from ..models import Delivery
 from ..store import queries_for
 from . import records
 from .batcher import Batcher, Pending
@@ -307,22 +305,29 @@ class Dispatcher:
             raise ChimewayError("deliver_now needs Dispatcher(session_factory=...)")
         key = uuid.UUID(str(delivery_id))
         with self.session_factory() as session:
-            delivery = deliveries.get_delivery(session, key)
-            if delivery.status in deliveries.terminal_states() or delivery.orchestration_state != "ready":
-                return delivery
-            if delivery.delay_fallback and _notification_read(session, delivery):
-                deliveries.suppress_delivery(session, delivery, Reason.ALREADY_READ, checkpoint="perform")
-                session.commit()
-                log_outcome(delivery.id, delivery.channel, delivery.status, delivery.suppression_reason, None)
-                return delivery
-            deliveries.transition_status(session, delivery, "dispatched")
-            if delivery.status != "dispatched":
-                return delivery  # another run ended it meanwhile
-            context = deliveries.delivery_context(session, key)
+            # The batched path's own claim statement, for one delivery: the same perform
+            # checkpoint (preferences, quiet hours, cap, read fallback), the same moves.
+            connection = session.connection()
+            rows = connection.exec_driver_sql(self.queries.dispatch_claim, {"ids": "{" + str(key) + "}"})
+            claims, lost = records.interpret([tuple(row) for row in rows])
+            if lost:
+                records.settle_lost(claims, lost, {str(key): deliveries.get_delivery(session, key).status})
             session.commit()
-
-        route = self.route_for(context.channel)
-        result = anyio.run(self._call_alone, route, context)
+            found = claims.get(key)
+            if found is None:
+                raise DeliveryNotFound(key)
+            if found.kind in ("ended", "suppressed", "deferred"):
+                delivery = deliveries.get_delivery(session, key)
+                if found.kind != "ended":
+                    log_outcome(key, found.channel, found.kind, found.reason, None)
+                session.commit()
+                return delivery
+        assert found.context is not None
+        route = self.route_for(found.context.channel)
+        if found.kind == "undecodable":
+            result: object = Failed("permanent", {"error": "undecodable_notification_metadata"})
+        else:
+            result = anyio.run(self._call_alone, route, found.context)
         with self.session_factory() as session:
             outcome = deliveries.AttemptOutcome(*classify(result), adapter=route.name)
             recorded = deliveries.record_attempt(session, key, outcome)
@@ -335,11 +340,6 @@ class Dispatcher:
                 recorded.attempt.attempt_number,
             )
             return deliveries.get_delivery(session, key)
-
-
-def _notification_read(session: Session, delivery: Delivery) -> bool:
-    read_at = session.scalar(select(Notification.read_at).where(Notification.id == delivery.notification_id))
-    return read_at is not None
 
 
 def _delivery_id(args: Any) -> uuid.UUID | None:
