@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -25,6 +26,7 @@ from chimeway.errors import InvalidValue
 from chimeway.models import Delivery, Notification, PolicySettings
 from pgqueue.testing import build_job, perform_job
 
+from ..helpers import AsyncCountingCursor
 from .conftest import MakeDelivery, MakeNotification, SessionFactory
 
 RECIPIENT = "user:42"
@@ -472,3 +474,64 @@ def test_the_snoozed_job_releases_the_delivery_when_the_quiet_hours_end(
     ]
     released_entry = explanation.timeline[3]
     assert released_entry.at >= deferred.next_eligible_at
+
+
+@pytest.fixture
+async def counted_pool(dsn: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "cursor_factory": AsyncCountingCursor},
+    )
+    await pool.open()
+    yield pool
+    await pool.close()
+
+
+@pytest.mark.anyio
+async def test_policies_keep_a_batch_at_two_statements(
+    counted_pool: AsyncConnectionPool[Any],
+    schema: str,
+    make_delivery: MakeDelivery,
+    make_notification: MakeNotification,
+    new_session: SessionFactory,
+) -> None:
+    # 100 deliveries of 50 recipients: half capped at one send, one recipient opted out of email
+    ids = [
+        make_delivery(channel=channel, notification_id=make_notification(recipient=f"user:{n}"))
+        for n in range(50)
+        for channel in ("email", "in_app")
+    ]
+    with new_session() as session:
+        for n in range(0, 50, 2):
+            policy.upsert_settings(
+                session, f"user:{n}", delivery_cap=policy.DeliveryCap(1, timedelta(hours=1))
+            )
+        preferences.upsert_channel_preference(session, "user:1", "comment_posted", "email", enabled=False)
+        session.commit()
+    sent: list[uuid.UUID] = []
+
+    class Instant:
+        """An async adapter that answers at once, so the batch's records go out together."""
+
+        name = "instant"
+
+        async def deliver(self, delivery: Any, config: Any) -> Delivered:
+            sent.append(delivery.delivery_id)
+            return Delivered({})
+
+    dispatcher = Dispatcher(pool=counted_pool, schema=schema, default=ChannelRoute(Instant()))
+    AsyncCountingCursor.reset()
+
+    jobs = [build_job(DispatchWorker, DispatchWorker.new({"delivery_id": str(i)})) for i in ids]
+    async with dispatcher:
+        assert await asyncio.gather(*(dispatcher.perform(job) for job in jobs)) == [None] * 100
+
+    assert AsyncCountingCursor.statements() == 2, "one claim and one record, policies and all"
+    statuses = sorted((d.status, d.suppression_reason) for d in (row(new_session, i) for i in ids))
+    assert statuses.count(("suppressed", "delivery_cap_reached")) == 25
+    assert statuses.count(("suppressed", "channel_disabled")) == 1
+    assert statuses.count(("succeeded", None)) == 74
+    assert len(sent) == 74
