@@ -297,9 +297,11 @@ class Dispatcher:
         """Send one attempt of a delivery now, in this thread, without the queue (sync dispatch).
 
         Needs ``session_factory``, and a thread with no running event loop (an async adapter is
-        run to completion in a loop of its own). Nothing retries it: a temporary failure leaves the
-        delivery ``failed``. Permanent and bounced failures end it as usual. Returns the delivery
-        as it is afterwards.
+        run to completion in a loop of its own). The perform checkpoint is the batched path's own
+        (the same claim statement). Nothing retries it: a temporary failure leaves the delivery
+        ``failed``, and a delivery deferred by quiet hours stays deferred until a call after its
+        ``next_eligible_at``. Permanent and bounced failures end it as usual. Returns the
+        delivery as it is afterwards.
         """
         if self.session_factory is None:
             raise ChimewayError("deliver_now needs Dispatcher(session_factory=...)")
