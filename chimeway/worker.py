@@ -107,7 +107,7 @@ def build_runtime(
         Stager(interval=stager_interval),
         Lifeline(rescue_window=settings.rescue_window),
         # deliveries left dispatched with no live job (deleted, or discarded after crashes)
-        Recovery(),
+        Recovery(stuck_after=settings.recover_after),
     ]
     if settings.prune_after is not None:
         plugins.append(Pruner(max_age=settings.prune_after))
