@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,15 +22,18 @@ from sqlalchemy.orm import Session
 
 import pgqueue
 from chimeway import deliveries, dispatch
-from chimeway.adapters import TestAdapter
+from chimeway.adapters import TestAdapter, resolve_adapter
 from chimeway.dispatch import ChannelRoute, Dispatcher
 from chimeway.models import Delivery
 from chimeway.recovery import Recovery
+from chimeway.testing import ScriptedWebhookServer
 from pgqueue.errors import ConfigError
 from pgqueue.notifier import LocalNotifier
 from pgqueue.plugins import PluginContext
+from pgqueue.plugins.lifeline import Lifeline
 from pgqueue.testing import drain_queue
 
+from ..helpers import wait_until
 from .conftest import MakeDelivery, SessionFactory
 
 pytestmark = pytest.mark.anyio
@@ -208,3 +215,82 @@ async def test_a_recent_or_ended_delivery_is_not_stuck(
 def test_recovery_refuses_bad_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Recovery(**options)
+
+
+def plugin_round(dsn: str, schema: str, plugin: Any) -> Any:
+    """One round of a leader-only plugin, as this node's runtime would run it."""
+
+    async def one_round() -> Any:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
+            context = PluginContext(
+                pool, dsn, schema, "node-b", LocalNotifier(), lambda: True, lambda q: None
+            )
+            return await plugin.run_once(context)
+
+    return anyio.run(one_round)
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_delivery_stranded_by_a_worker_killed_on_its_last_run_is_recovered(
+    sa_engine: Engine,
+    dsn: str,
+    schema: str,
+    make_delivery: MakeDelivery,
+    new_session: SessionFactory,
+    tmp_path: Path,
+) -> None:
+    delivery_id = make_delivery(channel="webhook")
+    job = enqueue(new_session, delivery_id, schema)
+    # Its job is on its last run: every earlier run's worker died too.
+    set_job(dsn, schema, job.id, "attempt = max_attempts - 1")
+    with ScriptedWebhookServer(delay=30.0) as receiver:  # the receiver hangs: the send is under way
+        config = tmp_path / "chimeway.toml"
+        config.write_text(
+            f'schema = "{schema}"\nshutdown_grace = 1\n'
+            f'[channels.webhook]\nadapter = "webhook"\nconfig = {{ url = "{receiver.url}", timeout = 60 }}\n'
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "chimeway.worker", "--config", str(config)],
+            env={**os.environ, "DATABASE_URL": dsn},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: read(new_session, delivery_id).status == "dispatched", timeout=60)
+        finally:
+            worker.kill()  # SIGKILL mid-send: no attempt recorded, the job left executing
+            worker.wait(10)
+
+        # The lifeline finds the job orphaned and, out of runs, discards it: the delivery is stuck.
+        def discarded() -> bool:
+            plugin_round(dsn, schema, Lifeline(rescue_window=1.0))
+            return [j.state for j in all_jobs(dsn, schema)] == ["discarded"]
+
+        wait_until(discarded, timeout=60, interval=0.5)
+        assert read(new_session, delivery_id).status == "dispatched"
+
+        assert plugin_round(dsn, schema, Recovery(stuck_after=0.001)) == {
+            "recovered_count": 1,
+            "job_missing": 0,
+            "job_finished": 1,
+        }
+        receiver.delay = 0.0
+        route = ChannelRoute(resolve_adapter("webhook"), {"url": receiver.url, "timeout": 10})
+        dispatch.configure(Dispatcher(dsn, schema=schema, routes={"webhook": route}))
+        try:
+            drained = drain_queue(dsn, dispatch.QUEUE, schema=schema)
+        finally:
+            dispatch.configure(None)
+
+    assert drained.success == 1
+    done = read(new_session, delivery_id)
+    assert done.status == "succeeded"
+    assert done.metadata_["recovery_reason"] == "job_finished"
+    with new_session() as session:
+        explanation = deliveries.explain_delivery(session, delivery_id)
+    assert [a.number for a in explanation.attempts] == [1]
+    assert "recovered" in [e.event for e in explanation.timeline]
+    # the re-drive sent under the idempotency key of the send the kill interrupted
+    keys = {r.idempotency_key for r in receiver.requests}
+    assert keys == {f"{delivery_id}:1"}
