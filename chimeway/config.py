@@ -42,6 +42,7 @@ __all__ = ["MAX_DURATION", "MAX_QUEUE_LIMIT", "ChannelSettings", "ConfigError", 
 
 _TOP_LEVEL = {
     "database_url",
+    "direct_database_url",
     "schema",
     "node",
     "queue_limit",
@@ -87,13 +88,19 @@ class Settings:
     prune_after: float | None = None
     recover_after: float = 300.0
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
+    #: Behind a transaction pooler (PgBouncer): PostgreSQL itself, for the worker's LISTEN.
+    direct_database_url: str | None = None
 
     def __repr__(self) -> str:
         names = ("schema", "node", "queue_limit", "shutdown_grace", "rescue_window", "retry_backoff")
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}" for name in (*names, "prune_after", "recover_after", "channels")
         )
-        return f"Settings(database_url={_describe_dsn(self.database_url)!r}, {fields})"
+        direct = "" if self.direct_database_url is None else _describe_dsn(self.direct_database_url)
+        return (
+            f"Settings(database_url={_describe_dsn(self.database_url)!r}, {fields}, "
+            f"direct_database_url={direct or None!r})"
+        )
 
 
 def _describe_dsn(dsn: str) -> str:
@@ -159,6 +166,11 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("no database: set DATABASE_URL or database_url in the config file")
     options: dict[str, Any] = {"database_url": url}
+    direct = env.get("DIRECT_DATABASE_URL") or data.get("direct_database_url")
+    if direct is not None:
+        if not isinstance(direct, str) or not direct.strip():
+            raise ConfigError("direct_database_url must be a non-blank connection string")
+        options["direct_database_url"] = direct
     if "schema" in data:
         try:
             options["schema"] = validate_schema_name(data["schema"])

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from pgqueue import pooler
 from pgqueue.lifecycle import describe_error
 from pgqueue.plugins import Plugin
 from pgqueue.plugins.lifeline import Lifeline
@@ -49,9 +50,15 @@ def engine_for(settings: Settings, pool_size: int) -> Engine:
     Its errors never quote a statement's parameters (they may be personal data, and an error's text
     can end up in a job's ``errors``)."""
     dsn = settings.database_url
+
+    def connect() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(dsn)
+        pooler.configure(conn)  # no prepared statements behind a transaction pooler
+        return conn
+
     return create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(dsn),
+        creator=connect,
         pool_size=pool_size,
         max_overflow=pool_size,
         hide_parameters=True,
@@ -113,6 +120,7 @@ def build_runtime(
         plugins.append(Pruner(max_age=settings.prune_after))
     return WorkerRuntime(
         settings.database_url,
+        direct_conninfo=settings.direct_database_url,
         dispatcher=dispatcher or build_dispatcher(settings),
         queues={QUEUE: settings.queue_limit},
         schema=settings.schema,

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.orm import Session
 
 import pgqueue
+from pgqueue import pooler
 
 from .. import deliveries, telemetry
 from ..adapters import Adapter, DeliveryContext, Failed, resolve_adapter
@@ -215,6 +216,10 @@ class Dispatcher:
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # Each statement is its own transaction: one round trip, no BEGIN/COMMIT.
         await conn.set_autocommit(True)
+        # Behind a transaction pooler a server session serves other clients too: no prepared
+        # statements, and no session setting (records then wait for their WAL flush).
+        if await pooler.aconfigure(conn):
+            return
         if not self.synchronous_commit:
             # As pgqueue's claims and acks: a PostgreSQL crash may lose the last milliseconds of
             # records; their jobs' acks came later and are lost with them, so each such job runs

@@ -169,6 +169,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         )
     runtime = Runtime(
         dsn,
+        direct_conninfo=args.direct_dsn or os.environ.get("DIRECT_DATABASE_URL") or None,
         queues=args.queues,
         workers=args.workers,
         schema=args.schema,
@@ -287,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--queues", type=_queues, required=True, help="queues and limits: default:10,media:5")
     start.add_argument(
         "--workers", type=_modules, default=[], help="modules defining workers: myapp.workers,…"
+    )
+    start.add_argument(
+        "--direct-dsn",
+        default=None,
+        help="behind a transaction pooler (PgBouncer): a connection string reaching PostgreSQL "
+        "itself, for LISTEN (default: $DIRECT_DATABASE_URL, else --dsn)",
     )
     start.add_argument("--node", default=None, help="node name (default: host:pid)")
     start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")

@@ -403,7 +403,9 @@ class PostgresNotifier:
     async def _listen_on_new_connection(self) -> None:
         self._listening = {}
         self._ping_token = self._ping_deadline = self._recheck_at = None
-        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True, **self._connect_options)
+        # Never prepared (LISTEN gains nothing from it, and a pooler may move it between sessions).
+        options = {"autocommit": True, "prepare_threshold": None, **self._connect_options}
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, **options)
         self._conn = conn
         try:
             await self._apply_subscriptions(conn)

@@ -43,7 +43,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from . import migrate, telemetry
+from . import migrate, pooler, telemetry
 from . import options as opt
 from .completer import Completer
 from .control import SIGNAL_TOPIC, Control
@@ -87,6 +87,7 @@ class Runtime:
         conninfo: str | None = None,
         *,
         pool: AsyncConnectionPool[Any] | None = None,
+        direct_conninfo: str | None = None,
         queues: Mapping[str, int | Mapping[str, Any]] | None = None,
         workers: Sequence[str] = (),
         schema: str = "public",
@@ -121,6 +122,8 @@ class Runtime:
         leader_interval = opt.positive_seconds(leader_interval, "leader_interval")
         if conninfo:
             check_conninfo(conninfo)
+        if direct_conninfo:
+            check_conninfo(direct_conninfo)
         self.registry = worker_registry
         self.verify_schema = verify_schema
         self.clock = clock
@@ -138,7 +141,12 @@ class Runtime:
         if not conninfo and not isinstance(pool_conninfo, str):
             raise ConfigError("pass conninfo as well when the pool's conninfo is a callable")
         self.conninfo: str = conninfo or str(pool_conninfo)
-        self.notifier: Notifier = notifier or PostgresNotifier(self.conninfo, schema, pool=self.pool)
+        #: where LISTEN and session-bound maintenance connect: PostgreSQL itself, when ``conninfo``
+        #: goes through a transaction pooler (see :mod:`pgqueue.pooler`)
+        self.direct_conninfo: str = direct_conninfo or self.conninfo
+        self._direct_given = bool(direct_conninfo)
+        self.pool_mode = pooler.PoolMode.DIRECT
+        self.notifier: Notifier = notifier or PostgresNotifier(self.direct_conninfo, schema, pool=self.pool)
         self.leader: Leader | None = (
             Leader(self.pool, schema, self.node, notifier=self.notifier, interval=leader_interval)
             if leadership
@@ -177,9 +185,13 @@ class Runtime:
         load_worker_modules(self.worker_modules)
         if self._own_pool:
             await self.pool.open(wait=True, timeout=30)
-        if self.verify_schema:
-            async with self.pool.connection() as conn:
+        async with self.pool.connection() as conn:
+            if self.verify_schema:
                 await _averify(conn, self.schema)
+            behind_pooler = await pooler.apooled(conn)
+        if behind_pooler or self._direct_given:
+            direct = self.direct_conninfo if self._direct_given else None
+            self.pool_mode = await pooler.awarn_about(self.conninfo, direct, pooled=behind_pooler)
         await self.control.prepare()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -195,7 +207,7 @@ class Runtime:
             services.append(self.leader)
         context = PluginContext(
             self.pool,
-            self.conninfo,
+            self.direct_conninfo,
             self.schema,
             self.node,
             self.notifier,
@@ -450,6 +462,8 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     # Every statement the runtime runs outside `conn.transaction()` is a transaction of its own:
     # in autocommit that is one round trip instead of three (BEGIN, the statement, COMMIT).
     await conn.set_autocommit(True)
+    # Behind a transaction pooler, a statement prepared in one server session is missing in the next.
+    await pooler.aconfigure(conn)
 
 
 async def _averify(conn: psycopg.AsyncConnection[Any], schema: str) -> None:

@@ -168,3 +168,18 @@ def test_the_recovery_of_stuck_deliveries_is_tuned_by_recover_after() -> None:
     runtime = build_runtime(settings)
     (recovery,) = [p for p in runtime.plugins if isinstance(p, Recovery)]
     assert recovery.stuck_after == 90.0
+
+
+def test_a_direct_database_url_comes_from_the_environment_or_the_file_and_hides_its_password() -> None:
+    from_file = parse_settings({"direct_database_url": "postgresql://app:hunter2@db:5432/notify"}, ENV)
+    assert from_file.direct_database_url == "postgresql://app:hunter2@db:5432/notify"
+    assert "hunter2" not in repr(from_file)
+    assert "direct_database_url='postgresql://app@db:5432/notify'" in repr(from_file)
+    env = {**ENV, "DIRECT_DATABASE_URL": "host=db port=5432 dbname=notify"}
+    assert (
+        parse_settings({"direct_database_url": "ignored"}, env).direct_database_url
+        == env["DIRECT_DATABASE_URL"]
+    )
+    assert parse_settings({}, ENV).direct_database_url is None
+    with pytest.raises(ConfigError, match="direct_database_url"):
+        parse_settings({"direct_database_url": "  "}, ENV)

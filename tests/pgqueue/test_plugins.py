@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
@@ -186,6 +187,51 @@ async def test_lifeline_backstop_rescues_implausibly_long_jobs(
 
     assert meta["rescued_jobs"] == [stuck.id]
     assert state(conn, schema, fresh) == "executing"
+
+
+async def test_lifeline_rounds_on_many_nodes_at_once_rescue_each_orphan_once(
+    dsn: str, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    # Given 2,000 orphans of a producer that went silent
+    silent = str(uuid.uuid4())
+    heartbeat(conn, schema, silent, ago=60)
+    jobs = pgqueue.insert_all(conn, [Ok.new({}) for _ in range(2_000)], schema=schema)
+    conn.execute(
+        sql.SQL(
+            "UPDATE {} SET state = 'executing', attempt = 1, attempted_at = now(), "
+            "attempted_by = ARRAY['node-x', %s]"
+        ).format(sql.Identifier(schema, "jobs")),
+        (silent,),
+    )
+    conn.commit()
+
+    # When six nodes, none of them the leader, run lifeline rounds at the same time, in small bites
+    async def node(name: str, pool: AsyncConnectionPool[Any], found: list[int]) -> None:
+        context = PluginContext(pool, dsn, schema, name, LocalNotifier(), lambda: False, lambda q: None)
+        lifeline = Lifeline(rescue_window=15, limit=150)
+        assert not lifeline.leader_only
+        while True:
+            meta = await lifeline.run_once(context)
+            if not meta["rescued_jobs"]:
+                return
+            found.extend(meta["rescued_jobs"])
+
+    rescued: list[list[int]] = [[] for _ in range(6)]
+    async with AsyncConnectionPool(dsn, min_size=6, max_size=6, open=False) as pool:
+        async with anyio.create_task_group() as tg:
+            for number, found in enumerate(rescued):
+                tg.start_soon(node, f"node-{number}", pool, found)
+
+    # Then every orphan was rescued by exactly one of them, once
+    everything = [job_id for found in rescued for job_id in found]
+    assert sorted(everything) == sorted(job.id for job in jobs)
+    assert sum(1 for found in rescued if found) > 1, "the rounds ran side by side"
+    counts = conn.execute(
+        sql.SQL("SELECT meta ->> 'rescued', count(*) FROM {} GROUP BY 1").format(
+            sql.Identifier(schema, "jobs")
+        )
+    ).fetchall()
+    assert counts == [("1", 2_000)]
 
 
 class Tick(pgqueue.Worker, queue="cron"):

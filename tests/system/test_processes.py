@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql
 
 import pgqueue
-from chaos.database import Probe
+from chaos.database import Probe, with_application_name
 from pgqueue import migrate as migrations
 from pgqueue.localdb import EmbeddedServer, start_embedded
 from pgqueue.plugins.lifeline import Lifeline
@@ -88,6 +88,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
         queues: str = "default:10",
         grace: float = 2.0,
         rescue_window: float = RESCUE_WINDOW,
+        direct_dsn: str | None = None,
     ) -> Node:
         log = tmp_path / f"{name}.log"
         env = {
@@ -108,6 +109,7 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
             "--rescue-window", str(rescue_window),
             "--shutdown-grace", str(grace),
             "--log-level", "warning",
+            *(["--direct-dsn", direct_dsn] if direct_dsn else []),
         ]  # fmt: skip
         with log.open("wb") as stderr:
             process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stderr=stderr)
@@ -181,29 +183,44 @@ def test_two_nodes_complete_every_job_exactly_once(
         assert_clean_exit(node)
 
 
+@pytest.mark.parametrize("killed", ["follower", "leader"])
 def test_killed_node_is_rescued_in_time_and_only_its_in_flight_jobs_run_twice(
-    dsn: str, schema: str, probe: Probe, launch: Launch
+    dsn: str, schema: str, probe: Probe, launch: Launch, killed: str
 ) -> None:
     # Given two nodes draining 5,000 jobs
     prepare(dsn, schema, [Record.new({}) for _ in range(JOBS)])
-    nodes = {name: launch(dsn, schema, name) for name in ("node-a", "node-b")}
-    # The survivor must be the leader: the lifeline runs only there, and a dead leader's lease
-    # would first have to expire.
+    nodes = {
+        name: launch(with_application_name(dsn, f"test-{name}"), schema, name)
+        for name in ("node-a", "node-b")
+    }
+    # Every node runs the lifeline: a dead leader's orphans don't wait for its lease to expire
+    # (15 s here) and for a new leader to be elected.
     leader = wait_until(
         lambda: probe.rows("SELECT node FROM {s}.pgqueue_leaders WHERE expires_at > now()"), timeout=20
     )[0][0]
-    survivor = nodes[leader]
-    victim = next(node for name, node in nodes.items() if name != leader)
+    victim = nodes[leader] if killed == "leader" else next(n for name, n in nodes.items() if name != leader)
+    survivor = next(node for node in nodes.values() if node is not victim)
     wait_until(
         lambda: probe.executions() >= 300 and probe.executing_on(victim.name),
         timeout=30,
         message="the victim never got going",
     )
 
-    # When the follower is killed mid-run
+    # When the follower (or the leader) is killed mid-run
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     victim.process.wait(10)
+    # PostgreSQL finishes a statement it received even if its client died (the victim's last acks
+    # may still land): what the victim holds is known once its sessions are gone.
+    wait_until(
+        lambda: (
+            not probe.value(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (f"test-{victim.name}",)
+            )
+        ),
+        timeout=10,
+        message="the victim's sessions outlived it",
+    )
     in_flight = set(probe.executing_on(victim.name))
     assert in_flight, "the victim held no jobs when it died; the test proves nothing"
 

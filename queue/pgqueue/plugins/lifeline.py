@@ -6,6 +6,13 @@ a long job on a healthy node is never touched, however long it runs. ``rescue_af
 backstop for jobs that have been executing implausibly long anyway. Orphans go back to
 ``available`` (or ``discarded`` when out of attempts) with ``meta.rescued`` counted; the late ack
 of a node that was merely frozen is then refused by the completer's fence.
+
+It runs on every node, not only the leader: when the leader itself dies, its orphans (and
+everyone else's) must not wait for its lease to expire and a new leader to be elected. Nodes
+never rescue a job twice between them: the statement locks the orphans it takes (``FOR UPDATE
+SKIP LOCKED``, so concurrent rounds split them) and re-checks that each is still ``executing``
+under the claim it read. Its cost is one indexed statement per node per ``interval`` over the
+executing jobs only.
 """
 
 from __future__ import annotations
@@ -33,14 +40,14 @@ MIN_HEARTBEAT = 0.01
 
 @dataclass
 class Lifeline:
-    """Leader-only; runs every ``interval`` seconds."""
+    """Runs on every node every ``interval`` seconds (``leader_only=True``: on the leader only)."""
 
     rescue_window: float = 15.0
     rescue_after: float = 3600.0
     interval: float = 5.0
     limit: int = 5000
     name: str = "lifeline"
-    leader_only: bool = True
+    leader_only: bool = False
 
     def __post_init__(self) -> None:
         for field_name in ("rescue_window", "rescue_after", "interval", "limit"):

@@ -14,6 +14,7 @@ from ..cron import next_at, parse
 from ..errors import ConfigError
 from ..lifecycle import Clock
 from ..options import positive_seconds
+from ..pooler import apooled
 from ..store import drop_index, reindex_index
 from . import PluginContext
 
@@ -65,6 +66,13 @@ class Reindexer:
         started = time.monotonic()
         # REINDEX CONCURRENTLY can't run inside a transaction: a short-lived autocommit connection.
         async with await psycopg.AsyncConnection.connect(ctx.conninfo, autocommit=True) as conn:
+            if await apooled(conn):
+                # The timeout below is a session setting: through a transaction pooler it would
+                # stay behind on a server session other clients get next, and not reach REINDEX.
+                raise ConfigError(
+                    "the reindexer needs a session of its own: behind a connection pooler, give the "
+                    "runtime direct_conninfo (--direct-dsn) reaching PostgreSQL directly"
+                )
             await conn.execute(
                 "SELECT set_config('statement_timeout', %s, false)", (f"{int(self.timeout * 1000)}",)
             )
