@@ -375,7 +375,7 @@ def test_in_quiet_hours_the_delivery_is_deferred_and_its_job_snoozed_until_they_
     }
     assert test_adapter.calls() == []
 
-    # The job running early (a duplicate, an operator) finds it not due and snoozes again.
+    # The job running early (run by hand, say) finds it not due and snoozes again.
     again = perform(delivery_id)
     assert isinstance(again, pgqueue.Snooze)
     assert abs(again.seconds - result.seconds) < 5
