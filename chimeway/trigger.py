@@ -16,12 +16,11 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-import psycopg
-from psycopg.rows import tuple_row
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
@@ -29,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import pgqueue
+from pgqueue.drivers import AsyncWriter, SyncWriter, data_error_details
 from pgqueue.store import queries_for as queue_queries_for
-from pgqueue.targets import async_connection, async_driver_bridge, sync_connection
+from pgqueue.targets import async_writer, sync_writer
 
 from . import telemetry
 from .dispatch import dispatch_job
@@ -294,98 +294,110 @@ def _mapped_schema(connection: Connection) -> str | None:
     return schema if isinstance(schema, str) else None
 
 
-def _refused_content(exc: psycopg.errors.DataError) -> TriggerError:
+def _refused_content(exc: BaseException) -> TriggerError | None:
+    """The error to raise when the database refused the notifier's content, else None."""
+    details = data_error_details(exc)
+    if details is None:
+        return None
+    message, context = details
     # The context names the COPY line (the recipient's position, from 1) and the offending value.
-    where = "; ".join((exc.diag.context or "").splitlines())
-    return TriggerError(
-        f"build() returned content the database refuses ({exc.diag.message_primary}): {where}"
-    )
+    where = "; ".join(context.splitlines())
+    return TriggerError(f"build() returned content the database refuses ({message}): {where}")
 
 
-def _write(conn: psycopg.Connection[Any], plan: FanOut, queries: Queries, queue_schema: str) -> None:
-    """Statements 2 to 6 of a trigger, on the caller's connection (see chimeway.planning)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        try:
-            # A savepoint: the notifier may raise mid-COPY, and the caller's transaction must stay
-            # as usable as before the call.
-            with conn.transaction(), cur.copy(queries.copy_notifications) as copy:
-                for block in plan.notification_rows():
-                    copy.write(block)
-        except psycopg.errors.DataError as exc:
-            raise _refused_content(exc) from None
-        cur.execute(queries.suppressed_at_planning, plan.suppression_params())
-        plan.take_suppressions(cur.fetchall())
-        copy_jobs = False
-        if plan.job_count:
-            cur.execute(queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema))
-            copy_jobs = plan.take_reserved(cur.fetchone())
-        with cur.copy(queries.copy_deliveries) as copy:
-            for block in plan.delivery_rows():
-                copy.write(block)
-        if plan.job_count:
-            if copy_jobs:
-                with cur.copy(plan.job_copy_statement(queue_schema)) as copy:
-                    for block in plan.job_rows():
-                        copy.write(block)
-            else:
-                jobs = pgqueue.insert_all(conn, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
-                plan.job_ids = [job.id for job in jobs]
-        delayed = plan.fallback_jobs(dispatch_job)
-        if delayed:
-            jobs = pgqueue.insert_all(conn, delayed, schema=queue_schema)
-            plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
+def _write(
+    writer: SyncWriter,
+    savepoint: Callable[[], AbstractContextManager[Any]],
+    plan: FanOut,
+    queries: Queries,
+    queue_schema: str,
+    session: Session,
+) -> None:
+    """Statements 2 to 6 of a trigger, on the caller's connection (see chimeway.planning).
+
+    ``savepoint`` opens one through SQLAlchemy, for drivers that can't open one themselves.
+    """
+    try:
+        # A savepoint: the notifier may raise mid-COPY, and the caller's transaction must stay
+        # as usable as before the call.
+        with writer.savepoint() or savepoint():
+            writer.copy(queries.copy_notifications, plan.notification_rows())
+    except Exception as exc:
+        refused = _refused_content(exc)
+        if refused is None:
+            raise
+        raise refused from None
+    plan.take_suppressions(writer.execute(queries.suppressed_at_planning, plan.suppression_params()))
+    copy_jobs = False
+    if plan.job_count:
+        reserved = writer.execute(
+            queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema)
+        )
+        copy_jobs = plan.take_reserved(reserved[0] if reserved else None)
+    writer.copy(queries.copy_deliveries, plan.delivery_rows())
+    if plan.job_count:
+        if copy_jobs:
+            writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
+        else:
+            jobs = pgqueue.insert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+    delayed = plan.fallback_jobs(dispatch_job)
+    if delayed:
+        jobs = pgqueue.insert_all(session, delayed, schema=queue_schema)
+        plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
 
 
 async def _awrite(
-    conn: psycopg.AsyncConnection[Any], plan: FanOut, queries: Queries, queue_schema: str
+    writer: AsyncWriter,
+    savepoint: Callable[[], AbstractAsyncContextManager[Any]],
+    plan: FanOut,
+    queries: Queries,
+    queue_schema: str,
+    session: AsyncSession,
 ) -> None:
     """The async twin of :func:`_write`."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        try:
-            async with conn.transaction(), cur.copy(queries.copy_notifications) as copy:
-                for block in plan.notification_rows():
-                    await copy.write(block)
-        except psycopg.errors.DataError as exc:
-            raise _refused_content(exc) from None
-        await cur.execute(queries.suppressed_at_planning, plan.suppression_params())
-        plan.take_suppressions(await cur.fetchall())
-        copy_jobs = False
-        if plan.job_count:
-            await cur.execute(
-                queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema)
-            )
-            copy_jobs = plan.take_reserved(await cur.fetchone())
-        async with cur.copy(queries.copy_deliveries) as copy:
-            for block in plan.delivery_rows():
-                await copy.write(block)
-        if plan.job_count:
-            if copy_jobs:
-                async with cur.copy(plan.job_copy_statement(queue_schema)) as copy:
-                    for block in plan.job_rows():
-                        await copy.write(block)
-            else:
-                jobs = await pgqueue.ainsert_all(conn, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
-                plan.job_ids = [job.id for job in jobs]
-        delayed = plan.fallback_jobs(dispatch_job)
-        if delayed:
-            jobs = await pgqueue.ainsert_all(conn, delayed, schema=queue_schema)
-            plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
+    try:
+        async with writer.savepoint() or savepoint():
+            await writer.copy(queries.copy_notifications, plan.notification_rows())
+    except Exception as exc:
+        refused = _refused_content(exc)
+        if refused is None:
+            raise
+        raise refused from None
+    plan.take_suppressions(await writer.execute(queries.suppressed_at_planning, plan.suppression_params()))
+    copy_jobs = False
+    if plan.job_count:
+        reserved = await writer.execute(
+            queue_queries_for(queue_schema).reserve_job_ids, plan.reserve_params(queue_schema)
+        )
+        copy_jobs = plan.take_reserved(reserved[0] if reserved else None)
+    await writer.copy(queries.copy_deliveries, plan.delivery_rows())
+    if plan.job_count:
+        if copy_jobs:
+            await writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
+        else:
+            jobs = await pgqueue.ainsert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+    delayed = plan.fallback_jobs(dispatch_job)
+    if delayed:
+        jobs = await pgqueue.ainsert_all(session, delayed, schema=queue_schema)
+        plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
 
 
-def _queries(conn: psycopg.Connection[Any], mapped: str | None) -> Queries:
+def _queries(writer: SyncWriter, mapped: str | None) -> Queries:
     """The statements for where the session maps chimeway's tables, else where its search_path
     finds them."""
     if mapped is None:
-        row = conn.execute(queries_for().tables_schema).fetchone()
-        mapped = row[0] if row else "public"
+        rows = writer.execute(queries_for().tables_schema, {})
+        mapped = rows[0][0] if rows else "public"
     return queries_for(mapped)
 
 
-async def _aqueries(conn: psycopg.AsyncConnection[Any], mapped: str | None) -> Queries:
+async def _aqueries(writer: AsyncWriter, mapped: str | None) -> Queries:
     """The async twin of :func:`_queries`."""
     if mapped is None:
-        row = await (await conn.execute(queries_for().tables_schema)).fetchone()
-        mapped = row[0] if row else "public"
+        rows = await writer.execute(queries_for().tables_schema, {})
+        mapped = rows[0][0] if rows else "public"
     return queries_for(mapped)
 
 
@@ -400,8 +412,8 @@ def trigger(
 ) -> TriggerResult:
     """Fan ``params`` out through ``notifier`` in ``session``'s transaction; see the module doc.
 
-    ``session`` is a SQLAlchemy ``Session`` on the psycopg driver (also the one
-    ``AsyncSession.run_sync`` hands out); chimeway's tables are where its
+    ``session`` is a SQLAlchemy ``Session`` on psycopg or psycopg2 (also the one
+    ``AsyncSession.run_sync`` hands out, on psycopg or asyncpg); chimeway's tables are where its
     ``schema_translate_map`` maps them (else its search_path). The caller commits: rolling back
     leaves nothing. ``queue_schema`` is where pgqueue's ``jobs`` table lives.
     """
@@ -411,18 +423,10 @@ def trigger(
     if event is None:
         return TriggerResult(session.scalars(call.existing_event()).one(), duplicate=True)
     plan = call.fan_out(event)
-    mapped = _mapped_schema(session.connection())
-    with call.plan_span(event) as span:
-        bridge = async_driver_bridge(session)
-        if bridge is not None:
-            # AsyncSession.run_sync: the driver connection is async; run the async twin on it.
-            async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-                await _awrite(conn, plan, await _aqueries(conn, mapped), queue_schema)
-
-            bridge.run_async(write)
-        else:
-            conn = sync_connection(session)
-            _write(conn, plan, _queries(conn, mapped), queue_schema)
+    connection = session.connection()
+    mapped = _mapped_schema(connection)
+    with call.plan_span(event) as span, sync_writer(session) as writer:
+        _write(writer, connection.begin_nested, plan, _queries(writer, mapped), queue_schema, session)
         return call.result(event, plan, span)
 
 
@@ -435,7 +439,7 @@ async def atrigger(
     correlation_id: str | None = None,
     queue_schema: str = "public",
 ) -> TriggerResult:
-    """The async twin of :func:`trigger`, in an ``AsyncSession``'s transaction.
+    """The async twin of :func:`trigger`, in an ``AsyncSession``'s transaction (psycopg or asyncpg).
 
     The notifier's methods are plain functions, called on the event loop: keep them quick (no
     I/O), or fetch what they need before triggering.
@@ -446,10 +450,11 @@ async def atrigger(
     if event is None:
         return TriggerResult((await session.scalars(call.existing_event())).one(), duplicate=True)
     plan = call.fan_out(event)
-    connection = (await session.connection()).sync_connection
-    assert connection is not None
-    mapped = _mapped_schema(connection)
+    connection = await session.connection()
+    assert connection.sync_connection is not None
+    mapped = _mapped_schema(connection.sync_connection)
     with call.plan_span(event) as span:
-        conn = await async_connection(session)
-        await _awrite(conn, plan, await _aqueries(conn, mapped), queue_schema)
+        async with async_writer(session) as writer:
+            queries = await _aqueries(writer, mapped)
+            await _awrite(writer, connection.begin_nested, plan, queries, queue_schema, session)
         return call.result(event, plan, span)

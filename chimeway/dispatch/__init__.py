@@ -43,7 +43,7 @@ from __future__ import annotations
 from .batcher import DispatchError
 from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE, ChannelRoute, UnhandledOutcomeError
 from .dispatcher import DEFAULT_ATTEMPT_TIMEOUT, Dispatcher
-from .worker import DispatchWorker, configure, current_dispatcher, dispatch_job, enqueue_in
+from .worker import DispatchWorker, aenqueue_in, configure, current_dispatcher, dispatch_job, enqueue_in
 
 __all__ = [
     "CRASH_ALLOWANCE",
@@ -55,6 +55,7 @@ __all__ = [
     "DispatchWorker",
     "Dispatcher",
     "UnhandledOutcomeError",
+    "aenqueue_in",
     "configure",
     "current_dispatcher",
     "dispatch_job",

@@ -12,7 +12,7 @@ from ..errors import ChimewayError
 from .contract import CRASH_ALLOWANCE, DELIVERY_ATTEMPTS, QUEUE
 from .dispatcher import Dispatcher
 
-__all__ = ["DispatchWorker", "configure", "current_dispatcher", "dispatch_job", "enqueue_in"]
+__all__ = ["DispatchWorker", "aenqueue_in", "configure", "current_dispatcher", "dispatch_job", "enqueue_in"]
 
 _dispatcher: Dispatcher | None = None
 _dispatcher_lock = threading.Lock()
@@ -67,9 +67,16 @@ def dispatch_job(delivery_id: uuid.UUID | str, schedule_in: float | None = None)
 def enqueue_in(session: Any, delivery_id: uuid.UUID | str, *, schema: str = "public") -> pgqueue.Job:
     """Insert the dispatch job of ``delivery_id`` in ``session``'s transaction.
 
-    ``session`` is a SQLAlchemy ``Session`` or ``Connection`` (also the sync session inside
-    ``AsyncSession.run_sync``), or a psycopg connection. Rolling back removes the job with the
+    ``session`` is anything :func:`pgqueue.insert` takes: a SQLAlchemy ``Session`` or
+    ``Connection`` on psycopg or psycopg2 (also the sync session inside ``AsyncSession.run_sync``),
+    a psycopg or psycopg2 connection. Rolling back removes the job with the
     delivery; committing makes both visible and wakes the queue. ``schema`` is where the queue's
     ``jobs`` table lives.
     """
     return pgqueue.insert(session, dispatch_job(delivery_id), schema=schema)
+
+
+async def aenqueue_in(session: Any, delivery_id: uuid.UUID | str, *, schema: str = "public") -> pgqueue.Job:
+    """The async twin of :func:`enqueue_in`: an ``AsyncSession``/``AsyncConnection`` on psycopg or
+    asyncpg, a psycopg ``AsyncConnection``, an asyncpg connection."""
+    return await pgqueue.ainsert(session, dispatch_job(delivery_id), schema=schema)

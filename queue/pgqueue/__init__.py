@@ -44,6 +44,7 @@ from .manage import (
     retry_job,
     update_job,
 )
+from .typed import ArgsError, TypedWorker
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __version__ = "0.1.0"
 Result = object
 
 __all__ = [
+    "ArgsError",
     "Cancel",
     "ConfigError",
     "Discard",
@@ -69,6 +71,7 @@ __all__ = [
     "PgQueueError",
     "Result",
     "Snooze",
+    "TypedWorker",
     "UniqueConflictError",
     "UnknownWorkerError",
     "Worker",

@@ -4,26 +4,23 @@ One statement reserves the batch's ids from the identity sequence, returns the t
 ``now()`` and wakes the queues (``queries/reserve_job_ids.sql``); then ``COPY … FROM STDIN``
 streams the rows (``queries/copy_jobs.columns.sql``), formatted here a block at a time while the
 server ingests the previous block. Every value of the returned jobs is known before the rows are
-written, so nothing is read back. See :mod:`pgqueue.insert` for when this path is taken.
+written, so nothing is read back. See :mod:`pgqueue.insert` for when this path is taken. The
+rows go through the caller's driver (:mod:`pgqueue.drivers`): psycopg's ``copy``, psycopg2's
+``copy_expert`` or asyncpg's ``copy_to_table``, the same text on each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-import psycopg
-from psycopg import pq
-from psycopg.rows import tuple_row
-
+from .drivers import AsyncWriter, SyncWriter
 from .job import Job, NewJob
 from .store import channel_name, queries_for, with_columns
-from .targets import async_driver_bridge, sync_connection
 
-__all__ = ["COPY_THRESHOLD", "CopyBatch", "acopy_insert", "copy_insert", "sync_copy_insert"]
+__all__ = ["COPY_THRESHOLD", "CopyBatch", "acopy_insert", "copy_insert"]
 
 #: Batches of at least this many jobs, none of them unique, are written with COPY. COPY saves
 #: about 10 µs of work per job but costs two more round trips: over a loopback connection it
@@ -204,45 +201,19 @@ class CopyBatch:
             yield "".join(lines)
 
 
-def _needs_own_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
-    # In autocommit mode each statement would commit on its own: the notifications before the
-    # rows exist, and the COPY's now() no longer the one the jobs were built with.
-    return conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE
-
-
-def copy_insert(
-    conn: psycopg.Connection[Any], batch: CopyBatch, schema: str, notify: bool
-) -> list[Job] | None:
+def copy_insert(writer: SyncWriter, batch: CopyBatch, schema: str, notify: bool) -> list[Job] | None:
     """Write ``batch`` with COPY; None (nothing written) when this role can't, see take_reserved."""
-    with conn.transaction() if _needs_own_transaction(conn) else nullcontext():
-        with conn.cursor(row_factory=tuple_row) as cur:
-            cur.execute(queries_for(schema).reserve_job_ids, batch.reserve_params(schema, notify))
-            if not batch.take_reserved(cur.fetchone()):
-                return None
-            with cur.copy(batch.copy_statement(schema)) as copy:
-                for block in batch.rows():
-                    copy.write(block)
+    reserved = writer.execute(queries_for(schema).reserve_job_ids, batch.reserve_params(schema, notify))
+    if not batch.take_reserved(reserved[0] if reserved else None):
+        return None
+    writer.copy(batch.copy_statement(schema), batch.rows())
     return batch.results
 
 
-async def acopy_insert(
-    conn: psycopg.AsyncConnection[Any], batch: CopyBatch, schema: str, notify: bool
-) -> list[Job] | None:
+async def acopy_insert(writer: AsyncWriter, batch: CopyBatch, schema: str, notify: bool) -> list[Job] | None:
     """The async twin of :func:`copy_insert`."""
-    async with conn.transaction() if _needs_own_transaction(conn) else nullcontext():
-        async with conn.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(queries_for(schema).reserve_job_ids, batch.reserve_params(schema, notify))
-            if not batch.take_reserved(await cur.fetchone()):
-                return None
-            async with cur.copy(batch.copy_statement(schema)) as copy:
-                for block in batch.rows():
-                    await copy.write(block)
+    reserved = await writer.execute(queries_for(schema).reserve_job_ids, batch.reserve_params(schema, notify))
+    if not batch.take_reserved(reserved[0] if reserved else None):
+        return None
+    await writer.copy(batch.copy_statement(schema), batch.rows())
     return batch.results
-
-
-def sync_copy_insert(target: Any, batch: CopyBatch, schema: str, notify: bool) -> list[Job] | None:
-    bridge = async_driver_bridge(target)
-    if bridge is not None:
-        # A Session handed out by AsyncSession.run_sync: COPY through its async driver connection.
-        return bridge.run_async(lambda conn: acopy_insert(conn, batch, schema, notify))
-    return copy_insert(sync_connection(target), batch, schema, notify)

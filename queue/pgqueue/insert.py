@@ -36,13 +36,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from psycopg.rows import tuple_row
 
-from .bulk_copy import COPY_THRESHOLD, CopyBatch, acopy_insert, sync_copy_insert
+from .bulk_copy import COPY_THRESHOLD, CopyBatch, acopy_insert, copy_insert
+from .drivers import AsyncWriter, SyncWriter
 from .errors import PgQueueError
 from .job import Job, NewJob
 from .store import channel_name, queries_for
-from .targets import async_connection, sync_executor
+from .targets import async_writer, sync_writer
 
 __all__ = ["COPY_THRESHOLD", "UniqueConflictError", "ainsert", "ainsert_all", "insert", "insert_all"]
 
@@ -249,9 +249,10 @@ def insert_all(
 ) -> list[Job]:
     """Insert ``jobs`` in the transaction of ``target`` and return them saved, in order.
 
-    ``target`` is a psycopg ``Connection`` or ``Cursor``, or a SQLAlchemy ``Session`` or
-    ``Connection`` on the psycopg driver. Unique jobs that collide come back as the existing job
-    with ``conflict=True``.
+    ``target`` is a psycopg ``Connection`` or ``Cursor``, a psycopg2 ``connection`` or ``cursor``,
+    or a SQLAlchemy ``Session``, ``Connection`` or ``Engine`` on psycopg or psycopg2 (see
+    :mod:`pgqueue.targets`; an ``Engine`` gets a transaction of its own). Unique jobs that collide
+    come back as the existing job with ``conflict=True``.
 
     A batch smaller than :data:`COPY_THRESHOLD`, or with any unique job, is one statement (one
     round trip) however many jobs. A larger batch without unique jobs is two statements: one
@@ -267,14 +268,19 @@ def insert_all(
         return runner(jobs)
     if not jobs:
         return []
-    batch = CopyBatch.of(jobs)
-    if batch is not None:
-        saved = sync_copy_insert(target, batch, schema, notify)
-        if saved is not None:
-            return saved
-    execute = sync_executor(target)
+    with sync_writer(target) as writer:
+        batch = CopyBatch.of(jobs)
+        if batch is not None:
+            saved = copy_insert(writer, batch, schema, notify)
+            if saved is not None:
+                return saved
+        return _insert_rounds(writer, _Plan(jobs), schema, notify)
+
+
+def _insert_rounds(writer: SyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
+    """The JSON path: insert, then settle the unique jobs that collided, in a few rounds."""
+    execute = writer.execute
     queries = queries_for(schema)
-    plan = _Plan(jobs)
     for _ in range(_MAX_ROUNDS):
         if not plan.pending:
             break
@@ -301,41 +307,43 @@ def insert(target: Any, job: NewJob, *, schema: str = "public", notify: bool = T
 async def ainsert_all(
     target: Any, jobs: Sequence[NewJob], *, schema: str = "public", notify: bool = True
 ) -> list[Job]:
-    """The async twin of :func:`insert_all`: a psycopg ``AsyncConnection``/``AsyncCursor`` or a
-    SQLAlchemy ``AsyncSession``/``AsyncConnection`` on the psycopg driver."""
+    """The async twin of :func:`insert_all`: a psycopg ``AsyncConnection``/``AsyncCursor``, an
+    asyncpg ``Connection`` or ``Pool``, or a SQLAlchemy ``AsyncSession``/``AsyncConnection``/
+    ``AsyncEngine`` on psycopg or asyncpg (a pool or an engine gets a transaction of its own)."""
     _check_jobs(jobs)
     arunner = ainline_runner.get()
     if arunner is not None:
         return await arunner(jobs)
     if not jobs:
         return []
-    conn = await async_connection(target)
-    batch = CopyBatch.of(jobs)
-    if batch is not None:
-        saved = await acopy_insert(conn, batch, schema, notify)
-        if saved is not None:
-            return saved
+    async with async_writer(target) as writer:
+        batch = CopyBatch.of(jobs)
+        if batch is not None:
+            saved = await acopy_insert(writer, batch, schema, notify)
+            if saved is not None:
+                return saved
+        return await _ainsert_rounds(writer, _Plan(jobs), schema, notify)
+
+
+async def _ainsert_rounds(writer: AsyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
+    """The async twin of :func:`_insert_rounds`."""
+    execute = writer.execute
     queries = queries_for(schema)
-    plan = _Plan(jobs)
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        for _ in range(_MAX_ROUNDS):
-            if not plan.pending:
-                break
-            await cur.execute(queries.insert_jobs, plan.insert_params(schema, notify))
-            plan.take_inserted(await cur.fetchall())
-            if not plan.pending:
-                break
-            await cur.execute(queries.find_unique_holders, {"unique_keys": plan.pending_keys()})
-            expired, live = plan.resolve_conflicts(await cur.fetchall())
-            if expired:
-                await cur.execute(queries.release_unique_keys, {"ids": expired})
-            for index, holder in live:
-                job = plan.jobs[index]
-                params = _replace_params(job, holder)
-                if params is not None:
-                    await cur.execute(queries.replace_job, params)
-                    holder = await cur.fetchone() or holder
-                plan.results[index] = _job(holder, conflict=True)
+    for _ in range(_MAX_ROUNDS):
+        if not plan.pending:
+            break
+        plan.take_inserted(await execute(queries.insert_jobs, plan.insert_params(schema, notify)))
+        if not plan.pending:
+            break
+        holders = await execute(queries.find_unique_holders, {"unique_keys": plan.pending_keys()})
+        expired, live = plan.resolve_conflicts(holders)
+        if expired:
+            await execute(queries.release_unique_keys, {"ids": expired})
+        for index, holder in live:
+            params = _replace_params(plan.jobs[index], holder)
+            if params is not None:
+                holder = (await execute(queries.replace_job, params))[0]
+            plan.results[index] = _job(holder, conflict=True)
     return plan.finish()
 
 

@@ -5,6 +5,8 @@
     runtime = pgqueue.Runtime(dsn, queues={"default": 10, "media": {"limit": 5}}, workers=["myapp.workers"])
     async with runtime:          # start everything; leave the block to shut down gracefully
         ...
+    await runtime.start()        # or start and stop it from an application's own hooks,
+    await runtime.stop()         # on the application's running event loop
     runtime.run()                # or: block until SIGTERM/SIGINT, then shut down gracefully
 
 Inside: a connection pool; a notifier (one LISTEN connection); a leader (lease election); a
@@ -27,6 +29,7 @@ durability. Waiting for the flush costs a third of the throughput of a queue of 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -163,6 +166,7 @@ class Runtime:
         )
         self._queues: dict[str, _Running] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._host: asyncio.Task[None] | None = None
         self._service_scope: anyio.CancelScope | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self.started = False
@@ -193,8 +197,7 @@ class Runtime:
             direct = self.direct_conninfo if self._direct_given else None
             self.pool_mode = await pooler.awarn_about(self.conninfo, direct, pooled=behind_pooler)
         await self.control.prepare()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        self._tg = await self._host_task_group()
         self.started = True
         self._unsubscribe = [
             self.notifier.subscribe(INSERT_TOPIC, self._on_insert),
@@ -222,6 +225,24 @@ class Runtime:
             await self.notifier.wait_ready(5)
         for queue, config in self.queue_configs.items():
             self._start_producer(queue, config)
+
+    async def _host_task_group(self) -> anyio.abc.TaskGroup:
+        """The parts' task group, in a task of its own: start() and stop() may come from different
+        tasks (an application's hooks), and the caller's task is never inside its cancel scope."""
+        ready: asyncio.Future[anyio.abc.TaskGroup] = asyncio.get_running_loop().create_future()
+
+        async def host() -> None:
+            async with anyio.create_task_group() as tg:
+                ready.set_result(tg)
+                await anyio.sleep_forever()
+
+        self._host = asyncio.get_running_loop().create_task(host(), name=f"pgqueue runtime {self.node}")
+        self._host.add_done_callback(self._host_ended)
+        return await ready
+
+    def _host_ended(self, task: asyncio.Task[None]) -> None:
+        if self.started and not task.cancelled() and task.exception() is not None:
+            _log.error("pgqueue node %s stopped: %r", self.node, task.exception())
 
     def is_leader(self) -> bool:
         return self.leader is not None and self.leader.is_leader
@@ -311,9 +332,11 @@ class Runtime:
         # Cancelling the group stops the remaining services; the leader resigns as it stops.
         self._tg.cancel_scope.cancel()
         try:
-            await self._tg.__aexit__(None, None, None)
+            if self._host is not None:
+                await asyncio.shield(self._host)
         finally:
             self._tg = None
+            self._host = None
             self._queues.clear()
             if self.completer.backlog:
                 _log.warning(
