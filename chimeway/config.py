@@ -13,7 +13,7 @@ Everything is validated once, at start, and every mistake is reported with the k
                                # it is re-driven (chimeway.recovery)
 
     [channels.email]
-    adapter = "webhook"        # logger (default), webhook or test
+    adapter = "webhook"        # logger (default), webhook, email or test
     config = { url = "https://hooks.example.com/notify", timeout = 5 }
 
 ``DATABASE_URL`` wins over ``database_url`` in the file. Durations are seconds, at most 1e10.
@@ -37,6 +37,7 @@ from pgqueue.migrate import validate_schema_name
 
 from .adapters import adapter_names
 from .errors import ChimewayError
+from .webhooks import parse_secrets
 
 __all__ = ["MAX_DURATION", "MAX_QUEUE_LIMIT", "ChannelSettings", "ConfigError", "Settings", "load_settings"]
 
@@ -151,10 +152,32 @@ def _channels(raw: Any) -> dict[str, ChannelSettings]:
         config = section.get("config", {})
         if not isinstance(config, Mapping):
             raise ConfigError(f"{where}.config must be a table, got {config!r}")
-        if adapter == "webhook" and not isinstance(config.get("url"), str):
-            raise ConfigError(f"{where}.config.url is required for the webhook adapter")
+        if adapter == "webhook":
+            _check_webhook(where, config)
+        elif adapter == "email":
+            for key in ("host", "from"):
+                if not isinstance(config.get(key), str) or not config[key]:
+                    raise ConfigError(f"{where}.config.{key} is required for the email adapter")
+            security = config.get("security", "starttls")
+            if security not in ("starttls", "tls", "none"):
+                raise ConfigError(f"{where}.config.security must be starttls, tls or none, got {security!r}")
+            if security == "none" and ("username" in config or "password" in config):
+                raise ConfigError(f"{where}.config.username and password need security starttls or tls")
         channels[str(name)] = ChannelSettings(adapter, dict(config))
     return channels
+
+
+def _check_webhook(where: str, config: Mapping[str, Any]) -> None:
+    if not isinstance(config.get("url"), str):
+        raise ConfigError(f"{where}.config.url is required for the webhook adapter")
+    if "secret" in config:
+        try:
+            parse_secrets(config["secret"], f"{where}.config.secret")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; for the old X-Chimeway-Signature header use legacy_secret") from None
+    legacy = config.get("legacy_secret")
+    if legacy is not None and (not isinstance(legacy, str) or not legacy):
+        raise ConfigError(f"{where}.config.legacy_secret must be a non-empty string")
 
 
 def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:

@@ -184,6 +184,7 @@ def _timeline(
         )
         for a in attempts
     ]
+    entries += _provider_feedback(delivery.metadata_.get("provider_feedback"))
     if delivery.orchestration_state == "deferred" and deferred_at is not None:
         pass  # the deferral above is its latest change
     elif delivery.status != "pending" and delivery.status != "failed":
@@ -215,6 +216,23 @@ def _instant(value: object) -> datetime | None:
     except ValueError:
         return None
     return at if at.tzinfo is not None else None
+
+
+def _provider_feedback(recorded: object) -> list[TimelineEntry]:
+    """The provider events :mod:`chimeway.feedback` recorded on the delivery, as timeline entries."""
+    if not isinstance(recorded, list):
+        return []
+    entries = []
+    for item in recorded:
+        if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
+            continue
+        try:
+            at = datetime.fromisoformat(str(item.get("at")))
+        except ValueError:
+            continue
+        detail = {"adapter": item.get("adapter"), "provider_event_id": item.get("provider_event_id")}
+        entries.append(TimelineEntry(at, f"provider_{item['type']}", detail))
+    return entries
 
 
 _CLASS_WORDS = {
@@ -259,6 +277,8 @@ def _why(delivery: Delivery, checkpoint: object, attempts: Sequence[AttemptSumma
             return f"cancelled after {_failures(attempts)}: retries exhausted"
         if reason == Reason.PERMANENT_FAILURE and last is not None:
             return f"cancelled on attempt {last.number}: the provider refused it for good (permanent failure)"
+        if reason == Reason.BOUNCED and last is not None and last.outcome == "succeeded":
+            return f"cancelled after attempt {last.number} was accepted: the provider reported a bounce"
         if reason == Reason.BOUNCED and last is not None:
             return f"cancelled on attempt {last.number}: the address bounced"
         if reason is None:

@@ -39,7 +39,8 @@ TERMINAL_STATES: Final[tuple[DeliveryStatus, ...]] = ("succeeded", "suppressed",
 
 #: The moves :func:`chimeway.deliveries.transition_status` allows (Elixir Chimeway 1.0's table).
 #: ``failed → cancelled`` is only :func:`~chimeway.deliveries.exhaust_delivery`'s to make, and
-#: ``dispatched → cancelled`` only :func:`~chimeway.deliveries.record_attempt`'s.
+#: ``dispatched → cancelled`` only :func:`~chimeway.deliveries.record_attempt`'s; ``succeeded →
+#: cancelled`` (``bounced``) only a provider's bounce report's (:mod:`chimeway.feedback`).
 TRANSITIONS: Final = MappingProxyType(
     {
         "pending": ("dispatched", "suppressed", "cancelled"),

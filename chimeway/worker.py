@@ -149,10 +149,34 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value!r}")
+    return int(value)
+
+
+def serve_metrics(settings: Settings, port: int, host: str) -> None:
+    """pgqueue's and Chimeway's metrics at ``http://host:port/metrics``, from a daemon thread."""
+    from pgqueue import metrics as queue_metrics
+
+    from .metrics import DeliveryCollector, DeliveryMetrics
+
+    registry, _ = queue_metrics.registry(settings.database_url, settings.schema)
+    DeliveryMetrics(registry).attach()
+    registry.register(DeliveryCollector(settings.database_url, settings.schema))
+    queue_metrics.serve(registry, port, host)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="python -m chimeway.worker", description="Perform Chimeway deliveries.")
     parser.add_argument("--config", help="a chimeway.toml file (default: $CHIMEWAY_CONFIG, if set)")
     parser.add_argument("--migrate", action="store_true", help="apply pending migrations first")
+    parser.add_argument(
+        "--metrics-port", type=_port, default=None, help="serve Prometheus metrics at :PORT/metrics"
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default: 127.0.0.1)"
+    )
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     try:
@@ -171,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     logging.getLogger("chimeway.worker").info(
                         "%s at version %d in schema %r", status.component, status.version, settings.schema
                     )
+        if args.metrics_port is not None:
+            serve_metrics(settings, args.metrics_port, args.metrics_host)
         dispatcher = build_dispatcher(settings)
         configure(dispatcher)
         build_runtime(settings, dispatcher=dispatcher).run()

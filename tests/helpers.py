@@ -95,3 +95,23 @@ class AsyncCountingCursor(psycopg.AsyncCursor[Any]):
     @classmethod
     def statements(cls) -> int:
         return cls.executes + cls.copies
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus scrape as {(sample name, sorted labels): value}, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on 127.0.0.1)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

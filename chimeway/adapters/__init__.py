@@ -1,9 +1,9 @@
 """Channel adapters: the built-ins by name, and the protocol a custom adapter implements.
 
 ``resolve_adapter(name)`` returns a built-in: ``"logger"`` (the default), ``"test"`` (in memory;
-one shared instance) or ``"webhook"``. Names come from configuration, so they are looked up in
-this fixed table; no module is ever imported because a row or a config file names it. Use a
-custom adapter by passing the object itself to whatever takes an adapter.
+one shared instance), ``"webhook"`` or ``"email"`` (SMTP). Names come from configuration, so
+they are looked up in this fixed table; no module is ever imported because a row or a config
+file names it. Use a custom adapter by passing the object itself to whatever takes an adapter.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Final
 from ..errors import UnknownAdapter
 from .base import Adapter, Classification, Delivered, DeliveryContext, Failed, classify, redact
 from .logger import LoggerAdapter
+from .smtp import EmailAdapter
 from .test import TestAdapter
 from .webhook import WebhookAdapter
 
@@ -23,6 +24,7 @@ __all__ = [
     "Classification",
     "Delivered",
     "DeliveryContext",
+    "EmailAdapter",
     "Failed",
     "LoggerAdapter",
     "TestAdapter",
@@ -36,7 +38,7 @@ __all__ = [
 DEFAULT_ADAPTER: Final = "logger"
 
 _BUILTINS: Final[MappingProxyType[str, Adapter]] = MappingProxyType(
-    {"logger": LoggerAdapter(), "test": TestAdapter(), "webhook": WebhookAdapter()}
+    {"logger": LoggerAdapter(), "test": TestAdapter(), "webhook": WebhookAdapter(), "email": EmailAdapter()}
 )
 
 

@@ -2,14 +2,22 @@
 
 Config (per channel):
 
-===========  ==================================================================================
-``url``      where to POST (required)
-``timeout``  seconds the whole call may take: connecting, sending, and the answer's status,
-             headers and (capped) body together (default 10)
-``headers``  extra request headers
-``token``    sent as ``Authorization: Bearer <token>``
-``secret``   signs the body: ``X-Chimeway-Signature: sha256=<hex HMAC-SHA256 of the body>``
-===========  ==================================================================================
+=================  ============================================================================
+``url``            where to POST (required)
+``timeout``        seconds the whole call may take: connecting, sending, and the answer's
+                   status, headers and (capped) body together (default 10)
+``headers``        extra request headers
+``token``          sent as ``Authorization: Bearer <token>``
+``secret``         signs each request per Standard Webhooks (:mod:`chimeway.webhooks`): a
+                   ``whsec_`` secret, or a list of them while rotating (one signature each).
+                   Adds ``webhook-id`` (the delivery id: the same on every retry),
+                   ``webhook-timestamp`` (fresh on each attempt) and ``webhook-signature:
+                   v1,<base64 HMAC-SHA256>``; receivers check them with
+                   :func:`chimeway.webhooks.verify`
+``legacy_secret``  the previous scheme, for receivers not yet upgraded: any string, sent as
+                   ``X-Chimeway-Signature: sha256=<hex HMAC-SHA256 of the body>`` (no
+                   timestamp, so a captured request verifies forever: only while migrating)
+=================  ============================================================================
 
 Every request carries ``Idempotency-Key: <delivery_id>:<attempt_number>``. If the worker dies
 after the POST but before the attempt is recorded, the retry re-sends with the same key (the
@@ -49,6 +57,7 @@ import httpx
 import orjson
 
 from ..states import FailureKind
+from ..webhooks import parse_secrets, signed_headers
 from .base import Delivered, DeliveryContext, Failed, message_id
 from .transport import KeepAliveTransport
 
@@ -79,6 +88,7 @@ class WebhookAdapter:
     def __init__(self, client: httpx.AsyncClient | None = None) -> None:
         self._client = client
         self._urls: dict[str, httpx.URL] = {}
+        self._keys: dict[object, tuple[bytes, ...]] = {}
         self._shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -109,9 +119,15 @@ class WebhookAdapter:
             return Failed("permanent", {"error": "the webhook timeout must be a positive number of seconds"})
         body = _body(delivery)
         try:
+            keys = self._signing_keys(config.get("secret"))
+        except ValueError:
+            return self._failed(delivery, "permanent", {"error": "invalid_secret"})
+        try:
             headers = _headers(delivery, config, body)
         except (TypeError, ValueError):
             return self._failed(delivery, "permanent", {"error": "invalid_headers"})
+        if keys:
+            headers.update(signed_headers(body, message_id=str(delivery.delivery_id), keys=keys))
         client = self._client or self._shared.get(asyncio.get_running_loop())
         if client is not None:
             return await self._send(client, delivery, url, body, headers, timeout)
@@ -166,6 +182,22 @@ class WebhookAdapter:
                 answer.status,
             )
         return _classify(answer)
+
+    def _signing_keys(self, secret: object) -> tuple[bytes, ...]:
+        """The keys of the channel's ``secret`` (none when unset), decoded once per secret."""
+        if secret is None or secret == "":
+            return ()
+        cache_key = tuple(secret) if isinstance(secret, list | tuple) else secret
+        try:
+            keys = self._keys.get(cache_key)
+        except TypeError:  # unhashable: not a secret parse_secrets accepts either
+            keys = None
+        if keys is None:
+            keys = parse_secrets(secret)
+            if len(self._keys) >= _MAX_URLS:
+                self._keys.clear()
+            self._keys[cache_key] = keys
+        return keys
 
     def _parsed(self, url: str) -> httpx.URL:
         # Parsing a URL is a tenth of a request's cost in httpx; a channel has one URL.
@@ -250,9 +282,9 @@ def _headers(delivery: DeliveryContext, config: Mapping[str, Any], body: bytes) 
     token = config.get("token")
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    secret = config.get("secret")
-    if secret:
-        digest = hmac.new(str(secret).encode(), body, hashlib.sha256).hexdigest()
+    legacy = config.get("legacy_secret")
+    if legacy:
+        digest = hmac.new(str(legacy).encode(), body, hashlib.sha256).hexdigest()
         headers["X-Chimeway-Signature"] = f"sha256={digest}"
     return headers
 

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from . import __version__
-from .errors import PgQueueError
+from .errors import ConfigError, PgQueueError
 from .job import JobState
 from .lifecycle import describe_error
 from .manage import JobFilter, cancel_all_jobs, retry_all_jobs
@@ -26,6 +26,7 @@ from .plugins import Plugin
 from .plugins.lifeline import BEATS_PER_WINDOW, Lifeline
 from .plugins.pruner import Pruner
 from .plugins.stager import Stager
+from .processes import MAX_PROCESSES, validate_processes
 from .producer import QueueConfig
 from .runtime import Runtime
 from .store import queries_for
@@ -141,6 +142,15 @@ def _count(value: str) -> int:
     return number
 
 
+def _processes(value: str) -> int:
+    try:
+        return validate_processes(int(value))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of worker processes 0..{MAX_PROCESSES}, got {value!r}"
+        ) from None
+
+
 def _configure_logging(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -167,6 +177,10 @@ def _cmd_start(args: argparse.Namespace) -> int:
             f"({window / BEATS_PER_WINDOW:g}), got {beat:g}: a node "
             "beating less often has its own live jobs rescued"
         )
+    if args.metrics_port is not None:
+        from .metrics import registry, serve
+
+        serve(registry(dsn, args.schema)[0], args.metrics_port, args.metrics_host)
     runtime = Runtime(
         dsn,
         direct_conninfo=args.direct_dsn or os.environ.get("DIRECT_DATABASE_URL") or None,
@@ -178,6 +192,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         shutdown_grace_period=args.shutdown_grace,
         heartbeat_interval=args.heartbeat_interval,
         synchronous_acks=args.synchronous_acks,
+        processes=args.processes,
     )
     runtime.run()
     return 0
@@ -211,6 +226,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"  {queue:<24} {node:<32} limit={meta.get('limit')} paused={meta.get('paused')} "
             f"running={meta.get('running')} last={updated:%H:%M:%S}"
         )
+    return 0
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {value!r}")
+    return int(value)
+
+
+def _cmd_web(args: argparse.Namespace) -> int:
+    try:
+        from .web.serve import serve
+    except ImportError as exc:
+        raise _UsageError(f"the dashboard needs the web extra (pip install 'chimeway[web]'): {exc}") from None
+    token = args.token or os.environ.get("PGQUEUE_WEB_TOKEN") or None
+    basic = args.basic_auth or os.environ.get("PGQUEUE_WEB_BASIC_AUTH") or None
+    _configure_logging("text", args.log_level)
+    serve(
+        dsn=_dsn(args.dsn),
+        schema=args.schema,
+        host=args.host,
+        port=args.port,
+        token=token,
+        basic_auth=basic,
+        insecure_no_auth=args.insecure_no_auth,
+        read_only=args.read_only,
+        extensions=args.extension,
+        log_level=args.log_level,
+    )
     return 0
 
 
@@ -296,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         "itself, for LISTEN (default: $DIRECT_DATABASE_URL, else --dsn)",
     )
     start.add_argument("--node", default=None, help="node name (default: host:pid)")
+    start.add_argument(
+        "--processes",
+        type=_processes,
+        default=0,
+        metavar="N",
+        help="run sync (CPU-bound) jobs in N worker processes instead of threads (default: 0, threads)",
+    )
     start.add_argument("--shutdown-grace", type=_duration, default=15.0, metavar="SECONDS")
     start.add_argument(
         "--rescue-window",
@@ -323,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="delete finished jobs older than this (default: keep them)",
     )
+    start.add_argument(
+        "--metrics-port", type=_port, default=None, help="serve Prometheus metrics at :PORT/metrics"
+    )
+    start.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default: 127.0.0.1)"
+    )
     start.add_argument("--log-format", choices=["text", "json"], default="text")
     start.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     start.set_defaults(handler=_cmd_start)
@@ -340,6 +397,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database(cancel)
     _add_selection(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
+
+    web = commands.add_parser("web", help="serve the dashboard (needs the web extra)")
+    _add_database(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    web.add_argument("--port", type=_port, default=8765, help="port to bind (default: 8765)")
+    web.add_argument(
+        "--token", default=None, help="sign-in token, 16+ characters (better: $PGQUEUE_WEB_TOKEN)"
+    )
+    web.add_argument(
+        "--basic-auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help="basic auth (better: $PGQUEUE_WEB_BASIC_AUTH)",
+    )
+    web.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve without authentication (anyone who can reach it)",
+    )
+    web.add_argument("--read-only", action="store_true", help="show everything, allow no action")
+    web.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="add an extension's pages, e.g. chimeway.web:extension (repeatable)",
+    )
+    web.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    web.set_defaults(handler=_cmd_web)
 
     prune = commands.add_parser("prune", help="delete finished jobs older than --max-age")
     _add_database(prune)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import orjson
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import ConfigError
@@ -38,7 +39,16 @@ from .store import channel_name, queries_for
 if TYPE_CHECKING:
     from .producer import Producer
 
-__all__ = ["ACTIONS", "KEEP_SIGNALS", "MISSING_WINDOW", "SIGNAL_TOPIC", "Control", "QueueHost", "Signal"]
+__all__ = [
+    "ACTIONS",
+    "KEEP_SIGNALS",
+    "MISSING_WINDOW",
+    "SIGNAL_TOPIC",
+    "Control",
+    "QueueHost",
+    "Signal",
+    "send_signal",
+]
 
 _log = logging.getLogger("pgqueue.control")
 SIGNAL_TOPIC = "signal"
@@ -86,6 +96,33 @@ class QueueHost(Protocol):
     def stop_queue_here(self, queue: str) -> None:
         """Stop ``queue``'s producer gracefully (in the background)."""
         ...
+
+
+async def send_signal(
+    conn: psycopg.AsyncConnection[Any],
+    schema: str,
+    action: str,
+    *,
+    queue: str | None = None,
+    node: str | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> int:
+    """Write one signal row in ``conn``'s transaction and wake every node (at commit). Its id.
+
+    This is the one way to steer nodes from outside a runtime (the dashboard uses it): the row is
+    the command, so only a role that may write the signals table can send one.
+    """
+    if action not in ACTIONS:
+        raise ConfigError(f"signal action must be one of {sorted(ACTIONS)}, got {action!r}")
+    values = {
+        "action": action,
+        "queue": queue,
+        "node": node,
+        "params": orjson.dumps(dict(params or {})).decode(),
+        "channel": channel_name(schema, SIGNAL_TOPIC),
+    }
+    row = await (await conn.execute(queries_for(schema).signal_send, values)).fetchone()
+    return int(row[0]) if row else 0
 
 
 class Control:
@@ -204,20 +241,11 @@ class Control:
         params: Mapping[str, Any] | None = None,
     ) -> int:
         """Write a signal and wake every node; it takes effect here before this returns. Its id."""
-        if action not in ACTIONS:
-            raise ConfigError(f"signal action must be one of {sorted(ACTIONS)}, got {action!r}")
-        values = {
-            "action": action,
-            "queue": queue,
-            "node": node,
-            "params": orjson.dumps(dict(params or {})).decode(),
-            "channel": channel_name(self.schema, SIGNAL_TOPIC),
-        }
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(self.queries.signal_send, values)).fetchone()
+            signal_id = await send_signal(conn, self.schema, action, queue=queue, node=node, params=params)
         # Applied here now, whether or not this node can hear notifications.
         await self.catch_up()
-        return int(row[0]) if row else 0
+        return signal_id
 
     # -- applying ----------------------------------------------------------------------------------
 

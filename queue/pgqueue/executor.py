@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import orjson
@@ -39,6 +39,7 @@ __all__ = [
     "Execution",
     "Executor",
     "Outcome",
+    "Performer",
     "fetch_params",
     "fetch_result",
     "is_cancelled",
@@ -252,8 +253,17 @@ def _outcome_error(outcome: JobOutcome) -> str:
     return storable_text(f"{name}: {reason}")
 
 
+class Performer(Protocol):
+    """Somewhere else to run sync ``perform`` methods (:class:`pgqueue.processes.ProcessPool`):
+    awaited instead of a thread; cancelling the await must stop the job."""
+
+    def perform(self, job: Job) -> Awaitable[Any]: ...
+
+
 class Executor:
-    """Runs jobs through the worker registry; shared by the runtime and ``pgqueue.testing``."""
+    """Runs jobs through the worker registry; shared by the runtime and ``pgqueue.testing``.
+
+    Sync ``perform`` methods run in threads, or in ``processes`` when given."""
 
     def __init__(
         self,
@@ -261,10 +271,12 @@ class Executor:
         *,
         completer: Callable[[Ack], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        processes: Performer | None = None,
     ) -> None:
         self.workers = workers
         self.completer = completer
         self.clock = clock
+        self.processes = processes
 
     async def execute(
         self,
@@ -353,6 +365,9 @@ class Executor:
         try:
             if worker.is_async:
                 call = worker.perform(job)
+            elif self.processes is not None:
+                # Cancelling this await (timeout, cancel, shutdown) kills the process running it.
+                call = self.processes.perform(job)
             else:
                 # abandon_on_cancel: a sync perform can't be interrupted; on timeout or cancel we
                 # stop waiting for it and raise its flag (see is_cancelled()).

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -239,6 +240,19 @@ def _replace_params(job: NewJob, holder: Sequence[Any]) -> dict[str, Any] | None
     return params
 
 
+#: wraps every insert of a batch (tracing opens a span around it and carries its context in each
+#: job's meta); None, the default, costs the insert nothing
+InsertWrapper = Callable[[Sequence[NewJob]], AbstractContextManager[Sequence[NewJob]]]
+_insert_wrapper: InsertWrapper | None = None
+
+
+def set_insert_wrapper(wrapper: InsertWrapper | None) -> InsertWrapper | None:
+    """Install ``wrapper`` around every insert (None removes it); returns the one it replaces."""
+    global _insert_wrapper
+    previous, _insert_wrapper = _insert_wrapper, wrapper
+    return previous
+
+
 def _check_jobs(jobs: Sequence[NewJob]) -> None:
     if isinstance(jobs, NewJob):
         raise TypeError("insert_all takes a list of jobs; use insert() for one job")
@@ -268,6 +282,14 @@ def insert_all(
         return runner(jobs)
     if not jobs:
         return []
+    wrapper = _insert_wrapper
+    if wrapper is not None:
+        with wrapper(jobs) as wrapped:
+            return _insert_all(target, wrapped, schema, notify)
+    return _insert_all(target, jobs, schema, notify)
+
+
+def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     with sync_writer(target) as writer:
         batch = CopyBatch.of(jobs)
         if batch is not None:
@@ -316,6 +338,14 @@ async def ainsert_all(
         return await arunner(jobs)
     if not jobs:
         return []
+    wrapper = _insert_wrapper
+    if wrapper is not None:
+        with wrapper(jobs) as wrapped:
+            return await _ainsert_all(target, wrapped, schema, notify)
+    return await _ainsert_all(target, jobs, schema, notify)
+
+
+async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     async with async_writer(target) as writer:
         batch = CopyBatch.of(jobs)
         if batch is not None:

@@ -60,6 +60,7 @@ from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
 from .plugins.lifeline import Lifeline, heartbeat_for
 from .plugins.stager import Stager
+from .processes import ProcessPool, validate_processes
 from .producer import Producer, QueueConfig
 from .worker import WorkerRegistry, load_worker_modules, registry
 
@@ -107,6 +108,7 @@ class Runtime:
         verify_schema: bool = True,
         pool_size: int | None = None,
         synchronous_acks: bool = False,
+        processes: int = 0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if pool is None and not conninfo:
@@ -157,7 +159,12 @@ class Runtime:
         )
         self.synchronous_acks = synchronous_acks
         self.completer = Completer(self.pool, schema, clock=clock, async_commit=not synchronous_acks)
-        self.executor = Executor(worker_registry, completer=self.completer.ack, clock=clock.monotonic)
+        #: sync jobs run in this many worker processes (see :mod:`pgqueue.processes`); 0: in threads
+        self.processes = validate_processes(processes)
+        self.process_pool = ProcessPool(self.processes, self.worker_modules) if self.processes else None
+        self.executor = Executor(
+            worker_registry, completer=self.completer.ack, clock=clock.monotonic, processes=self.process_pool
+        )
         self.heartbeat = Heartbeat(
             self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock
         )
@@ -223,6 +230,12 @@ class Runtime:
             self._tg.start_soon(supervise, service, name=f"pgqueue {service.name}")
         with anyio.move_on_after(5):
             await self.notifier.wait_ready(5)
+        if self.process_pool is not None:
+            try:
+                await self.process_pool.start()
+            except BaseException:
+                await self.stop()
+                raise
         for queue, config in self.queue_configs.items():
             self._start_producer(queue, config)
 
@@ -309,6 +322,8 @@ class Runtime:
                 for producer in running:
                     tg.start_soon(drain, producer)
             finish_by = anyio.current_time() + self.shutdown_flush_timeout
+            if self.process_pool is not None:
+                self.process_pool.retire()  # the jobs abandoned next kill their processes for good
             for entry in self._queues.values():
                 entry.scope.cancel()
             with anyio.CancelScope(deadline=finish_by):
@@ -345,6 +360,11 @@ class Runtime:
                     self.completer.backlog,
                     self.shutdown_flush_timeout,
                 )
+            if self.process_pool is not None:
+                # Jobs past the grace period had their processes killed as the producers stopped;
+                # the idle ones exit when told. None outlives the node.
+                with anyio.CancelScope(shield=True):
+                    await self.process_pool.stop(max(1.0, _left(finish_by)))
             if self._own_pool:
                 with anyio.CancelScope(shield=True):
                     await self.pool.close(timeout=_left(finish_by))

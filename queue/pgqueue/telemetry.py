@@ -15,7 +15,6 @@ from typing import Any
 __all__ = [
     "Handler",
     "JsonFormatter",
-    "Metrics",
     "attach",
     "attach_default_logger",
     "detach",
@@ -111,42 +110,3 @@ def attach_default_logger(level: int = logging.INFO, logger_name: str = "pgqueue
         job_log.log(level, "job %s %s", fields["job_id"], fields["outcome"], extra={"fields": fields})
 
     attach("pgqueue-default-logger", handler, _JOB_EVENTS)
-
-
-class Metrics:
-    """Job counters and durations in Prometheus' text format: ``attach()`` it, serve ``render()``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], int] = {}
-        self._seconds: dict[str, float] = {}
-
-    def attach(self, handler_id: str = "pgqueue-metrics") -> None:
-        attach(handler_id, self._handle, _JOB_EVENTS)
-
-    def _handle(self, event: Event, measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> None:
-        queue, outcome = str(metadata.get("queue")), str(metadata.get("outcome"))
-        with self._lock:
-            self._counts[(queue, outcome)] = self._counts.get((queue, outcome), 0) + 1
-            self._seconds[queue] = self._seconds.get(queue, 0.0) + float(measurements.get("duration", 0.0))
-
-    def render(self) -> str:
-        def label(value: str) -> str:
-            return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-        lines = [
-            "# HELP pgqueue_jobs_total Finished job attempts by queue and outcome.",
-            "# TYPE pgqueue_jobs_total counter",
-        ]
-        with self._lock:
-            for (queue, outcome), count in sorted(self._counts.items()):
-                lines.append(
-                    f'pgqueue_jobs_total{{queue="{label(queue)}",outcome="{label(outcome)}"}} {count}'
-                )
-            lines += [
-                "# HELP pgqueue_job_seconds_total Time spent performing jobs, by queue.",
-                "# TYPE pgqueue_job_seconds_total counter",
-            ]
-            for queue, seconds in sorted(self._seconds.items()):
-                lines.append(f'pgqueue_job_seconds_total{{queue="{label(queue)}"}} {seconds:.6f}')
-        return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ def context(
 
 
 def test_the_registry_resolves_the_built_ins_by_name_with_logger_as_default() -> None:
-    assert adapter_names() == ("logger", "test", "webhook")
+    assert adapter_names() == ("logger", "test", "webhook", "email")
     assert isinstance(resolve_adapter(), LoggerAdapter)
     assert isinstance(resolve_adapter("test"), TestAdapter)
     assert isinstance(resolve_adapter("webhook"), WebhookAdapter)

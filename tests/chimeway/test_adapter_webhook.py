@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from chimeway.adapters import Delivered, DeliveryContext, Failed, WebhookAdapter, classify
+from chimeway.webhooks import generate_secret, verify
 
 # path → (status, JSON body or None, extra headers)
 SCRIPTS: dict[str, tuple[int, Any, dict[str, str]]] = {
@@ -222,7 +224,7 @@ def test_secrets_are_sent_as_headers_but_never_reach_the_response_or_the_logs(
     config = {
         "url": server.url("/ok?key=url-credential"),
         "token": "tok-123",
-        "secret": "shh-456",
+        "legacy_secret": "shh-456",
         "headers": {"X-Tenant": "acme"},
     }
 
@@ -234,6 +236,7 @@ def test_secrets_are_sent_as_headers_but_never_reach_the_response_or_the_logs(
     assert request.headers["x-tenant"] == "acme"
     signature = hmac.new(b"shh-456", request.body, hashlib.sha256).hexdigest()
     assert request.headers["x-chimeway-signature"] == f"sha256={signature}"
+    assert "webhook-signature" not in request.headers  # no Standard Webhooks secret configured
     stored = json.dumps(classify(result).provider_response)
     for secret in ("tok-123", "shh-456", "url-credential"):
         assert secret not in stored
@@ -253,3 +256,20 @@ async def test_a_given_client_is_used_and_left_open(server: WebhookServer) -> No
         assert isinstance(await adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
         assert isinstance(await adapter.deliver(context(), {"url": server.url("/ok")}), Delivered)
         assert not client.is_closed
+
+
+def test_a_standard_webhooks_secret_signs_with_the_three_headers_and_not_the_old_one(
+    server: WebhookServer,
+) -> None:
+    secret = generate_secret()
+    delivery = context(attempt_number=3)
+    before = int(time.time())
+
+    deliver(delivery, {"url": server.url("/ok"), "secret": secret})
+
+    (request,) = server.received
+    assert request.headers["webhook-id"] == str(delivery.delivery_id)
+    assert before <= int(request.headers["webhook-timestamp"]) <= time.time()
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert "x-chimeway-signature" not in request.headers
+    assert verify(request.body, request.headers, secret).message_id == str(delivery.delivery_id)

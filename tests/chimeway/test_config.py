@@ -140,7 +140,12 @@ def test_the_settings_repr_shows_no_password_and_no_channel_secret() -> None:
     from chimeway.adapters import resolve_adapter
     from chimeway.dispatch import ChannelRoute
 
-    config = {"url": "http://x", "token": "T0K3N", "secret": "S1GN", "headers": {"Authorization": "B3AR"}}
+    config = {
+        "url": "http://x",
+        "token": "T0K3N",
+        "legacy_secret": "S1GN",
+        "headers": {"Authorization": "B3AR"},
+    }
     settings = parse_settings(
         {"channels": {"email": {"adapter": "webhook", "config": config}}},
         {"DATABASE_URL": "postgresql://app:S3cret@db.internal:6432/notify"},

@@ -1,4 +1,4 @@
-"""chimeway 0003 (policies): up and down over existing rows, and the checks that refuse bad settings."""
+"""chimeway 0004 (policies): up and down over existing rows, and the checks that refuse bad settings."""
 
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ def delivery_columns(conn: psycopg.Connection[Any], schema: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-def test_0003_migrates_existing_deliveries_up_and_down_and_up_again(
+def test_0004_migrates_existing_deliveries_up_and_down_and_up_again(
     conn: psycopg.Connection[Any], empty_schema: str
 ) -> None:
     schema = empty_schema
     m.migrate(conn, schema, m.PGQUEUE)
-    m.migrate(conn, schema, CHIMEWAY, to_version=2)
+    m.migrate(conn, schema, CHIMEWAY, to_version=3)
     names = {
         t: sql.Identifier(schema, t)
         for t in ("chimeway_events", "chimeway_notifications", "chimeway_deliveries")
@@ -55,7 +55,7 @@ def test_0003_migrates_existing_deliveries_up_and_down_and_up_again(
     )
     conn.commit()
 
-    assert m.migrate(conn, schema, CHIMEWAY, to_version=3).applied == (3,)
+    assert m.migrate(conn, schema, CHIMEWAY, to_version=4).applied == (4,)
     assert {"next_eligible_at", "planning_reason", "planning_context"} <= delivery_columns(conn, schema)
     assert functions(conn, schema) >= POLICY_FUNCTIONS
     conn.execute(
@@ -66,7 +66,7 @@ def test_0003_migrates_existing_deliveries_up_and_down_and_up_again(
     )
     conn.commit()
 
-    assert m.rollback(conn, schema, CHIMEWAY, to_version=2).reverted == (3,)
+    assert m.rollback(conn, schema, CHIMEWAY, to_version=3).reverted == (4,)
     assert not {"next_eligible_at", "planning_reason", "planning_context"} & delivery_columns(conn, schema)
     assert not POLICY_FUNCTIONS & functions(conn, schema)
     # a deferred delivery can't stay deferred without its release time: it is ready again
@@ -74,7 +74,7 @@ def test_0003_migrates_existing_deliveries_up_and_down_and_up_again(
     assert state.fetchall() == [("ready",)]
     conn.commit()
 
-    assert m.migrate(conn, schema, CHIMEWAY, to_version=3).applied == (3,)
+    assert m.migrate(conn, schema, CHIMEWAY, to_version=4).applied == (4,)
 
 
 @pytest.mark.parametrize(

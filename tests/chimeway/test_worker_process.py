@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -21,7 +22,7 @@ from chimeway.dispatch import dispatch_job
 from chimeway.models import Delivery, DeliveryAttempt
 from chimeway.testing import ScriptedWebhookServer
 
-from ..helpers import wait_until
+from ..helpers import free_port, parse_metrics, wait_until
 from .conftest import MakeNotification
 
 SCRIPTS: dict[str, Sequence[int]] = {
@@ -62,8 +63,9 @@ def test_the_worker_process_drives_every_delivery_to_its_end(
             f'[channels.webhook]\nadapter = "webhook"\nconfig = {{ url = "{receiver.url}", timeout = 2 }}\n'
         )
         env = {**os.environ, "DATABASE_URL": dsn}
+        port = free_port()
         worker = subprocess.Popen(
-            [sys.executable, "-m", "chimeway.worker", "--config", str(config)],
+            [sys.executable, "-m", "chimeway.worker", "--config", str(config), "--metrics-port", str(port)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -79,10 +81,27 @@ def test_the_worker_process_drives_every_delivery_to_its_end(
                 return all(s in deliveries.terminal_states() for s in statuses)
 
             wait_until(all_ended, timeout=60)
+            scrape = parse_metrics(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
         finally:
             worker.send_signal(signal.SIGTERM)
             output, _ = worker.communicate(timeout=30)
         assert worker.returncode == 0, output
+        # the worker's --metrics-port: Chimeway's attempts by channel and outcome, the queue's jobs
+        attempts = {
+            labels: value
+            for (name, labels), value in scrape.items()
+            if name == "chimeway_delivery_attempts_total"
+        }
+        assert attempts == {
+            (("channel", "webhook"), ("outcome", "succeeded")): 2,
+            (("channel", "webhook"), ("outcome", "failed")): 6,
+            (("channel", "webhook"), ("outcome", "bounced")): 1,
+            (("channel", "webhook"), ("outcome", "rejected")): 1,
+        }
+        assert scrape[("chimeway_attempt_record_seconds_count", (("channel", "webhook"),))] == 10
+        finished = sum(v for (name, _), v in scrape.items() if name == "pgqueue_jobs_total")
+        assert finished == 10  # one job attempt per adapter call
+        assert scrape[("pgqueue_database_up", ())] == 1
 
         with Session(engine) as session:
             for recipient, (status, reason, attempts) in EXPECTED.items():

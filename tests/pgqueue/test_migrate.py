@@ -207,12 +207,27 @@ def test_queue_control_arrives_with_version_2_and_leaves_with_it(
     assert table_exists(conn, empty_schema, "jobs")
     assert not table_exists(conn, empty_schema, "pgqueue_signals")
 
-    assert m.migrate(conn, empty_schema).applied == (2,)
+    assert m.migrate(conn, empty_schema, to_version=2).applied == (2,)
     assert table_exists(conn, empty_schema, "pgqueue_signals")
 
     assert m.rollback(conn, empty_schema).reverted == (2,)
     assert not table_exists(conn, empty_schema, "pgqueue_signals")
     assert table_exists(conn, empty_schema, "jobs")
+
+
+def test_the_dashboard_index_arrives_with_version_3_and_leaves_with_it(
+    conn: psycopg.Connection[Any], empty_schema: str
+) -> None:
+    def has_index() -> bool:
+        row = conn.execute("SELECT to_regclass(%s)", (f'"{empty_schema}".jobs_state_id_idx',)).fetchone()
+        return row is not None and row[0] is not None
+
+    m.migrate(conn, empty_schema, to_version=2)
+    assert not has_index()
+    assert m.migrate(conn, empty_schema, to_version=3).applied == (3,)
+    assert has_index()
+    assert m.rollback(conn, empty_schema, to_version=2).reverted == (3,)
+    assert not has_index()
 
 
 def test_a_role_that_can_only_connect_can_not_write_signals(

@@ -60,15 +60,41 @@ def test_the_default_logger_writes_one_json_line_per_attempt_without_args(
     assert "someone@example.com" not in json.dumps(line)
 
 
-def test_metrics_render_prometheus_counters() -> None:
-    metrics = telemetry.Metrics()
-    metrics.attach("test-metrics")
+def test_job_metrics_count_attempts_durations_and_errors_in_prometheus_format() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgqueue.metrics import registry
+
+    reg, job_metrics = registry(None, attach=False)
+    job_metrics.attach("test-metrics")
     try:
         perform_job(Outcomes, {"action": "ok"})
         perform_job(Outcomes, {"action": "cancel"})
+        # what the executor emits when perform raises (perform_job re-raises before emitting)
+        telemetry.emit(
+            ("job", "exception"),
+            {"duration": 0.25},
+            {
+                "queue": "alpha",
+                "worker": Outcomes.name,
+                "attempt": 2,
+                "outcome": "failure",
+                "error": RuntimeError(),
+            },
+        )
+        telemetry.emit(("plugin", "stop"), {"duration": 0.1}, {"plugin": "lifeline", "rescued_jobs": [1, 2]})
     finally:
         telemetry.detach("test-metrics")
-    text = metrics.render()
-    assert 'pgqueue_jobs_total{queue="alpha",outcome="success"} 1' in text
-    assert 'pgqueue_jobs_total{queue="alpha",outcome="cancelled"} 1' in text
-    assert "# TYPE pgqueue_job_seconds_total counter" in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(reg).decode())
+        for s in family.samples
+    }
+    worker = ("worker", Outcomes.name)
+    assert samples[("pgqueue_jobs_total", (("outcome", "success"), ("queue", "alpha"), worker))] == 1
+    assert samples[("pgqueue_jobs_total", (("outcome", "cancelled"), ("queue", "alpha"), worker))] == 1
+    assert samples[("pgqueue_job_errors_total", (("error", "RuntimeError"), ("queue", "alpha")))] == 1
+    assert samples[("pgqueue_job_duration_seconds_count", (("outcome", "success"), ("queue", "alpha")))] == 1
+    assert samples[("pgqueue_job_attempt_count", (("queue", "alpha"),))] == 3
+    assert samples[("pgqueue_jobs_rescued_total", (("to", "available"),))] == 2

@@ -69,6 +69,7 @@ def project(dsn: str, empty_schema: str) -> Project:
     migrated = made.run("migrate", "--no-input")
     assert migrated.returncode == 0, migrated.stderr
     assert "Applying pgqueue.0001_initial... OK" in migrated.stdout
+    assert "Applying pgqueue.0002_dashboard... OK" in migrated.stdout
     return made
 
 

@@ -1,4 +1,4 @@
--- Undo chimeway 0003: the policy functions, settings and the deferral columns (their values
+-- Undo chimeway 0004: the policy functions, settings and the deferral columns (their values
 -- are lost; deferred deliveries become ready again).
 -- Applied with search_path set to the target schema.
 DROP FUNCTION IF EXISTS chimeway_cap_record(timestamptz[], integer, integer);

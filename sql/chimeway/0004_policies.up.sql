@@ -1,4 +1,4 @@
--- chimeway 0003: delivery policies. Per-recipient settings (quiet hours in the recipient's time
+-- chimeway 0004: delivery policies. Per-recipient settings (quiet hours in the recipient's time
 -- zone, a delivery cap of N per window), the columns a deferred delivery carries until a
 -- scheduled run releases it, and the two functions the dispatch claim evaluates them with.
 -- Applied with search_path set to the target schema, so every name here lands in that schema.

@@ -1,0 +1,215 @@
+"""What the dashboard reads: job pages by keyset, counts, nodes, throughput. Async, one pool.
+
+Every statement is a file in ``pgqueue/queries/`` (``web_*.sql``) rendered by :mod:`pgqueue.store`;
+filters go through :class:`pgqueue.store.JobFilter`, so values are always parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from ..job import Job
+from ..manage import aget_job
+from ..store import JobFilter, filtered, queries_for
+
+__all__ = [
+    "COUNT_EXACT_UP_TO",
+    "JobPage",
+    "JobRow",
+    "Minute",
+    "Overview",
+    "Producer",
+    "Reads",
+]
+
+#: a finished state with more rows than this is shown as "at least" this many
+COUNT_EXACT_UP_TO = 100_000
+_MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One line of the job list (no args or meta: those are on the detail page only)."""
+
+    id: int
+    state: str
+    queue: str
+    worker: str
+    tags: list[str]
+    attempt: int
+    max_attempts: int
+    priority: int
+    inserted_at: datetime
+    scheduled_at: datetime
+    attempted_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    discarded_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of jobs, newest first, with the cursors of the pages either side (None: none)."""
+
+    rows: list[JobRow]
+    older: int | None
+    newer: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    uuid: str
+    node: str
+    queue: str
+    limit: Any
+    paused: bool
+    running: Any
+    global_limit: Any
+    started_at: datetime
+    updated_at: datetime
+    age_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Counts per queue and state, plus finished states too large to count per queue."""
+
+    #: queue → state → count
+    counts: dict[str, dict[str, int]]
+    #: state → lower bound, for finished states holding at least COUNT_EXACT_UP_TO jobs
+    at_least: dict[str, int]
+    #: queue → node → executing jobs
+    executing: dict[str, dict[str, int]]
+    producers: list[Producer]
+    leader: str | None
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for states in self.counts.values():
+            for state, count in states.items():
+                totals[state] = totals.get(state, 0) + count
+        for state, count in self.at_least.items():
+            totals[state] = totals.get(state, 0) + count
+        return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Minute:
+    at: datetime
+    completed: int
+    failed: int
+    run_seconds: float | None
+    wait_seconds: float | None
+
+
+class Reads:
+    """The dashboard's queries for one schema, on one pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], schema: str) -> None:
+        self.pool = pool
+        self.schema = schema
+        self.queries = queries_for(schema)
+
+    async def _fetch(self, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            rows: list[tuple[Any, ...]] = await (await conn.execute(statement, params or {})).fetchall()
+        return rows
+
+    async def jobs(
+        self, job_filter: JobFilter, *, state: str | None, before: int | None, after: int | None, limit: int
+    ) -> JobPage:
+        """A page of jobs (of ``state``, when given) below ``before`` (or, with ``after``, the page
+        just above it)."""
+        by_state = {"state": state} if state is not None else {}
+        kind = "web_jobs_state" if state is not None else "web_jobs"
+        if after is not None:
+            statement, params = filtered(f"{kind}_after", self.schema, job_filter)
+            rows = await self._fetch(statement, {**params, **by_state, "cursor": after, "limit": limit + 1})
+            more_newer = len(rows) > limit
+            page = [JobRow(*row) for row in rows[:limit]][::-1]
+            return JobPage(page, page[-1].id if page else None, page[0].id if page and more_newer else None)
+        cursor = _MAX_ID if before is None else before
+        statement, params = filtered(f"{kind}_before", self.schema, job_filter)
+        rows = await self._fetch(statement, {**params, **by_state, "cursor": cursor, "limit": limit + 1})
+        page = [JobRow(*row) for row in rows[:limit]]
+        older = page[-1].id if page and len(rows) > limit else None
+        newer = page[0].id if page and before is not None else None
+        return JobPage(page, older, newer)
+
+    async def job(self, job_id: int) -> Job | None:
+        async with self.pool.connection() as conn:
+            return await aget_job(conn, job_id, schema=self.schema)
+
+    async def job_state(self, job_id: int) -> str | None:
+        rows = await self._fetch(self.queries.web_job_exists, {"id": job_id})
+        return str(rows[0][0]) if rows else None
+
+    async def overview(self) -> Overview:
+        async with self.pool.connection() as conn:
+            counts_rows = await (
+                await conn.execute(self.queries.web_state_counts, {"exact_up_to": COUNT_EXACT_UP_TO})
+            ).fetchall()
+            executing_rows = await (await conn.execute(self.queries.web_executing_by_node)).fetchall()
+            producer_rows = await (await conn.execute(self.queries.web_producers)).fetchall()
+            leader_row = await (
+                await conn.execute(self.queries.leader_current, {"name": "pgqueue"})
+            ).fetchone()
+        counts: dict[str, dict[str, int]] = {}
+        at_least: dict[str, int] = {}
+        for queue, state, count, _exact in counts_rows:
+            if queue is None:
+                at_least[state] = int(count)
+            else:
+                counts.setdefault(queue, {})[state] = int(count)
+        executing: dict[str, dict[str, int]] = {}
+        for queue, node, count in executing_rows:
+            executing.setdefault(queue, {})[node] = int(count)
+        return Overview(
+            counts, at_least, executing, _producers(producer_rows), leader_row[0] if leader_row else None
+        )
+
+    async def nodes(self) -> tuple[list[Producer], str | None]:
+        """Every producer row and the leader (no job counts: the nodes page needs none)."""
+        async with self.pool.connection() as conn:
+            producer_rows = await (await conn.execute(self.queries.web_producers)).fetchall()
+            leader_row = await (
+                await conn.execute(self.queries.leader_current, {"name": "pgqueue"})
+            ).fetchone()
+        return _producers(producer_rows), leader_row[0] if leader_row else None
+
+    async def throughput(self) -> list[Minute]:
+        rows = await self._fetch(self.queries.web_throughput)
+        return [
+            Minute(at, int(done), int(failed), _float(run), _float(wait))
+            for at, done, failed, run, wait in rows
+        ]
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _producers(rows: Sequence[tuple[Any, ...]]) -> list[Producer]:
+    producers = []
+    for uuid, node, queue, meta, started_at, updated_at, age in rows:
+        meta = meta if isinstance(meta, dict) else {}
+        producers.append(
+            Producer(
+                str(uuid),
+                node,
+                queue,
+                meta.get("limit"),
+                meta.get("paused") is True,
+                meta.get("running"),
+                meta.get("global_limit"),
+                started_at,
+                updated_at,
+                float(age),
+            )
+        )
+    return producers
