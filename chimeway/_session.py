@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 
@@ -18,3 +19,10 @@ def atomic(session: Session) -> Iterator[None]:
     else:
         with session.begin():
             yield
+
+
+def mapped_schema(connection: Connection) -> str:
+    """The schema chimeway's tables are in for ``connection``: where its ``schema_translate_map``
+    maps them (the key None, as :mod:`chimeway.models` says), else ``public``."""
+    mapping = connection.get_execution_options().get("schema_translate_map") or {}
+    return str(mapping.get(None) or "public")

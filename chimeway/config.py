@@ -9,6 +9,8 @@ Everything is validated once, at start, and every mistake is reported with the k
     rescue_window = 15         # seconds of silence after which a dead worker's jobs are rescued
     retry_backoff = 1.0        # seconds between retries (default: the queue's exponential backoff)
     prune_after = 604800       # delete finished jobs older than this many seconds (default: keep)
+    recover_after = 300        # seconds a delivery may stay dispatched with no live job before
+                               # it is re-driven (chimeway.recovery)
 
     [channels.email]
     adapter = "webhook"        # logger (default), webhook, email or test
@@ -54,6 +56,7 @@ _TOP_LEVEL = {
     "queue_limit",
     "shutdown_grace",
     "rescue_window",
+    "recover_after",
     "retry_backoff",
     "prune_after",
     "channels",
@@ -97,13 +100,16 @@ class Settings:
     rescue_window: float = 15.0
     retry_backoff: float | None = None
     prune_after: float | None = None
+    recover_after: float = 300.0
     channels: Mapping[str, ChannelSettings] = field(default_factory=dict)
     #: Behind a transaction pooler (PgBouncer): PostgreSQL itself, for the worker's LISTEN.
     direct_database_url: str | None = None
 
     def __repr__(self) -> str:
         names = ("schema", "node", "queue_limit", "shutdown_grace", "rescue_window", "retry_backoff")
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in (*names, "prune_after", "channels"))
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in (*names, "prune_after", "recover_after", "channels")
+        )
         direct = "" if self.direct_database_url is None else _describe_dsn(self.direct_database_url)
         return (
             f"Settings(database_url={_describe_dsn(self.database_url)!r}, {fields}, "
@@ -253,7 +259,7 @@ def parse_settings(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         options["queue_limit"] = _number(
             data, "queue_limit", integer=True, minimum=1, maximum=MAX_QUEUE_LIMIT
         )
-    for key in ("shutdown_grace", "rescue_window", "retry_backoff", "prune_after"):
+    for key in ("shutdown_grace", "rescue_window", "retry_backoff", "prune_after", "recover_after"):
         if key in data:
             options[key] = float(_number(data, key, minimum=0.001 if key != "shutdown_grace" else 0))
     if "channels" in data:

@@ -1,9 +1,11 @@
 """``make demo``: Chimeway end to end, on whatever database :mod:`pgqueue.localdb` finds.
 
 Migrates a fresh schema, starts a local webhook receiver that fails some requests on purpose,
-triggers a few hundred notifications over a ``webhook`` channel and a ``logger`` channel, runs the
-real worker process (``python -m chimeway.worker``) until every delivery has ended, then prints
-a summary by status and reason and the story of one delivery that needed a retry.
+gives one recipient quiet hours that hold right now, triggers a few hundred notifications over a
+``webhook`` channel and a ``logger`` channel, runs the real worker process (``python -m
+chimeway.worker``) until every delivery has ended or been deferred, then prints a summary by status
+and reason, the story of one delivery that needed a retry, the story of the deferred one, and one
+recipient's inbox.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from datetime import time as clock_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from pgqueue.localdb import find_database
 
+from . import inbox, policy
 from .config import Settings
 from .deliveries import explain_delivery, terminal_states
 from .migrations import migrate_all
@@ -39,6 +45,11 @@ EVENTS = 100
 RECIPIENTS_PER_EVENT = 3
 RETRY_BACKOFF = 0.2
 DEADLINE = 90.0
+#: the recipient whose quiet hours hold during the demo, and where they live
+NIGHT_OWL = "user:7"
+NIGHT_OWL_ZONE = "Pacific/Auckland"
+#: the recipient whose inbox the demo shows
+INBOX_OF = "user:0"
 
 
 def receiver_script(recipient: str) -> Sequence[int]:
@@ -74,9 +85,38 @@ def _reset_schema(dsn: str) -> None:
             print(f"  {status.component} schema at version {status.version}")
 
 
+class CommentPosted(Notifier):
+    notification_key = "comment_posted"
+    category = "comments"
+
+    def recipients(self, params: Mapping[str, Any]) -> Sequence[Recipient]:
+        return [Recipient(params["to"])]
+
+    def build(self, params: Mapping[str, Any], recipient: Recipient) -> Mapping[str, Any]:
+        return {"text": f"{params['author']} commented on your order"}
+
+
+def _quiet_hours_now() -> policy.QuietHours:
+    """Quiet hours in NIGHT_OWL_ZONE that began an hour ago and end in eight hours."""
+    local = datetime.now(ZoneInfo(NIGHT_OWL_ZONE))
+    minute = local.hour * 60 + local.minute
+    start, end = (minute - 60) % 1440, (minute + 480) % 1440
+    return policy.QuietHours(clock_time(*divmod(start, 60)), clock_time(*divmod(end, 60)), NIGHT_OWL_ZONE)
+
+
 def _trigger_all(sessions: Any) -> int:
     planned = 0
     with sessions() as session:
+        policy.upsert_settings(session, NIGHT_OWL, quiet_hours=_quiet_hours_now())
+        for number, author in enumerate(("Ada", "Grace")):
+            trigger(
+                session,
+                CommentPosted(),
+                {"to": INBOX_OF, "author": author},
+                idempotency_key=f"comment-{number}",
+                queue_schema=SCHEMA,
+            )
+            planned += 1
         for order in range(EVENTS):
             users = [order * RECIPIENTS_PER_EVENT + i for i in range(RECIPIENTS_PER_EVENT)]
             result = trigger(
@@ -92,9 +132,17 @@ def _trigger_all(sessions: Any) -> int:
 
 
 def _counts(session: Session) -> tuple[int, int]:
+    """All deliveries, and those settled: ended, or deferred until quiet hours end."""
     total = session.scalar(select(func.count()).select_from(Delivery)) or 0
-    ended = session.scalar(select(func.count()).where(Delivery.status.in_(terminal_states()))) or 0
-    return int(total), int(ended)
+    settled = (
+        session.scalar(
+            select(func.count()).where(
+                Delivery.status.in_(terminal_states()) | (Delivery.orchestration_state == "deferred")
+            )
+        )
+        or 0
+    )
+    return int(total), int(settled)
 
 
 _last_line = [0.0]
@@ -114,10 +162,11 @@ def _progress(done: int, total: int, elapsed: float) -> None:
 
 
 def _summary(session: Session) -> None:
+    status = case((Delivery.orchestration_state == "deferred", "deferred"), else_=Delivery.status)
     rows = session.execute(
-        select(Delivery.channel, Delivery.status, Delivery.suppression_reason, func.count())
-        .group_by(Delivery.channel, Delivery.status, Delivery.suppression_reason)
-        .order_by(Delivery.channel, Delivery.status, Delivery.suppression_reason)
+        select(Delivery.channel, status, Delivery.suppression_reason, func.count())
+        .group_by(Delivery.channel, status, Delivery.suppression_reason)
+        .order_by(Delivery.channel, status, Delivery.suppression_reason)
     ).all()
     attempts = session.scalar(select(func.count()).select_from(DeliveryAttempt))
     print("\n  channel   status      reason               deliveries")
@@ -136,9 +185,44 @@ def _explain_a_retry(session: Session) -> None:
         .having(func.count() >= 2)
         .limit(1)
     )
-    if retried is None:
-        return
-    story = explain_delivery(session, retried)
+    if retried is not None:
+        _tell(session, retried)
+
+
+def _explain_the_deferred(session: Session) -> None:
+    deferred = session.scalar(
+        select(Delivery.id)
+        .where(Delivery.orchestration_state == "deferred")
+        .order_by(Delivery.channel)
+        .limit(1)
+    )
+    if deferred is not None:
+        print(f"\n  {NIGHT_OWL} has quiet hours in {NIGHT_OWL_ZONE} right now: their deliveries wait.")
+        _tell(session, deferred)
+
+
+def _show_inbox(session: Session) -> None:
+    page = inbox.list_for_recipient(session, INBOX_OF, limit=10)
+    print(f"\n  The inbox of {INBOX_OF}, newest first:")
+    for item in page.items:
+        state = "read" if item.read_at else "unread"
+        print(
+            f"    {item.inserted_at:%H:%M:%S}  {item.notification_key:<15} {state:<7} "
+            f"{item.content.get('text')}"
+        )
+    before = inbox.counts(session, INBOX_OF)
+    inbox.mark_read(session, INBOX_OF, page.items[0].id)
+    inbox.mark_all_seen(session, INBOX_OF)
+    session.commit()
+    after = inbox.counts(session, INBOX_OF)
+    print(
+        f"  Badge: {before.unread} unread, {before.unseen} new; after reading the newest and opening "
+        f"the inbox: {after.unread} unread, {after.unseen} new"
+    )
+
+
+def _tell(session: Session, delivery_id: Any) -> None:
+    story = explain_delivery(session, delivery_id)
     print(f"\n  The story of delivery {story.delivery_id} ({story.channel} to {story.recipient}):")
     for entry in story.timeline:
         detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items() if v is not None)
@@ -161,8 +245,9 @@ def main() -> int:
         planned = _trigger_all(sessions)
         print(
             f"- triggered {EVENTS} events for {EVENTS * RECIPIENTS_PER_EVENT} recipients: "
-            f"{planned} deliveries"
+            f"{planned} deliveries (and two comments for {INBOX_OF}'s inbox)"
         )
+        print(f"- {NIGHT_OWL} has quiet hours now in {NIGHT_OWL_ZONE}: their deliveries will be deferred")
         config = Path(tmp) / "chimeway.toml"
         config.write_text(
             f'schema = "{SCHEMA}"\nqueue_limit = 20\nretry_backoff = {RETRY_BACKOFF}\nrescue_window = 5\n'
@@ -196,6 +281,8 @@ def main() -> int:
     with sessions() as session:
         _summary(session)
         _explain_a_retry(session)
+        _explain_the_deferred(session)
+        _show_inbox(session)
     engine.dispose()
     print(f"\nDone in {time.monotonic() - started:.1f}s. Schema {SCHEMA!r} keeps the rows for a look.")
     return 0 if code == 0 else 1

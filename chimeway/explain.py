@@ -62,6 +62,14 @@ class Explanation:
     timeline: tuple[TimelineEntry, ...]
     #: one sentence, e.g. "cancelled after 5 temporary failures: retries exhausted"
     why: str
+    #: 'ready', or 'deferred' (quiet hours) until ``next_eligible_at``
+    orchestration_state: str = "ready"
+    next_eligible_at: datetime | None = None
+    #: why it was deferred ("quiet_hours") and the facts it was decided on (zone, minutes)
+    planning_reason: str | None = None
+    planning_context: Mapping[str, Any] | None = None
+    #: when the recovery plugin re-drove it, and why (``recovered_at``, ``recovery_reason``, …)
+    recovery: Mapping[str, Any] | None = None
 
     @property
     def last_attempt(self) -> AttemptSummary | None:
@@ -108,7 +116,12 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
         policy_checkpoint=checkpoint if isinstance(checkpoint, str) else None,
         attempts=attempts,
         timeline=_timeline(event, notification, delivery, attempts),
-        why=_why(delivery.status, delivery.suppression_reason, checkpoint, attempts),
+        why=_why(delivery, checkpoint, attempts),
+        orchestration_state=delivery.orchestration_state,
+        next_eligible_at=delivery.next_eligible_at,
+        planning_reason=delivery.planning_reason,
+        planning_context=delivery.planning_context,
+        recovery={k: v for k, v in delivery.metadata_.items() if k in _RECOVERY_KEYS} or None,
     )
 
 
@@ -129,6 +142,35 @@ def _timeline(
     ]
     if notification.read_at is not None:
         entries.append(TimelineEntry(notification.read_at, "notification_read", {}))
+    meta = delivery.metadata_
+    deferred_at = _instant(meta.get("deferred_at"))
+    if deferred_at is not None:
+        entries.append(
+            TimelineEntry(
+                deferred_at,
+                "deferred",
+                {
+                    "planning_reason": delivery.planning_reason,
+                    "next_eligible_at": delivery.next_eligible_at,
+                    **(delivery.planning_context or {}),
+                },
+            )
+        )
+    resumed_at = _instant(meta.get("resumed_at"))
+    if resumed_at is not None:
+        entries.append(TimelineEntry(resumed_at, "released", {"resume_source": meta.get("resume_source")}))
+    recovered_at = _instant(meta.get("recovered_at"))
+    if recovered_at is not None:
+        entries.append(
+            TimelineEntry(
+                recovered_at,
+                "recovered",
+                {
+                    "recovery_reason": meta.get("recovery_reason"),
+                    "recovery_source": meta.get("recovery_source"),
+                },
+            )
+        )
     entries += [
         TimelineEntry(
             a.at,
@@ -143,7 +185,9 @@ def _timeline(
         for a in attempts
     ]
     entries += _provider_feedback(delivery.metadata_.get("provider_feedback"))
-    if delivery.status != "pending" and delivery.status != "failed":
+    if delivery.orchestration_state == "deferred" and deferred_at is not None:
+        pass  # the deferral above is its latest change
+    elif delivery.status != "pending" and delivery.status != "failed":
         # The last status change is dated by updated_at; earlier ones are told by the attempts.
         entries.append(
             TimelineEntry(
@@ -152,11 +196,26 @@ def _timeline(
                 {
                     "suppression_reason": delivery.suppression_reason,
                     "policy_checkpoint": delivery.metadata_.get("policy_checkpoint"),
+                    **({"delivery_cap": meta["delivery_cap"]} if "delivery_cap" in meta else {}),
                 },
             )
         )
     # Stable: facts written in one transaction share a timestamp and keep their logical order.
     return tuple(sorted(entries, key=lambda entry: entry.at))
+
+
+_RECOVERY_KEYS = ("recovered_at", "recovery_reason", "recovery_source")
+
+
+def _instant(value: object) -> datetime | None:
+    """An ISO-8601 instant written into a delivery's metadata, or None (absent or unreadable)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
 
 
 def _provider_feedback(recorded: object) -> list[TimelineEntry]:
@@ -201,8 +260,13 @@ def _failures(attempts: Sequence[AttemptSummary]) -> str:
     return f"{_plural(total, 'failed attempt')} ({parts})"
 
 
-def _why(status: str, reason: str | None, checkpoint: object, attempts: Sequence[AttemptSummary]) -> str:
+def _why(delivery: Delivery, checkpoint: object, attempts: Sequence[AttemptSummary]) -> str:
+    status, reason = delivery.status, delivery.suppression_reason
     last = attempts[-1] if attempts else None
+    if delivery.orchestration_state == "deferred" and status in ("pending", "failed"):
+        cause = (delivery.planning_reason or "policy").replace("_", " ")
+        until = delivery.next_eligible_at
+        return f"deferred by {cause} until {until.isoformat() if until else 'it is released'}"
     if status == "succeeded":
         if last is None:
             return "succeeded"
@@ -225,7 +289,12 @@ def _why(status: str, reason: str | None, checkpoint: object, attempts: Sequence
         if reason is None:
             return "suppressed by hand, with no reason recorded"
         where = f" at the {checkpoint} checkpoint" if isinstance(checkpoint, str) else ""
-        return f"suppressed by policy{where}: {reason}"
+        cap = delivery.metadata_.get("delivery_cap")
+        if reason == Reason.DELIVERY_CAP_REACHED and isinstance(cap, dict):
+            limit = f" ({cap.get('count')} per {cap.get('window_minutes')} minutes)"
+        else:
+            limit = ""
+        return f"suppressed by policy{where}: {reason}{limit}"
     if status == "failed" and last is not None:
         return f"failed on attempt {last.number} ({last.error_class}); a retry is expected"
     if status == "dispatched":

@@ -25,6 +25,7 @@ CHIMEWAY = MigrationSet.from_package(
         "chimeway_delivery_attempts",
         "chimeway_notification_preferences",
         "chimeway_category_preferences",
+        "chimeway_policy_settings",
     ),
 )
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, Text, Uuid, func, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Event",
     "Notification",
     "NotificationPreference",
+    "PolicySettings",
 ]
 
 
@@ -105,6 +106,11 @@ class Delivery(Base):
     delay_fallback: Mapped[bool] = mapped_column(Boolean, server_default="false")
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default="{}")
     orchestration_state: Mapped[str] = mapped_column(server_default="ready")
+    #: a deferred delivery's release time (quiet hours): its dispatch job runs again then
+    next_eligible_at: Mapped[datetime | None]
+    #: why it was deferred ("quiet_hours") and the facts that decided it
+    planning_reason: Mapped[str | None]
+    planning_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     tenant_id: Mapped[str] = mapped_column(server_default="default")
     actor_id: Mapped[str] = mapped_column(server_default="system")
     inserted_at: Mapped[datetime] = _created()
@@ -156,5 +162,24 @@ class CategoryPreference(Base):
     recipient_id: Mapped[str]
     notification_category: Mapped[str]
     enabled: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    inserted_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = _updated()
+
+
+class PolicySettings(Base):
+    """A recipient's delivery policy: quiet hours in a time zone and a cap; see :mod:`chimeway.policy`."""
+
+    __tablename__ = "chimeway_policy_settings"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    recipient_id: Mapped[str]
+    quiet_hours_start_minute: Mapped[int | None] = mapped_column(Integer)
+    quiet_hours_end_minute: Mapped[int | None] = mapped_column(Integer)
+    time_zone: Mapped[str | None]
+    delivery_cap_count: Mapped[int | None] = mapped_column(Integer)
+    delivery_cap_window_minutes: Mapped[int | None] = mapped_column(Integer)
+    #: sends counted against the cap, still in its window (kept up to date by the dispatch claim)
+    cap_sent_at: Mapped[list[datetime]] = mapped_column(ARRAY(DateTime(timezone=True)), server_default="{}")
+    cap_granted: Mapped[int] = mapped_column(Integer, server_default="0")
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()

@@ -39,12 +39,19 @@ class Notifier:
     (default ``["in_app"]``); ``build(params, recipient)`` → the content stored on the
     notification (a JSON object; keys that look like secrets are dropped, see
     :mod:`chimeway.redaction`).
+
+    ``delayed_fallback_channels(params, recipient)`` → the channels (some of ``channels``, never
+    ``in_app``) sent only if the notification is still unread ``fallback_delay`` seconds later:
+    their dispatch jobs are scheduled that far out, and a notification read by then suppresses
+    them (``already_read``). Default: none.
     """
 
     notification_key: str = ""
     version: int = 1
     #: the preference category; defaults to the trigger params' "category" key
     category: str | None = None
+    #: seconds a delayed fallback channel waits for the notification to be read
+    fallback_delay: float = 900.0
 
     def recipients(self, params: Mapping[str, Any]) -> Sequence[Recipient | str]:
         raise TypeError(f"{type(self).__name__} must define recipients(params)")
@@ -54,3 +61,6 @@ class Notifier:
 
     def build(self, params: Mapping[str, Any], recipient: Recipient) -> Mapping[str, Any]:
         return {}
+
+    def delayed_fallback_channels(self, params: Mapping[str, Any], recipient: Recipient) -> Sequence[str]:
+        return []

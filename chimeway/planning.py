@@ -10,7 +10,10 @@ turns the notifier's answers into rows and the database's answers into the rest:
    (``suppressed_at_planning.sql``): a channel opt-out, else a category opt-out.
 3. **Job ids**, reserved with pgqueue's own statement, which also wakes the queue at commit.
 4. **Deliveries**, ``pending`` or ``suppressed`` with their reason, then **dispatch jobs** for the
-   pending ones, both with ``COPY`` (``copy_deliveries.sql``, pgqueue's ``copy_jobs``).
+   pending ones, both with ``COPY`` (``copy_deliveries.sql``, pgqueue's ``copy_jobs``). A delayed
+   fallback channel's delivery (``delay_fallback``) gets its job through pgqueue's ``insert_all``
+   instead, scheduled ``fallback_delay`` seconds later by the database's clock: when it runs, the
+   dispatch claim suppresses it (``already_read``) if the notification was read meanwhile.
 
 Ids are made here, not by the database, so no row has to be read back: each delivery names its
 notification and each job its delivery from the start. They are UUIDv7-shaped: time-ordered,
@@ -31,7 +34,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Final, overload
 
@@ -142,7 +145,9 @@ class FanOut:
     ``content_of(recipient)`` and ``channels_of(recipient)`` are the trigger's validated calls
     into the notifier; they run while :meth:`notification_rows` is consumed, build first.
     ``job_template`` is a dispatch job as ``Worker.new`` builds it: every job copies its worker,
-    queue, limits and uniqueness, with its own ``delivery_id``.
+    queue, limits and uniqueness, with its own ``delivery_id``. ``fallbacks_of(recipient,
+    channels)`` names the recipient's delayed fallback channels (validated: some of ``channels``),
+    whose jobs wait ``fallback_delay`` seconds.
     """
 
     def __init__(
@@ -156,6 +161,8 @@ class FanOut:
         content_of: Callable[[Any], str],
         channels_of: Callable[[Any], Sequence[str]],
         job_template: NewJob,
+        fallbacks_of: Callable[[Any, Sequence[str]], Collection[str]] | None = None,
+        fallback_delay: float = 0.0,
     ) -> None:
         if (
             job_template.unique is None
@@ -171,6 +178,8 @@ class FanOut:
         self.recipients = recipients
         self._content_of = content_of
         self._channels_of = channels_of
+        self._fallbacks_of = fallbacks_of
+        self.fallback_delay = fallback_delay
         self._template = job_template
         meta: dict[str, Any] = {"notification_key": notification_key, "event_id": str(event_id)}
         if correlation_id is not None:
@@ -178,10 +187,17 @@ class FanOut:
         # What plan_delivery writes, and what suppress_delivery adds at planning.
         self._metadata = _copy_text(json.dumps(redact(meta)))
         self._suppressed_metadata = _copy_text(json.dumps(redact({**meta, "policy_checkpoint": "planning"})))
+        fallback_meta = {**meta, "delayed_fallback_source": "notifier"}
+        self._fallback_metadata = _copy_text(json.dumps(redact(fallback_meta)))
+        self._suppressed_fallback_metadata = _copy_text(
+            json.dumps(redact({**fallback_meta, "policy_checkpoint": "planning"}))
+        )
         self.notification_ids = time_ordered_ids(len(recipients))
         # one entry per delivery: its recipient's position and its channel
         self.pair_recipient: list[int] = []
         self.pair_channel: list[str] = []
+        #: delivery positions of delayed fallback channels
+        self.fallbacks: set[int] = set()
         #: delivery position → suppression reason
         self.reasons: dict[int, str] = {}
         self.delivery_ids: list[int] = []
@@ -194,17 +210,21 @@ class FanOut:
         """The COPY data of ``copy_notifications.sql``, a block at a time; asks the notifier."""
         event = self.event_id.hex
         category = "\\N" if self.category is None else _copy_text(self.category)
-        content_of, channels_of = self._content_of, self._channels_of
+        content_of, channels_of, fallbacks_of = self._content_of, self._channels_of, self._fallbacks_of
         pair_recipient, pair_channel, actors = self.pair_recipient, self.pair_channel, self._actors
+        fallbacks = self.fallbacks
         pairs = enumerate(zip(self.notification_ids, self.recipients, strict=True))
         while block := list(islice(pairs, ROWS_PER_WRITE)):
             lines = []
             for position, (notification_id, recipient) in block:
                 content = content_of(recipient)
                 channels = channels_of(recipient)
+                delayed = fallbacks_of(recipient, channels) if fallbacks_of is not None else ()
                 identity = _copy_text(recipient.identity)
                 actors.append(identity)
                 for channel in channels:
+                    if delayed and channel in delayed:
+                        fallbacks.add(len(pair_channel))
                     pair_recipient.append(position)
                     pair_channel.append(channel)
                 lines.append(
@@ -233,7 +253,11 @@ class FanOut:
 
     @property
     def job_count(self) -> int:
-        return len(self.pair_channel) - len(self.reasons)
+        """How many dispatch jobs are copied: one per pending delivery, delayed fallbacks aside."""
+        return len(self.pair_channel) - len(self.reasons) - len(self._pending_fallbacks())
+
+    def _pending_fallbacks(self) -> list[int]:
+        return [p for p in sorted(self.fallbacks) if p not in self.reasons]
 
     # --- step 3: job ids ---------------------------------------------------------------------
 
@@ -259,14 +283,22 @@ class FanOut:
     def delivery_rows(self) -> Iterator[str]:
         """The COPY data of ``copy_deliveries.sql``: pending, or suppressed with the reason."""
         notification_ids, actors, reasons = self.notification_ids, self._actors, self.reasons
-        pending = f"pending\t\\N\t{self._metadata}"
+        fallbacks = self.fallbacks
+        pending = f"pending\t\\N\t{self._metadata}\tf"
+        pending_fallback = f"pending\t\\N\t{self._fallback_metadata}\tt"
         rows = zip(self.delivery_ids, self.pair_recipient, self.pair_channel, strict=True)
         position = 0
         while block := list(islice(rows, ROWS_PER_WRITE)):
             lines = []
             for delivery_id, recipient, channel in block:
                 reason = reasons.get(position) if reasons else None
-                state = pending if reason is None else f"suppressed\t{reason}\t{self._suppressed_metadata}"
+                fallback = position in fallbacks
+                if reason is None:
+                    state = pending_fallback if fallback else pending
+                elif fallback:
+                    state = f"suppressed\t{reason}\t{self._suppressed_fallback_metadata}\tt"
+                else:
+                    state = f"suppressed\t{reason}\t{self._suppressed_metadata}\tf"
                 lines.append(
                     f"{delivery_id:032x}\t{notification_ids[recipient]:032x}\t{_copy_text(channel)}\t"
                     f"{state}\t{actors[recipient]}\n"
@@ -275,8 +307,14 @@ class FanOut:
             yield "".join(lines)
 
     def pending_delivery_ids(self) -> list[int]:
-        reasons = self.reasons
-        return [d for i, d in enumerate(self.delivery_ids) if i not in reasons]
+        """The pending deliveries whose jobs are copied (delayed fallbacks aside)."""
+        reasons, fallbacks = self.reasons, self.fallbacks
+        return [d for i, d in enumerate(self.delivery_ids) if i not in reasons and i not in fallbacks]
+
+    def fallback_jobs(self, new_job: Callable[[uuid.UUID, float], NewJob]) -> list[NewJob]:
+        """The dispatch jobs of the pending delayed fallbacks, scheduled ``fallback_delay`` out."""
+        ids = self.delivery_ids
+        return [new_job(uuid.UUID(int=ids[p]), self.fallback_delay) for p in self._pending_fallbacks()]
 
     def job_copy_statement(self, queue_schema: str) -> str:
         """pgqueue's COPY of jobs, naming the columns a dispatch job sets (the rest are defaults:

@@ -75,3 +75,4 @@ class Reason:
     CHANNEL_DISABLED: Final = "channel_disabled"
     CATEGORY_DISABLED: Final = "category_disabled"
     ALREADY_READ: Final = "already_read"
+    DELIVERY_CAP_REACHED: Final = "delivery_cap_reached"

@@ -18,6 +18,11 @@ schema-qualified identifiers via :mod:`psycopg.sql`:
 ``{category_preferences}``     ``chimeway_category_preferences``
 ``{inbox_channel}``            ``chimeway_inbox_channel`` (a function)
 ``{inbox_horizon}``            ``chimeway_inbox_horizon`` (a function)
+``{policy_settings}``          ``chimeway_policy_settings``
+``{quiet_until}``              ``chimeway_quiet_until`` (a function)
+``{cap_grant}``                ``chimeway_cap_grant`` (a function)
+``{cap_record}``               ``chimeway_cap_record`` (a function)
+``{jobs}``                     pgqueue's ``jobs``, in the queue's schema
 ============================== ===============================================
 
 Values are always parameters (``%(name)s``). The files are ``str.format``-style templates: a
@@ -47,12 +52,16 @@ TABLES: dict[str, str] = {
     "attempts": "chimeway_delivery_attempts",
     "notification_preferences": "chimeway_notification_preferences",
     "category_preferences": "chimeway_category_preferences",
+    "policy_settings": "chimeway_policy_settings",
 }
 
 #: placeholder → function name, for every function of Chimeway's a statement may call
 FUNCTIONS: dict[str, str] = {
     "inbox_channel": "chimeway_inbox_channel",
     "inbox_horizon": "chimeway_inbox_horizon",
+    "quiet_until": "chimeway_quiet_until",
+    "cap_grant": "chimeway_cap_grant",
+    "cap_record": "chimeway_cap_record",
 }
 
 
@@ -96,13 +105,20 @@ class Queries:
         return self.statements[name]
 
 
-def _render(template: str, schema: str) -> str:
+def _render(template: str, schema: str, queue_schema: str) -> str:
     names = {key: sql.Identifier(schema, name) for key, name in (TABLES | FUNCTIONS).items()}
+    names["jobs"] = sql.Identifier(queue_schema, "jobs")
     return sql.SQL(template).format(**names).as_string(None)
 
 
 @functools.lru_cache(maxsize=64)
-def queries_for(schema: str = "public") -> Queries:
-    """All statements rendered for ``schema`` (cached: rendering happens once per schema)."""
+def queries_for(schema: str = "public", queue_schema: str | None = None) -> Queries:
+    """All statements rendered for ``schema`` (cached: rendering happens once per schema).
+
+    ``queue_schema`` is where pgqueue's ``jobs`` table is, for the few statements that read it
+    (the same schema when None).
+    """
     validate_schema_name(schema)
-    return Queries(schema, {name: _render(text, schema) for name, text in _TEMPLATES.items()})
+    jobs_schema = schema if queue_schema is None else queue_schema
+    validate_schema_name(jobs_schema)
+    return Queries(schema, {name: _render(text, schema, jobs_schema) for name, text in _TEMPLATES.items()})

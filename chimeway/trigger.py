@@ -44,6 +44,7 @@ from .store import Queries, queries_for
 __all__ = ["PlanningFailed", "TriggerError", "TriggerResult", "atrigger", "trigger"]
 
 _MAX_CHANNEL_LENGTH = 128  # the deliveries table's check
+_MAX_FALLBACK_DELAY = 30 * 86_400.0
 # json.dumps(..., allow_nan=False) would build an encoder on every call (once per recipient)
 _ENCODER = json.JSONEncoder(allow_nan=False)
 # An escaped NUL in JSON text (after an even number of backslashes): jsonb can't store it.
@@ -71,7 +72,8 @@ class TriggerResult:
     your session when you need them. ``recipients`` and ``notification_ids`` are parallel, in the
     order of the recipients' identities; ``delivery_ids`` follow the same order, then the channel
     name. ``suppressed`` maps the deliveries suppressed at planning to their reason; every other
-    delivery is pending with one dispatch job (``job_ids``, in the same order).
+    delivery is pending with one dispatch job (``job_ids``, in the same order; the jobs of delayed
+    fallback channels, scheduled ``fallback_delay`` out, come last).
     """
 
     event: Event
@@ -140,6 +142,37 @@ class _Channels:
         return known
 
 
+def _fallbacks(raw: object, channels: Sequence[str]) -> frozenset[str]:
+    """The delayed fallback channels a notifier named, checked against the recipient's channels."""
+    if isinstance(raw, str) or not isinstance(raw, Sequence | frozenset | set | tuple):
+        raise TriggerError(f"delayed_fallback_channels must be a list of strings, got {raw!r}")
+    if not raw:
+        return frozenset()
+    names = set()
+    for item in raw:
+        if not isinstance(item, str):
+            raise TriggerError(f"delayed_fallback_channels must be a list of strings, got {raw!r}")
+        name = item.strip()
+        if name == "in_app":
+            raise TriggerError(
+                "delayed_fallback_channels must not include 'in_app' (the inbox it falls back from)"
+            )
+        if name not in channels:
+            raise TriggerError(
+                f"delayed fallback channel {name!r} is not one of the recipient's channels {list(channels)!r}"
+            )
+        names.add(name)
+    return frozenset(names)
+
+
+def _fallback_delay(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_FALLBACK_DELAY:
+        raise TriggerError(
+            f"fallback_delay must be a number of seconds from 0 to {_MAX_FALLBACK_DELAY:g}, got {value!r}"
+        )
+    return float(value)
+
+
 def _json_text(value: Any, what: str) -> str:
     """``value`` redacted, as JSON text; TriggerError unless it is a JSON object the database takes."""
     if not isinstance(value, Mapping):
@@ -171,6 +204,7 @@ class _Call:
     idempotency_key: str
     correlation_id: str | None
     payload: dict[str, Any]
+    fallback_delay: float
 
     @classmethod
     def check(
@@ -183,7 +217,8 @@ class _Call:
                 f"notifier must be a chimeway.Notifier with a notification_key, got {notifier!r}"
             )
         payload = json.loads(_json_text(params, "params"))
-        return cls(notifier, params, idempotency_key, correlation_id, payload)
+        delay = _fallback_delay(notifier.fallback_delay)
+        return cls(notifier, params, idempotency_key, correlation_id, payload, delay)
 
     @property
     def key(self) -> str:
@@ -224,6 +259,10 @@ class _Call:
             content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
             channels_of=lambda r: channels(_call("channels", notifier.channels, params, r)),
             job_template=dispatch_job(uuid.UUID(int=0)),
+            fallbacks_of=lambda r, names: _fallbacks(
+                _call("delayed_fallback_channels", notifier.delayed_fallback_channels, params, r), names
+            ),
+            fallback_delay=self.fallback_delay,
         )
 
     def plan_span(self, event: Event) -> Any:
@@ -296,13 +335,16 @@ def _write(
         )
         copy_jobs = plan.take_reserved(reserved[0] if reserved else None)
     writer.copy(queries.copy_deliveries, plan.delivery_rows())
-    if not plan.job_count:
-        return
-    if copy_jobs:
-        writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
-    else:
-        jobs = pgqueue.insert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
-        plan.job_ids = [job.id for job in jobs]
+    if plan.job_count:
+        if copy_jobs:
+            writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
+        else:
+            jobs = pgqueue.insert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+    delayed = plan.fallback_jobs(dispatch_job)
+    if delayed:
+        jobs = pgqueue.insert_all(session, delayed, schema=queue_schema)
+        plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
 
 
 async def _awrite(
@@ -330,13 +372,16 @@ async def _awrite(
         )
         copy_jobs = plan.take_reserved(reserved[0] if reserved else None)
     await writer.copy(queries.copy_deliveries, plan.delivery_rows())
-    if not plan.job_count:
-        return
-    if copy_jobs:
-        await writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
-    else:
-        jobs = await pgqueue.ainsert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
-        plan.job_ids = [job.id for job in jobs]
+    if plan.job_count:
+        if copy_jobs:
+            await writer.copy(plan.job_copy_statement(queue_schema), plan.job_rows())
+        else:
+            jobs = await pgqueue.ainsert_all(session, plan.dispatch_jobs(dispatch_job), schema=queue_schema)
+            plan.job_ids = [job.id for job in jobs]
+    delayed = plan.fallback_jobs(dispatch_job)
+    if delayed:
+        jobs = await pgqueue.ainsert_all(session, delayed, schema=queue_schema)
+        plan.job_ids = [*plan.job_ids, *(job.id for job in jobs)]
 
 
 def _queries(writer: SyncWriter, mapped: str | None) -> Queries:

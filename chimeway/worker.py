@@ -2,8 +2,9 @@
 
 Reads ``DATABASE_URL`` and an optional ``chimeway.toml`` (``--config`` or ``$CHIMEWAY_CONFIG``),
 optionally applies pending migrations (``--migrate``), then runs the ``chimeway_delivery`` queue
-with pgqueue's plugins until SIGTERM or SIGINT, when it stops gracefully and exits 0. Logs one
-structured line per delivery outcome. A bad configuration is one clear line and exit code 2.
+with pgqueue's plugins and the recovery of stuck deliveries (:mod:`chimeway.recovery`) until
+SIGTERM or SIGINT, when it stops gracefully and exits 0. Logs one structured line per delivery
+outcome. A bad configuration is one clear line and exit code 2.
 
 One process runs one event loop: the queue's producer, the dispatcher's batches (a pool of a few
 connections of its own) and the async adapters' shared clients all live on it; sync adapters run
@@ -36,6 +37,7 @@ from .adapters import resolve_adapter
 from .config import ConfigError, Settings, load_settings
 from .dispatch import QUEUE, ChannelRoute, Dispatcher, configure
 from .migrations import migrate_all
+from .recovery import Recovery
 
 __all__ = [
     "WorkerRuntime",
@@ -121,7 +123,12 @@ class WorkerRuntime(Runtime):
 def build_runtime(
     settings: Settings, *, dispatcher: Dispatcher | None = None, stager_interval: float = 1.0
 ) -> WorkerRuntime:
-    plugins: list[Plugin] = [Stager(interval=stager_interval), Lifeline(rescue_window=settings.rescue_window)]
+    plugins: list[Plugin] = [
+        Stager(interval=stager_interval),
+        Lifeline(rescue_window=settings.rescue_window),
+        # deliveries left dispatched with no live job (deleted, or discarded after crashes)
+        Recovery(stuck_after=settings.recover_after),
+    ]
     if settings.prune_after is not None:
         plugins.append(Pruner(max_age=settings.prune_after))
     return WorkerRuntime(

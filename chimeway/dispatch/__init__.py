@@ -5,7 +5,11 @@ Job args hold only ``delivery_id``; the delivery row is the truth. For each deli
 1. A missing delivery or a malformed id cancels the job (retrying can't help).
 2. A delivery that has ended (succeeded, suppressed, cancelled) or isn't ready → success, with no
    adapter call and no attempt row.
-3. A fallback delivery whose notification was read meanwhile → suppressed (``already_read``).
+3. The perform checkpoint (:mod:`chimeway.policy`): a fallback delivery whose notification was
+   read meanwhile → suppressed (``already_read``); a channel or category the recipient turned off
+   → suppressed (``channel_disabled``, ``category_disabled``); within the recipient's quiet hours →
+   deferred until they end, and the job snoozed until then (that run releases it); no room under
+   the recipient's cap → suppressed (``delivery_cap_reached``). Suppressed → success.
 4. Mark it dispatched and commit: no transaction stays open while the adapter runs.
 5. Call the channel's adapter within its deadline (an exception or a timeout counts as a
    temporary failure).

@@ -38,7 +38,7 @@ from .. import telemetry
 from ..adapters.base import Classification, DeliveryContext, Failed, classify
 from ..errors import ChimewayError, DeliveryNotFound
 from ..states import Reason
-from .contract import job_result, log_outcome, not_found
+from .contract import deferral, job_result, log_outcome, not_found
 from .records import Claim, Recorded, RecordItem
 
 if TYPE_CHECKING:
@@ -164,8 +164,11 @@ class Batcher:
             elif found.kind in ("ready", "undecodable"):
                 self._send(pending, found)
             elif found.kind == "suppressed":
-                log_outcome(pending.delivery_id, found.channel, "suppressed", Reason.ALREADY_READ, None)
+                log_outcome(pending.delivery_id, found.channel, "suppressed", found.reason, None)
                 self._settle(pending)
+            elif found.kind == "deferred":
+                log_outcome(pending.delivery_id, found.channel, "deferred", None, None)
+                self._settle(pending, deferral(found.wait))
             else:
                 self._settle(pending)
 

@@ -20,6 +20,7 @@ __all__ = [
     "QUEUE",
     "ChannelRoute",
     "UnhandledOutcomeError",
+    "deferral",
     "job_result",
     "log_outcome",
     "not_found",
@@ -102,6 +103,19 @@ def job_result(
     if error_class == "temporary":
         return pgqueue.Error(f"adapter_temporary: {summary(response)}")
     raise UnhandledOutcomeError(delivery_id, outcome, error_class, attempt, budget)
+
+
+#: A deferred delivery's job wakes this long after the release time, so that it finds it due.
+DEFERRAL_MARGIN: Final = 0.5
+
+
+def deferral(wait: float) -> pgqueue.Snooze:
+    """The result of a job whose delivery is deferred for ``wait`` more seconds (quiet hours).
+
+    The job is snoozed until then, without using up an attempt: that run releases the delivery
+    (a scheduled job, not a poller).
+    """
+    return pgqueue.Snooze(max(wait, 0.0) + DEFERRAL_MARGIN)
 
 
 def not_found(delivery_id: uuid.UUID) -> pgqueue.Cancel:

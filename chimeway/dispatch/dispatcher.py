@@ -16,7 +16,6 @@ from typing import Any, Final
 import anyio
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import pgqueue
@@ -26,9 +25,8 @@ from .. import deliveries, telemetry
 from ..adapters import Adapter, DeliveryContext, Failed, resolve_adapter
 from ..adapters.base import classify
 from ..channel_limits import ChannelLimits
-from ..errors import ChimewayError
-from ..models import Delivery, Notification
-from ..states import Reason
+from ..errors import ChimewayError, DeliveryNotFound
+from ..models import Delivery
 from ..store import queries_for
 from . import records
 from .batcher import Batcher, Pending
@@ -324,30 +322,39 @@ class Dispatcher:
         """Send one attempt of a delivery now, in this thread, without the queue (sync dispatch).
 
         Needs ``session_factory``, and a thread with no running event loop (an async adapter is
-        run to completion in a loop of its own). Nothing retries it: a temporary failure leaves the
-        delivery ``failed``. Permanent and bounced failures end it as usual. Returns the delivery
-        as it is afterwards.
+        run to completion in a loop of its own). The perform checkpoint is the batched path's own
+        (the same claim statement). Nothing retries it: a temporary failure leaves the delivery
+        ``failed``, and a delivery deferred by quiet hours stays deferred until a call after its
+        ``next_eligible_at``. Permanent and bounced failures end it as usual. Returns the
+        delivery as it is afterwards.
         """
         if self.session_factory is None:
             raise ChimewayError("deliver_now needs Dispatcher(session_factory=...)")
         key = uuid.UUID(str(delivery_id))
         with self.session_factory() as session:
-            delivery = deliveries.get_delivery(session, key)
-            if delivery.status in deliveries.terminal_states() or delivery.orchestration_state != "ready":
-                return delivery
-            if delivery.delay_fallback and _notification_read(session, delivery):
-                deliveries.suppress_delivery(session, delivery, Reason.ALREADY_READ, checkpoint="perform")
-                session.commit()
-                log_outcome(delivery.id, delivery.channel, delivery.status, delivery.suppression_reason, None)
-                return delivery
-            deliveries.transition_status(session, delivery, "dispatched")
-            if delivery.status != "dispatched":
-                return delivery  # another run ended it meanwhile
-            context = deliveries.delivery_context(session, key)
+            # The batched path's own claim statement, for one delivery: the same perform
+            # checkpoint (preferences, quiet hours, cap, read fallback), the same moves.
+            connection = session.connection()
+            rows = connection.exec_driver_sql(self.queries.dispatch_claim, {"ids": "{" + str(key) + "}"})
+            claims, lost = records.interpret([tuple(row) for row in rows])
+            if lost:
+                records.settle_lost(claims, lost, {str(key): deliveries.get_delivery(session, key).status})
             session.commit()
-
-        route = self.route_for(context.channel)
-        result = anyio.run(self._call_alone, route, context)
+            found = claims.get(key)
+            if found is None:
+                raise DeliveryNotFound(key)
+            if found.kind in ("ended", "suppressed", "deferred"):
+                delivery = deliveries.get_delivery(session, key)
+                if found.kind != "ended":
+                    log_outcome(key, found.channel, found.kind, found.reason, None)
+                session.commit()
+                return delivery
+        assert found.context is not None
+        route = self.route_for(found.context.channel)
+        if found.kind == "undecodable":
+            result: object = Failed("permanent", {"error": "undecodable_notification_metadata"})
+        else:
+            result = anyio.run(self._call_alone, route, found.context)
         with self.session_factory() as session:
             outcome = deliveries.AttemptOutcome(*classify(result), adapter=route.name)
             recorded = deliveries.record_attempt(session, key, outcome)
@@ -360,11 +367,6 @@ class Dispatcher:
                 recorded.attempt.attempt_number,
             )
             return deliveries.get_delivery(session, key)
-
-
-def _notification_read(session: Session, delivery: Delivery) -> bool:
-    read_at = session.scalar(select(Notification.read_at).where(Notification.id == delivery.notification_id))
-    return read_at is not None
 
 
 def _delivery_id(args: Any) -> uuid.UUID | None:

@@ -38,21 +38,27 @@ _log = logging.getLogger("chimeway.dispatch")
 _CONFLICT_RETRIES: Final = 5
 _CONFLICTS = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _ENDING = ("permanent", "bounced")
+# statuses a delivery may be sent from
+_OPEN = ("pending", "failed")
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What the claim statement decided for one delivery.
 
-    ``kind`` is ``ready`` (send it: ``context`` is set), ``ended`` (ended, deferred, or taken by a
-    concurrent run: nothing to do), ``suppressed`` (a read fallback, suppressed now), ``missing``
-    (no such delivery) or ``undecodable`` (dispatched, but its notification's content can't be
-    read: ``context`` carries empty metadata, and the attempt is recorded as a permanent failure).
+    ``kind`` is ``ready`` (send it: ``context`` is set), ``ended`` (ended, deferred with no release
+    time, or taken by a concurrent run: nothing to do), ``suppressed`` (by the perform checkpoint
+    now, ``reason`` says why), ``deferred`` (in quiet hours: ``wait`` seconds until it may go),
+    ``missing`` (no such delivery) or ``undecodable`` (dispatched, but its notification's content
+    can't be read: ``context`` carries empty metadata, and the attempt is recorded as a permanent
+    failure).
     """
 
     kind: str
     channel: str = ""
     context: DeliveryContext | None = None
+    reason: str | None = None
+    wait: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,36 +113,58 @@ async def claim(
 ) -> dict[uuid.UUID, Claim]:
     """Run the claim statement for ``ids`` (UUIDs as text); a :class:`Claim` for each found."""
     cursor = await conn.execute(queries.dispatch_claim, {"ids": _array(ids)})
-    rows = await cursor.fetchall()
+    claims, lost = interpret(await cursor.fetchall())
+    if lost:
+        # As the one-at-a-time path does after losing a compare-and-set: look again, and send only
+        # if the winner left it dispatched.
+        settle_lost(claims, lost, await _statuses(conn, queries, [str(key) for key in lost]))
+    return claims
+
+
+def interpret(
+    rows: Sequence[tuple[Any, ...]],
+) -> tuple[dict[uuid.UUID, Claim], dict[uuid.UUID, tuple[Any, ...]]]:
+    """The claim statement's rows as claims, and the rows a concurrent transaction changed between
+    the statement's read and its write (for :func:`settle_lost`, after a second look)."""
     claims: dict[uuid.UUID, Claim] = {}
     lost: dict[uuid.UUID, tuple[Any, ...]] = {}
     for row in rows:
         key = row[0]
-        status, moved, orchestration, read = row[1], row[2], row[3], row[4]
+        status, moved, orchestration, read, channel = row[1], row[2], row[3], row[4], row[6]
+        reason, moved_orchestration, wait = row[11], row[12], row[13]
         if moved == "dispatched":
             claims[key] = _ready(row)
         elif moved == "suppressed":
-            claims[key] = Claim("suppressed", row[6])
+            claims[key] = Claim("suppressed", channel, reason=reason)
+        elif moved is not None and moved_orchestration == "deferred":
+            claims[key] = Claim("deferred", channel, wait=float(wait or 0.0))
+        elif orchestration == "deferred" and status in _OPEN and wait is not None:
+            if wait > 0:  # its time has not come: wait again
+                claims[key] = Claim("deferred", channel, wait=float(wait))
+            else:  # due, and released by a concurrent claim meanwhile
+                lost[key] = row
         elif status in TERMINAL_STATES or orchestration != "ready":
-            claims[key] = Claim("ended", row[6])
+            claims[key] = Claim("ended", channel)
         elif status == "dispatched" and not read:
             claims[key] = _ready(row)  # sent before by a run that died: send again, no write
         else:
             lost[key] = row  # a concurrent transaction changed it between our read and our write
-    if lost:
-        # As the one-at-a-time path does after losing a compare-and-set: look again, and send only
-        # if the winner left it dispatched.
-        now = await _statuses(conn, queries, [str(key) for key in lost])
-        for key, row in lost.items():
-            status = now.get(str(key))
-            if status is None:
-                continue
-            claims[key] = _ready(row) if status == "dispatched" and not row[4] else Claim("ended", row[6])
-    return claims
+    return claims, lost
+
+
+def settle_lost(
+    claims: dict[uuid.UUID, Claim], lost: Mapping[uuid.UUID, tuple[Any, ...]], statuses: Mapping[str, str]
+) -> None:
+    """Claims for the rows :func:`interpret` lost, given their statuses now."""
+    for key, row in lost.items():
+        status = statuses.get(str(key))
+        if status is None:
+            continue
+        claims[key] = _ready(row) if status == "dispatched" and not row[4] else Claim("ended", row[6])
 
 
 def _ready(row: tuple[Any, ...]) -> Claim:
-    (delivery_id, _s, _m, _o, _r, notification_id, channel, recipient, content, key, attempts) = row
+    (delivery_id, _s, _m, _o, _r, notification_id, channel, recipient, content, key, attempts) = row[:11]
     try:
         metadata = orjson.loads(content)
         kind = "ready" if isinstance(metadata, dict) else "undecodable"

@@ -87,9 +87,13 @@ def paced_job(delivery_id: uuid.UUID, queue: str) -> pgqueue.NewJob:
     return PacedDispatchWorker.new({"delivery_id": str(delivery_id)}, queue=queue)
 
 
-def dispatch_job(delivery_id: uuid.UUID | str) -> pgqueue.NewJob:
-    """The unsaved dispatch job of a delivery (args: only its id, as a string)."""
-    return DispatchWorker.new({"delivery_id": str(uuid.UUID(str(delivery_id)))})
+def dispatch_job(delivery_id: uuid.UUID | str, schedule_in: float | None = None) -> pgqueue.NewJob:
+    """The unsaved dispatch job of a delivery (args: only its id, as a string), to run now or
+    ``schedule_in`` seconds from now."""
+    args = {"delivery_id": str(uuid.UUID(str(delivery_id)))}
+    if schedule_in is None:
+        return DispatchWorker.new(args)
+    return DispatchWorker.new(args, schedule_in=schedule_in)
 
 
 def enqueue_in(session: Any, delivery_id: uuid.UUID | str, *, schema: str = "public") -> pgqueue.Job:

@@ -117,6 +117,8 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
         ({"rescue_window": 1e300}, "rescue_window must be a number <= 1e+10"),
         ({"shutdown_grace": 2e10}, "shutdown_grace must be a number <= 1e+10"),
         ({"prune_after": 1e11}, "prune_after must be a number <= 1e+10"),
+        ({"recover_after": 0}, "recover_after must be a number >= 0.001"),
+        ({"recover_after": "5m"}, "recover_after must be a number"),
     ],
 )
 def test_values_past_their_range_are_refused(data: dict[str, Any], message: str) -> None:
@@ -160,6 +162,17 @@ def test_the_settings_repr_shows_no_password_and_no_channel_secret() -> None:
 def test_an_unparsable_dsn_is_not_echoed_by_the_repr() -> None:
     settings = parse_settings({}, {"DATABASE_URL": "postgresql://app:S3cret PW@db/x ?="})
     assert "S3cret" not in repr(settings)
+
+
+def test_the_recovery_of_stuck_deliveries_is_tuned_by_recover_after() -> None:
+    from chimeway.recovery import Recovery
+    from chimeway.worker import build_runtime
+
+    assert parse_settings({}, ENV).recover_after == 300.0
+    settings = parse_settings({"recover_after": 90}, ENV)
+    runtime = build_runtime(settings)
+    (recovery,) = [p for p in runtime.plugins if isinstance(p, Recovery)]
+    assert recovery.stuck_after == 90.0
 
 
 def test_a_direct_database_url_comes_from_the_environment_or_the_file_and_hides_its_password() -> None:
