@@ -27,8 +27,8 @@ import copy
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 import anyio
 
@@ -38,13 +38,31 @@ from .. import telemetry
 from ..adapters.base import Classification, DeliveryContext, Failed, classify
 from ..errors import ChimewayError, DeliveryNotFound
 from ..states import Reason
-from .contract import deferral, job_result, log_outcome, not_found
+from .contract import Route, deferral, job_result, log_outcome, not_found
 from .records import Claim, Recorded, RecordItem
 
-if TYPE_CHECKING:
-    from .dispatcher import Dispatcher, Route
+__all__ = ["BatchHost", "Batcher", "DispatchError", "Pending"]
 
-__all__ = ["Batcher", "DispatchError", "Pending"]
+
+class BatchHost(Protocol):
+    """What a :class:`Batcher` needs of its dispatcher (:class:`chimeway.dispatch.Dispatcher`)."""
+
+    batch_size: int
+    record_delay: float
+    thread_limit: int
+
+    def route_for(self, channel: str) -> Route: ...
+
+    async def claim_batch(self, ids: Sequence[str]) -> dict[uuid.UUID, Claim]: ...
+
+    async def call_adapter(
+        self, route: Route, context: DeliveryContext, threads: anyio.CapacityLimiter
+    ) -> object: ...
+
+    async def record_batch(
+        self, items: Sequence[RecordItem]
+    ) -> dict[uuid.UUID, Recorded | BaseException]: ...
+
 
 _RECORD = ("chimeway", "attempts", "record")
 
@@ -96,7 +114,7 @@ class Pending:
 class Batcher:
     """Collects deliveries handed in on one event loop into claim and record batches."""
 
-    def __init__(self, dispatcher: Dispatcher, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, dispatcher: BatchHost, loop: asyncio.AbstractEventLoop) -> None:
         self.dispatcher = dispatcher
         self.loop = loop
         self.threads = anyio.CapacityLimiter(dispatcher.thread_limit)

@@ -145,3 +145,16 @@ def log_outcome(
         "attempt_number": attempt_number,
     }
     _log.info("delivery %s %s", fields["delivery_id"], status, extra={"fields": fields})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A :class:`ChannelRoute` prepared for the hot path: how to call it and for how long."""
+
+    adapter: Adapter
+    config: Mapping[str, Any]
+    #: the name recorded on each attempt
+    name: str
+    is_async: bool
+    #: seconds one call may take before it counts as a temporary failure
+    deadline: float

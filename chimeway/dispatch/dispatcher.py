@@ -9,7 +9,6 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -30,7 +29,7 @@ from ..models import Delivery
 from ..store import queries_for
 from . import records
 from .batcher import Batcher, Pending
-from .contract import DELIVERY_ATTEMPTS, ChannelRoute, log_outcome
+from .contract import DELIVERY_ATTEMPTS, ChannelRoute, Route, log_outcome
 
 __all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "Dispatcher", "Route"]
 
@@ -39,19 +38,6 @@ DEFAULT_ATTEMPT_TIMEOUT: Final = 30.0
 #: A job may run this much longer than its slowest channel's call: the claim and the record.
 JOB_TIMEOUT_MARGIN: Final = 30.0
 _MAX_ADAPTER_NAME: Final = 128
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A :class:`ChannelRoute` prepared for the hot path: how to call it and for how long."""
-
-    adapter: Adapter
-    config: Mapping[str, Any]
-    #: the name recorded on each attempt
-    name: str
-    is_async: bool
-    #: seconds one call may take before it counts as a temporary failure
-    deadline: float
 
 
 class Dispatcher:

@@ -21,51 +21,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.tasks import TaskResult, TaskResultStatus
+from django.tasks import TaskResult
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, TaskError
+from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from django.tasks.exceptions import TaskResultDoesNotExist
 
-from ...job import Job
 from ...manage import get_job
 from . import _connection, enqueue
-from .tasks_support import TASK_WORKER, RunDjangoTask, _resolve
+from .tasks_support import TASK_WORKER, RunDjangoTask, _resolve, result_of
 
 __all__ = ["PgQueueBackend", "result_of"]
-
-_STATUS = {
-    "available": TaskResultStatus.READY,
-    "scheduled": TaskResultStatus.READY,
-    "retryable": TaskResultStatus.READY,
-    "executing": TaskResultStatus.RUNNING,
-    "completed": TaskResultStatus.SUCCESSFUL,
-    "discarded": TaskResultStatus.FAILED,
-    "cancelled": TaskResultStatus.FAILED,
-}
 
 
 def _priority(task_priority: int) -> int:
     """Django's -100..100 (higher first) as pgqueue's 0..9 (0 first)."""
     span: int = TASK_MAX_PRIORITY - TASK_MIN_PRIORITY
     return int(min(9, (TASK_MAX_PRIORITY - int(task_priority)) * 10 // (span + 1)))
-
-
-def result_of(task: Any, job: Job) -> TaskResult:
-    """The ``TaskResult`` a job stands for."""
-    return TaskResult(
-        task=task,
-        id=str(job.id),
-        status=_STATUS.get(str(job.state), TaskResultStatus.READY),
-        enqueued_at=job.inserted_at,
-        started_at=job.attempted_at,
-        finished_at=job.completed_at or job.discarded_at or job.cancelled_at,
-        last_attempted_at=job.attempted_at,
-        args=list(job.args.get("args") or []),
-        kwargs=dict(job.args.get("kwargs") or {}),
-        backend=task.backend,
-        errors=[TaskError(exception_class_path="", traceback=str(e.get("error", ""))) for e in job.errors],
-        worker_ids=[(job.attempted_by or ["?"])[0]] * job.attempt,
-    )
 
 
 class PgQueueBackend(BaseTaskBackend):

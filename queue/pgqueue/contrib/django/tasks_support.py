@@ -48,6 +48,36 @@ def _resolve(path: object) -> Any:
     return task
 
 
+def result_of(task: Any, job: Job) -> Any:
+    """The ``django.tasks.TaskResult`` a job stands for (Django 6; imported only when asked)."""
+    from django.tasks import TaskResult, TaskResultStatus
+    from django.tasks.base import TaskError
+
+    status = {
+        "available": TaskResultStatus.READY,
+        "scheduled": TaskResultStatus.READY,
+        "retryable": TaskResultStatus.READY,
+        "executing": TaskResultStatus.RUNNING,
+        "completed": TaskResultStatus.SUCCESSFUL,
+        "discarded": TaskResultStatus.FAILED,
+        "cancelled": TaskResultStatus.FAILED,
+    }
+    return TaskResult(
+        task=task,
+        id=str(job.id),
+        status=status.get(str(job.state), TaskResultStatus.READY),
+        enqueued_at=job.inserted_at,
+        started_at=job.attempted_at,
+        finished_at=job.completed_at or job.discarded_at or job.cancelled_at,
+        last_attempted_at=job.attempted_at,
+        args=list(job.args.get("args") or []),
+        kwargs=dict(job.args.get("kwargs") or {}),
+        backend=task.backend,
+        errors=[TaskError(exception_class_path="", traceback=str(e.get("error", ""))) for e in job.errors],
+        worker_ids=[(job.attempted_by or ["?"])[0]] * job.attempt,
+    )
+
+
 class RunDjangoTask(Worker, name=TASK_WORKER, queue="default"):
     """Runs one task: args ``{"task": path, "args": [...], "kwargs": {...}}``."""
 
@@ -57,8 +87,6 @@ class RunDjangoTask(Worker, name=TASK_WORKER, queue="default"):
         kwargs = dict(job.args.get("kwargs") or {})
         if task.takes_context:
             from django.tasks import TaskContext
-
-            from .tasks import result_of
 
             return task.call(TaskContext(task_result=result_of(task, job)), *args, **kwargs)
         return task.call(*args, **kwargs)
