@@ -64,6 +64,7 @@ from .plugins.stager import Stager
 from .processes import ProcessPool, validate_processes
 from .producer import Producer
 from .queue_config import QueueConfig
+from .queue_control import QueueControl
 from .queues import aresolve_queues
 from .worker import WorkerRegistry, load_worker_modules, registry
 
@@ -86,7 +87,7 @@ class _Running:
     stopped: anyio.Event = field(default_factory=anyio.Event)
 
 
-class Runtime:
+class Runtime(QueueControl):
     """Runs queues and plugins for one node. See the module docstring."""
 
     def __init__(
@@ -460,49 +461,7 @@ class Runtime:
         if left:
             telemetry.emit(("queue", "shutdown"), {}, {"queue": queue, "orphaned": left})
 
-    # -- queue control -----------------------------------------------------------------------------
-
-    async def pause_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
-        """Stop fetching new jobs of ``queue`` (running ones finish); ``"*"`` pauses every queue."""
-        await self.control.request("pause", queue, {}, node=node, local_only=local_only)
-
-    async def resume_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
-        """Resume a paused queue; ``"*"`` resumes every queue."""
-        await self.control.request("resume", queue, {}, node=node, local_only=local_only)
-
-    async def scale_queue(
-        self,
-        queue: str,
-        limit: int,
-        *,
-        paused: bool | None = None,
-        node: str | None = None,
-        local_only: bool = False,
-    ) -> None:
-        """Change ``queue``'s concurrency limit (and optionally pause or resume it)."""
-        QueueConfig.parse(queue, limit)
-        params: dict[str, Any] = {"limit": limit}
-        if paused is not None:
-            params["paused"] = paused
-        await self.control.request("scale", queue, params, node=node, local_only=local_only)
-
-    async def start_queue(
-        self,
-        queue: str,
-        limit: int,
-        *,
-        paused: bool = False,
-        node: str | None = None,
-        local_only: bool = False,
-    ) -> None:
-        """Start running ``queue`` (on every node, one node, or only here)."""
-        QueueConfig.parse(queue, {"limit": limit, "paused": paused})
-        params = {"limit": limit, "paused": paused}
-        await self.control.request("start", queue, params, node=node, local_only=local_only)
-
-    async def stop_queue(self, queue: str, *, node: str | None = None, local_only: bool = False) -> None:
-        """Stop running ``queue`` gracefully (running jobs get the grace period)."""
-        await self.control.request("stop", queue, {}, node=node, local_only=local_only)
+    # -- queue control (the requests: pgqueue.queue_control) -------------------------------------
 
     async def cancel_job(self, job_id: int) -> bool:
         """Cancel a job in the database and, when it is executing, stop it wherever it runs."""
