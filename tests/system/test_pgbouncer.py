@@ -134,8 +134,16 @@ def test_nodes_behind_pgbouncer_run_every_job_once_and_rescue_a_killed_one(
 
 
 def test_a_node_with_only_the_pooler_warns_and_still_runs_by_polling(
-    dsn: str, schema: str, bouncer: PgBouncer, probe: Probe, launch: Launch
+    dsn: str, schema: str, probe: Probe, launch: Launch
 ) -> None:
+    # A PgBouncer of its own. The LISTEN this node sends through it stays registered on a server
+    # connection that then receives notifications no client reads ("got packet 'A' from server
+    # when not linked"); kept apart, that connection can't reach the other tests' nodes.
+    with pgbouncer(dsn, mode="transaction") as bouncer:
+        _polling_node_runs_every_job(schema, bouncer, probe, launch)
+
+
+def _polling_node_runs_every_job(schema: str, bouncer: PgBouncer, probe: Probe, launch: Launch) -> None:
     node = launch(bouncer.dsn, schema, "polling-node")
     wait_until(lambda: "transaction mode" in node.output(), timeout=20, message=node.output())
     assert "direct-dsn" in node.output()
@@ -144,6 +152,7 @@ def test_a_node_with_only_the_pooler_warns_and_still_runs_by_polling(
         wait_all_completed(probe, 200)
     except AssertionError:
         print(node.output())
+        print(bouncer.output()[-6000:])
         raise
     assert_each_ran_once(probe, 200)
     node.stop(10)
