@@ -8,7 +8,8 @@
 -- The rate limit is a sliding window kept as `slots` of 1/%(slots)s of the period: an admission at
 -- time t counts the units started in every slot that overlaps [t - period, t], so no window of one
 -- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
--- division (timestamps are microseconds), so no rounding can shift a boundary.
+-- division (timestamps are microseconds), so no rounding can shift a boundary. The microseconds are
+-- read as whole seconds plus the microseconds field: before PostgreSQL 14, extract(epoch) is a double.
 -- Admission times come from the database clock and never go backwards per queue (last_start).
 -- The second column tells the producer whether jobs were left waiting by a limit, and when to look
 -- again (so it neither waits for its next poll nor polls a window that can't have room yet).
@@ -23,7 +24,7 @@ state AS (
 ),
 slot AS (
     SELECT st.t,
-           div(floor(extract(epoch FROM st.t) * 1000000) * %(slots)s, %(period_us)s)::bigint AS cur,
+           div((extract(epoch FROM date_trunc('second', st.t))::bigint * 1000000 + extract(microseconds FROM st.t)::bigint %% 1000000) * %(slots)s, %(period_us)s)::bigint AS cur,
            st.slots, st.units
     FROM state AS st
 ),
@@ -113,7 +114,7 @@ SELECT (SELECT count(*) FROM acked) AS acked,
        CASE WHEN (SELECT blocked FROM waiting) THEN
            CASE WHEN (SELECT units FROM room) > 0 THEN 0
                 ELSE greatest(0, (SELECT (min(o.s) + %(slots)s + 1) * %(period_us)s::numeric / %(slots)s
-                                         - max(floor(extract(epoch FROM slot.t) * 1000000))
+                                         - max((extract(epoch FROM date_trunc('second', slot.t))::bigint * 1000000 + extract(microseconds FROM slot.t)::bigint %% 1000000))
                                   FROM slot, unnest(slot.slots, slot.units) AS o(s, u)
                                   WHERE o.s >= slot.cur - %(slots)s) / 1000000.0)
            END

@@ -15,8 +15,8 @@ WITH commit_mode AS (
 {acks_part}
 clock AS (
     SELECT greatest(clock_timestamp(), s.last_start) AS t,
-           div(floor(extract(epoch FROM greatest(clock_timestamp(), s.last_start)) * 1000000) * %(slots)s,
-               %(period_us)s)::bigint AS cur
+           div((extract(epoch FROM date_trunc('second', greatest(clock_timestamp(), s.last_start)))::bigint * 1000000 + extract(microseconds FROM greatest(clock_timestamp(), s.last_start))::bigint %% 1000000)
+               * %(slots)s, %(period_us)s)::bigint AS cur
     FROM {limit_state} AS s
     WHERE s.queue = %(queue)s AND s.partition_key = ''
 ),
