@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -241,19 +240,6 @@ def _replace_params(job: NewJob, holder: Sequence[Any]) -> dict[str, Any] | None
     return params
 
 
-#: wraps every insert of a batch (tracing opens a span around it and carries its context in each
-#: job's meta); None, the default, costs the insert nothing
-InsertWrapper = Callable[[Sequence[NewJob]], AbstractContextManager[Sequence[NewJob]]]
-_insert_wrapper: InsertWrapper | None = None
-
-
-def set_insert_wrapper(wrapper: InsertWrapper | None) -> InsertWrapper | None:
-    """Install ``wrapper`` around every insert (None removes it); returns the one it replaces."""
-    global _insert_wrapper
-    previous, _insert_wrapper = _insert_wrapper, wrapper
-    return previous
-
-
 def _check_jobs(jobs: Sequence[NewJob]) -> None:
     if isinstance(jobs, NewJob):
         raise TypeError("insert_all takes a list of jobs; use insert() for one job")
@@ -290,10 +276,6 @@ def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) 
         return runner(jobs)
     if not jobs:
         return []
-    wrapper = _insert_wrapper
-    if wrapper is not None:
-        with wrapper(jobs) as wrapped:
-            return _write_all(target, wrapped, schema, notify)
     return _write_all(target, jobs, schema, notify)
 
 
@@ -353,10 +335,6 @@ async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify:
         return await arunner(jobs)
     if not jobs:
         return []
-    wrapper = _insert_wrapper
-    if wrapper is not None:
-        with wrapper(jobs) as wrapped:
-            return await _awrite_all(target, wrapped, schema, notify)
     return await _awrite_all(target, jobs, schema, notify)
 
 

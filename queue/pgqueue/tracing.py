@@ -20,7 +20,7 @@ Spans carry ids, the queue, the worker, the attempt and the outcome, never args 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -30,9 +30,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import __version__, telemetry
-from .insert import set_insert_wrapper
-from .job import NewJob
+from . import __version__, middleware, telemetry
+from .job import Job, NewJob
 
 __all__ = ["META_KEY", "instrument", "uninstrument"]
 
@@ -129,20 +128,49 @@ def _with_context(job: NewJob, carrier: Mapping[str, str]) -> NewJob:
     return job._replace(meta=meta, meta_json=orjson.dumps(meta).decode())
 
 
-_active: _Tracer | None = None
+class _InsertSpans(middleware.Middleware):
+    """Opens the insert span around the rest of the chain and hands it the jobs with the context."""
+
+    def __init__(self, tracer: _Tracer) -> None:
+        self.tracer = tracer
+
+    def insert(self, jobs: Sequence[NewJob], call_next: Callable[[Sequence[NewJob]], list[Job]]) -> list[Job]:
+        if not jobs:
+            return call_next(jobs)
+        with self.tracer.insert(jobs) as traced:
+            return call_next(traced)
+
+    async def ainsert(
+        self, jobs: Sequence[NewJob], call_next: Callable[[Sequence[NewJob]], Awaitable[list[Job]]]
+    ) -> list[Job]:
+        if not jobs:
+            return await call_next(jobs)
+        with self.tracer.insert(jobs) as traced:
+            return await call_next(traced)
+
+
+_active: _InsertSpans | None = None
 
 
 def instrument(tracer_provider: trace.TracerProvider | None = None) -> None:
-    """Trace every insert and perform in this process (again: replaces the previous setup)."""
+    """Trace every insert and perform in this process (again: replaces the previous setup).
+
+    Inserts are traced by a process-wide :mod:`pgqueue.middleware` (added last, so it is the
+    innermost: middleware added before it can still change the jobs it sees); performs through
+    the telemetry events every runtime emits.
+    """
     global _active
-    _active = _Tracer(trace.get_tracer("pgqueue", __version__, tracer_provider))
-    set_insert_wrapper(_active.insert)
-    telemetry.attach(_HANDLER_ID, _active.handle, _JOB_EVENTS)
+    uninstrument()
+    tracer = _Tracer(trace.get_tracer("pgqueue", __version__, tracer_provider))
+    _active = _InsertSpans(tracer)
+    middleware.add(_active)
+    telemetry.attach(_HANDLER_ID, tracer.handle, _JOB_EVENTS)
 
 
 def uninstrument() -> None:
     """Stop tracing in this process."""
     global _active
-    set_insert_wrapper(None)
+    if _active is not None:
+        middleware.remove(_active)
     telemetry.detach(_HANDLER_ID)
     _active = None
