@@ -12,8 +12,7 @@ from typing import Any
 
 import orjson
 
-from .cli_queues import flag
-from .cli_support import UsageError, add_database, connect
+from .cli_support import UsageError, add_crud_commands, connect, flag
 from .cron_entries import CronRow, add_cron, delete_cron, list_crons, update_cron
 from .errors import ConfigError
 
@@ -108,27 +107,17 @@ def _add_fields(command: argparse.ArgumentParser, *, adding: bool) -> None:
 
 def add_cron_commands(commands: Any) -> None:
     """Add ``cron`` and its subcommands to the CLI's subparsers."""
-    cron = commands.add_parser(
-        "cron", help="cron entries declared in the database: list, add, update, delete"
+    add_crud_commands(
+        commands,
+        "cron",
+        help="cron entries declared in the database: list, add, update, delete",
+        helps={
+            "noun": "entry",
+            "list": "the declared cron entries",
+            "add": "declare a cron entry",
+            "update": "change a declared cron entry",
+            "delete": "forget a declared cron entry",
+        },
+        handlers={"list": _cmd_list, "add": _cmd_add, "update": _cmd_update, "delete": _cmd_delete},
+        add_fields=_add_fields,
     )
-    actions = cron.add_subparsers(dest="action", required=True, parser_class=type(cron))
-
-    listing = actions.add_parser("list", help="the declared cron entries")
-    add_database(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON array")
-    listing.set_defaults(handler=_cmd_list)
-
-    add = actions.add_parser("add", help="declare a cron entry")
-    add_database(add)
-    _add_fields(add, adding=True)
-    add.set_defaults(handler=_cmd_add)
-
-    update = actions.add_parser("update", help="change a declared cron entry")
-    add_database(update)
-    _add_fields(update, adding=False)
-    update.set_defaults(handler=_cmd_update)
-
-    delete = actions.add_parser("delete", help="forget a declared cron entry")
-    add_database(delete)
-    delete.add_argument("name", help="the entry's name")
-    delete.set_defaults(handler=_cmd_delete)

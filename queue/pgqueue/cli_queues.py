@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from .cli_support import UsageError, add_database, connect
+from .cli_support import UsageError, add_crud_commands, connect, flag
 from .errors import ConfigError
 from .queues import QueueInfo, add_queue, delete_queue, list_queues, update_queue
 
@@ -43,15 +43,6 @@ def _period(value: str) -> float:
     if not math.isfinite(number) or number <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {value!r}")
     return number
-
-
-def flag(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return True
-    if lowered in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _describe(info: QueueInfo) -> str:
@@ -167,25 +158,17 @@ def _add_settings(command: argparse.ArgumentParser, *, adding: bool) -> None:
 
 def add_queue_commands(commands: Any) -> None:
     """Add ``queues`` and its subcommands to the CLI's subparsers."""
-    queues = commands.add_parser("queues", help="queues declared in the database: list, add, update, delete")
-    actions = queues.add_subparsers(dest="action", required=True, parser_class=type(queues))
-
-    listing = actions.add_parser("list", help="the declared queues and their limits")
-    add_database(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON array")
-    listing.set_defaults(handler=_cmd_list)
-
-    add = actions.add_parser("add", help="declare a queue")
-    add_database(add)
-    _add_settings(add, adding=True)
-    add.set_defaults(handler=_cmd_add)
-
-    update = actions.add_parser("update", help="change a declared queue (running nodes follow)")
-    add_database(update)
-    _add_settings(update, adding=False)
-    update.set_defaults(handler=_cmd_update)
-
-    delete = actions.add_parser("delete", help="forget a declared queue")
-    add_database(delete)
-    delete.add_argument("name", help="the queue's name")
-    delete.set_defaults(handler=_cmd_delete)
+    add_crud_commands(
+        commands,
+        "queues",
+        help="queues declared in the database: list, add, update, delete",
+        helps={
+            "noun": "queue",
+            "list": "the declared queues and their limits",
+            "add": "declare a queue",
+            "update": "change a declared queue (running nodes follow)",
+            "delete": "forget a declared queue",
+        },
+        handlers={"list": _cmd_list, "add": _cmd_add, "update": _cmd_update, "delete": _cmd_delete},
+        add_fields=_add_settings,
+    )
