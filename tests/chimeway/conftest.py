@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from chimeway import deliveries, telemetry
+from chimeway import deliveries, dispatch, telemetry
 from chimeway.adapters import TestAdapter, resolve_adapter
 from chimeway.deliveries import AttemptOutcome
+from chimeway.dispatch import ChannelRoute, Dispatcher
 from chimeway.models import Event, Notification
 
 SessionFactory = Callable[..., Session]
@@ -158,3 +159,23 @@ def telemetry_events() -> Iterator[list[TelemetryEvent]]:
     telemetry.attach(handler)
     yield events
     telemetry.detach(handler)
+
+
+@pytest.fixture
+def engine(sa_engine: Engine, schema: str) -> Engine:
+    """The test engine with Chimeway's tables mapped to the test's schema."""
+    return sa_engine.execution_options(schema_translate_map={None: schema})
+
+
+@pytest.fixture
+def dispatcher(engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
+    """A dispatcher routing every channel to ``test_adapter``, configured for the process."""
+    configured = Dispatcher(
+        dsn,
+        schema=schema,
+        default=ChannelRoute(test_adapter),
+        session_factory=lambda: Session(engine, expire_on_commit=False),
+    )
+    dispatch.configure(configured)
+    yield configured
+    dispatch.configure(None)

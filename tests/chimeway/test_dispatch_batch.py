@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 import pgqueue
-from chimeway import deliveries, dispatch
+from chimeway import deliveries
 from chimeway.adapters import Delivered, Failed, TestAdapter, classify
 from chimeway.dispatch import ChannelRoute, Dispatcher, DispatchWorker, UnhandledOutcomeError
 from chimeway.dispatch.contract import DELIVERY_ATTEMPTS, job_result
@@ -40,24 +38,6 @@ OUTCOMES: dict[str, object] = {
     "garbage": ("error", "throttled"),
     "raises": ConnectionResetError("peer reset"),
 }
-
-
-@pytest.fixture
-def engine(sa_engine: Engine, schema: str) -> Engine:
-    return sa_engine.execution_options(schema_translate_map={None: schema})
-
-
-@pytest.fixture
-def dispatcher(engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
-    configured = Dispatcher(
-        dsn,
-        schema=schema,
-        default=ChannelRoute(test_adapter),
-        session_factory=lambda: Session(engine, expire_on_commit=False),
-    )
-    dispatch.configure(configured)
-    yield configured
-    dispatch.configure(None)
 
 
 def reference(

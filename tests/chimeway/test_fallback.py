@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import pgqueue
 from chimeway import deliveries, dispatch, inbox
 from chimeway.adapters import TestAdapter
-from chimeway.dispatch import ChannelRoute, Dispatcher
+from chimeway.dispatch import Dispatcher
 from chimeway.models import Delivery
 from chimeway.notifier import Notifier, Recipient
 from chimeway.trigger import TriggerError, TriggerResult, atrigger, trigger
@@ -40,20 +39,6 @@ class Mentioned(Notifier):
 
     def build(self, params: Mapping[str, Any], recipient: Recipient) -> Mapping[str, Any]:
         return {"body": "you were mentioned"}
-
-
-@pytest.fixture
-def dispatcher(sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
-    engine = sa_engine.execution_options(schema_translate_map={None: schema})
-    configured = Dispatcher(
-        dsn,
-        schema=schema,
-        default=ChannelRoute(test_adapter),
-        session_factory=lambda: Session(engine, expire_on_commit=False),
-    )
-    dispatch.configure(configured)
-    yield configured
-    dispatch.configure(None)
 
 
 def by_channel(session: Session, result: TriggerResult) -> dict[str, Delivery]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,9 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import func, select, update
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
 
 import pgqueue
 import pgqueue.testing
@@ -30,24 +28,6 @@ from ..helpers import AsyncCountingCursor
 from .conftest import MakeDelivery, MakeNotification, SessionFactory
 
 RECIPIENT = "user:42"
-
-
-@pytest.fixture
-def engine(sa_engine: Engine, schema: str) -> Engine:
-    return sa_engine.execution_options(schema_translate_map={None: schema})
-
-
-@pytest.fixture
-def dispatcher(engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
-    configured = Dispatcher(
-        dsn,
-        schema=schema,
-        default=ChannelRoute(test_adapter),
-        session_factory=lambda: Session(engine, expire_on_commit=False),
-    )
-    dispatch.configure(configured)
-    yield configured
-    dispatch.configure(None)
 
 
 def perform(delivery_id: uuid.UUID, attempt: int = 1) -> Any:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 import pgqueue
 from chimeway import deliveries, dispatch
@@ -43,20 +42,6 @@ pytestmark = pytest.mark.anyio
 async def ctx(dsn: str, schema: str) -> AsyncIterator[PluginContext]:
     async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as pool:
         yield PluginContext(pool, dsn, schema, "node-a", LocalNotifier(), lambda: True, lambda queue: None)
-
-
-@pytest.fixture
-def dispatcher(sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
-    engine = sa_engine.execution_options(schema_translate_map={None: schema})
-    configured = Dispatcher(
-        dsn,
-        schema=schema,
-        default=ChannelRoute(test_adapter),
-        session_factory=lambda: Session(engine, expire_on_commit=False),
-    )
-    dispatch.configure(configured)
-    yield configured
-    dispatch.configure(None)
 
 
 def stuck_since(new_session: SessionFactory, delivery_id: uuid.UUID, minutes: float) -> None:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from chimeway import dispatch, policy, preferences, traces
 from chimeway.adapters import Failed, TestAdapter
-from chimeway.dispatch import ChannelRoute, Dispatcher
+from chimeway.dispatch import Dispatcher
 from chimeway.errors import InvalidValue
 from chimeway.notifier import Notifier, Recipient
 from chimeway.traces import OutcomeCount
@@ -36,20 +34,6 @@ class Shipped(Notifier):
 
 class Mentioned(Shipped):
     notification_key = "mentioned"
-
-
-@pytest.fixture
-def dispatcher(sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
-    engine = sa_engine.execution_options(schema_translate_map={None: schema})
-    configured = Dispatcher(
-        dsn,
-        schema=schema,
-        default=ChannelRoute(test_adapter),
-        session_factory=lambda: Session(engine, expire_on_commit=False),
-    )
-    dispatch.configure(configured)
-    yield configured
-    dispatch.configure(None)
 
 
 def fire(
