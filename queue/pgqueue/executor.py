@@ -31,6 +31,7 @@ from .lifecycle import describe_error
 from .middleware import Middleware
 from .options import MAX_SECONDS
 from .poison import storable_text
+from .results import DEFAULT_RESULT_MAX_BYTES, encode_result, validate_max_bytes
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
 __all__ = [
@@ -71,6 +72,8 @@ class Ack(NamedTuple):
     delay: float = 0.0
     #: appended to the job's errors as {attempt, at, error}
     error: str | None = None
+    #: the worker's return value, encoded (see :mod:`pgqueue.results`); only on completion
+    result: orjson.Fragment | None = None
 
 
 def fetch_params(
@@ -94,6 +97,8 @@ def fetch_params(
             item["delay"] = float(ack.delay)
         if ack.error is not None:
             item["error"] = ack.error
+        if ack.result is not None:
+            item["result"] = ack.result
         document.append(item)
     return {
         "acks": orjson.dumps(document).decode(),
@@ -275,8 +280,11 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         processes: Performer | None = None,
         middleware: Sequence[Middleware] = (),
+        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
     ) -> None:
         self.workers = workers
+        #: a return value encoded larger than this is replaced by a marker (see pgqueue.results)
+        self.result_max_bytes = validate_max_bytes(result_max_bytes)
         self.completer = completer
         self.clock = clock
         self.processes = processes
@@ -435,7 +443,8 @@ class Executor:
             return self._failure(job, worker, problem, started, result=result)
         if isinstance(result, BaseException):
             return self._failure(job, worker, result, started, result=result)
-        ack = Ack(job.id, job.attempt, JobState.COMPLETED)
+        encoded = encode_result(result, job.id, job.worker, self.result_max_bytes)
+        ack = Ack(job.id, job.attempt, JobState.COMPLETED, result=encoded)
         return Execution(job, ack, Outcome.SUCCESS, result, duration=duration)
 
     def _failure(

@@ -72,9 +72,14 @@ def _load_templates(pattern: re.Pattern[str]) -> dict[str, str]:
 
 
 def _with_parts(templates: dict[str, str], parts: dict[str, str]) -> dict[str, str]:
+    # A part may include another (acks.part.sql includes batch_acks.part.sql): substitute until
+    # nothing changes.
     for name, text in templates.items():
-        for part, fragment in parts.items():
-            text = text.replace("{" + part + "_part}", fragment)
+        previous = None
+        while previous != text:
+            previous = text
+            for part, fragment in parts.items():
+                text = text.replace("{" + part + "_part}", fragment)
         templates[name] = text
     return templates
 
@@ -89,7 +94,7 @@ def _without_comment_lines(text: str) -> str:
 _PARTS = _load_templates(_PART_RE)
 _TEMPLATES = _with_parts(_load_templates(_NAME_RE), _PARTS)
 #: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
-_FILTERED = _load_templates(_FILTERED_RE)
+_FILTERED = _with_parts(_load_templates(_FILTERED_RE), _PARTS)
 #: statements with a ``{columns}`` placeholder, completed per call with a list of column names
 _WITH_COLUMNS = _load_templates(_COLUMNS_RE)
 
@@ -123,6 +128,9 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         queues=sql.Identifier(schema, "pgqueue_queues"),
         limit_state=sql.Identifier(schema, "pgqueue_limit_state"),
         cron=sql.Identifier(schema, "pgqueue_cron"),
+        batches=sql.Identifier(schema, "pgqueue_batches"),
+        results_channel=sql.Literal(channel_name(schema, "result")),
+        insert_channel=sql.Literal(channel_name(schema, "insert")),
         **extra,
     )
     return composed.as_string(None)

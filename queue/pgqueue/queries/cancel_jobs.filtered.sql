@@ -19,8 +19,13 @@ cancelled AS (
                       ELSE j.errors END
     FROM target AS t
     WHERE j.id = t.id
-    RETURNING j.id, t.previous_state
+    RETURNING j.id, t.previous_state, j.state, j.batch_id, j.queue
 ),
+-- Cancelled members count towards their batches, as acks do (batch_acks.part.sql reads `acked`).
+acked AS (
+    SELECT id, state, batch_id FROM cancelled
+),
+{batch_acks_part}
 signal AS (
     INSERT INTO {signals} (action, params)
     SELECT 'pkill', jsonb_build_object('job_ids', jsonb_agg(c.id ORDER BY c.id))
@@ -32,5 +37,15 @@ signal AS (
 signalled AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('id', s.id)::text)) AS n
     FROM signal AS s
+),
+-- Waiters of these jobs (pgqueue.wait) and the queues of any batch callbacks are woken at commit.
+woken AS (
+    SELECT CASE WHEN count(*) > 0
+                THEN pg_notify({results_channel}, CASE WHEN count(*) <= 300
+                                                       THEN json_build_object('ids', array_agg(id))::text
+                                                       ELSE '{{}}' END) END AS results,
+           (SELECT count(pg_notify({insert_channel}, json_build_object('queue', q.queue)::text))
+            FROM (SELECT DISTINCT queue FROM batch_callbacks) AS q) AS callbacks
+    FROM cancelled
 )
-SELECT cancelled.id FROM cancelled, signalled
+SELECT cancelled.id FROM cancelled, signalled, woken

@@ -36,10 +36,24 @@ rescued AS (
                     ELSE j.meta END
     FROM orphans
     WHERE j.id = orphans.id
-    RETURNING j.id, j.queue, j.state
+    RETURNING j.id, j.queue, j.state, j.batch_id
 ),
+-- Members discarded here count towards their batches, as acks do (batch_acks.part.sql).
+acked AS (
+    SELECT id, state, batch_id FROM rescued WHERE state = 'discarded'
+),
+{batch_acks_part}
 woken AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('queue', q.queue)::text)) AS n
-    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available'
+          UNION SELECT queue FROM batch_callbacks) AS q
+),
+-- Waiters of the jobs discarded here (pgqueue.wait) are woken at commit.
+results_woken AS (
+    SELECT CASE WHEN count(*) > 0
+                THEN pg_notify({results_channel}, CASE WHEN count(*) <= 300
+                                                       THEN json_build_object('ids', array_agg(id))::text
+                                                       ELSE '{{}}' END) END AS n
+    FROM acked
 )
-SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken
+SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken, results_woken
