@@ -1,10 +1,14 @@
 """Awaiting a job from any process: :func:`wait` and its async twin :func:`await_job`.
 
-The caller LISTENs on the schema's ``result`` channel first, then reads the job: a job that
-finished before the LISTEN is seen by the read, one that finishes after it sends a notification
-(the ack statement publishes one per statement, naming the finished ids when they fit, see
-``acks.part.sql``). A notification is only a wake-up: the waiter reads the row again, and decides
-from the row alone. There is no polling loop; the only timer is the caller's ``timeout``.
+The caller LISTENs on the schema's ``result`` channel first, then reads the job; if it has not
+finished, the caller marks it ``awaited`` (an UPDATE of the row, ordered by the row lock against
+the ack that finishes it) and reads it again. An ack that finishes an awaited job publishes a
+wake-up (one per ack statement, naming the finished ids when they fit, see ``acks.part.sql``);
+acks of jobs nobody awaits publish nothing. Either the ack saw the mark and notifies a listener
+that is already listening, or it finished the job before the mark and the read after it sees
+that: no race is left between the check and the LISTEN. A notification is only a wake-up: the
+waiter reads the row again and decides from the row alone. There is no polling loop; the only
+timer is the caller's ``timeout``.
 
 A completed job gives its result (``None`` when the worker returned nothing); a discarded or
 cancelled one raises :class:`~pgqueue.errors.JobFailedError` with its final error; a job that does
@@ -53,7 +57,7 @@ def _settle(job_id: int, row: Sequence[Any] | None) -> Any:
     """The outcome of a job row: its result, an exception raised, or ``_PENDING``."""
     if row is None:
         raise JobNotFoundError(f"job {job_id} does not exist (never inserted, or pruned after it finished)")
-    state, result, error, errors = row
+    state, result, error, errors, _ = row
     if state == "completed":
         reason = marker_reason(result)
         if reason is not None:
@@ -126,14 +130,20 @@ def wait(
     not inside a transaction. ``timeout``: seconds, or None to wait as long as it takes."""
     job_id, deadline = _job_id(job), _deadline(timeout)
     listen, unlisten = _listen(schema)
-    query = queries_for(schema).job_outcome
+    queries = queries_for(schema)
+    query = queries.job_outcome
     with _sync_connection(target) as conn:
         conn.execute(listen)
         try:
             while True:
-                outcome = _settle(job_id, conn.execute(query, {"id": job_id}).fetchone())
+                row = conn.execute(query, {"id": job_id}).fetchone()
+                outcome = _settle(job_id, row)
                 if outcome is not _PENDING:
                     return outcome
+                if row is not None and not row[-1]:
+                    # Marked now; whether or not the mark landed, the row is read again at once.
+                    conn.execute(queries.job_await, {"id": job_id})
+                    continue
                 woken = False
                 while not woken:
                     remaining = deadline - time.monotonic()
@@ -158,15 +168,19 @@ async def await_job(
     """The async twin of :func:`wait`: ``await pgqueue.await_job(dsn, job, timeout=5)``."""
     job_id, deadline = _job_id(job), _deadline(timeout)
     listen, unlisten = _listen(schema)
-    query = queries_for(schema).job_outcome
+    queries = queries_for(schema)
+    query = queries.job_outcome
     async with _async_connection(target) as conn:
         await conn.execute(listen)
         try:
             while True:
-                cursor = await conn.execute(query, {"id": job_id})
-                outcome = _settle(job_id, await cursor.fetchone())
+                row = await (await conn.execute(query, {"id": job_id})).fetchone()
+                outcome = _settle(job_id, row)
                 if outcome is not _PENDING:
                     return outcome
+                if row is not None and not row[-1]:
+                    await conn.execute(queries.job_await, {"id": job_id})
+                    continue
                 woken = False
                 while not woken:
                     remaining = deadline - time.monotonic()

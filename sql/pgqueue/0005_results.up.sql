@@ -7,6 +7,12 @@ ALTER TABLE jobs ADD COLUMN result jsonb;
 
 COMMENT ON COLUMN jobs.result IS 'the JSON value the worker returned (pgqueue results)';
 
+-- Set by pgqueue.wait on a job that has not finished yet: the acks that finish an awaited job send
+-- a wake-up, and those of jobs nobody awaits send none (a NOTIFY serialises committing
+-- transactions). Written on the job row itself, so the row lock orders it against the ack: an
+-- ack either sees it (and notifies) or finished the job before (and the waiter reads that).
+ALTER TABLE jobs ADD COLUMN awaited boolean;
+
 -- A batch: a group of jobs whose finishing is counted in the ack statement that finishes them
 -- (acks.part.sql), so the callbacks are decided in the same transaction as the last ack, under the
 -- batch row's lock: exactly once, whatever runs concurrently or is killed.

@@ -229,25 +229,43 @@ async def test_bad_arguments_are_refused_with_the_field_named(dsn: str, schema: 
             pgqueue.wait(conn, 1, 1, schema=schema)
 
 
-async def test_one_ack_statement_sends_one_wake_up_naming_the_finished_ids(dsn: str, schema: str) -> None:
-    jobs = []
+async def test_one_ack_statement_wakes_once_and_only_for_awaited_jobs(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn) as conn:
-        jobs = pgqueue.insert_all(conn, [Answer.new({"i": i}) for i in range(3)], schema=schema)
-        conn.execute(
-            psycopg.sql.SQL("UPDATE {} SET state = 'executing', attempt = 1").format(
-                psycopg.sql.Identifier(schema, "jobs")
-            )
-        )
+        jobs = pgqueue.insert_all(conn, [Answer.new({"i": i}) for i in range(5)], schema=schema)
+        table = psycopg.sql.Identifier(schema, "jobs")
+        conn.execute(psycopg.sql.SQL("UPDATE {} SET state = 'executing', attempt = 1").format(table))
+        # what pgqueue.wait does to a job it waits for (jobs 3 and 4: nobody waits)
+        conn.execute(psycopg.sql.SQL("UPDATE {} SET awaited = true WHERE id <= %s").format(table), [jobs[2].id])
     acks = [
         Ack(jobs[0].id, 1, JobState.COMPLETED),
         Ack(jobs[1].id, 1, JobState.DISCARDED, error="boom"),
         Ack(jobs[2].id, 1, JobState.RETRYABLE, delay=10, error="again"),
+        Ack(jobs[3].id, 1, JobState.COMPLETED),
     ]
     with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as conn:
         listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel_name(schema, "result"))))
         conn.execute(queries_for(schema).fetch_jobs, fetch_params(acks))
         notes = list(listener.notifies(timeout=1.0))
-        # a statement finishing nothing sends nothing
-        conn.execute(queries_for(schema).fetch_jobs, fetch_params([]))
+        # a statement finishing only jobs nobody awaits sends nothing
+        conn.execute(queries_for(schema).fetch_jobs, fetch_params([Ack(jobs[4].id, 1, JobState.COMPLETED)]))
         assert list(listener.notifies(timeout=0.3)) == []
     assert [n.payload for n in notes] == [f'{{"ids" : [{jobs[0].id},{jobs[1].id}]}}']
+
+
+async def test_a_job_finishing_while_its_waiter_marks_it_is_never_missed(dsn: str, schema: str) -> None:
+    # The race between the check and the LISTEN, forced: 150 jobs finish while their waiters start
+    # (15 at a time: the server is shared).
+    with psycopg.connect(dsn) as conn:
+        jobs = pgqueue.insert_all(conn, [Answer.new({"value": i}) for i in range(150)], schema=schema)
+    values: list[Any] = []
+    connections = anyio.CapacityLimiter(15)
+
+    async def waiter(job: pgqueue.Job) -> None:
+        async with connections:
+            values.append(await pgqueue.await_job(dsn, job, timeout=30, schema=schema))
+
+    with anyio.fail_after(60):
+        async with runtime(dsn, schema), anyio.create_task_group() as tg:
+            for job in jobs:
+                tg.start_soon(waiter, job)
+    assert sorted(values) == list(range(150))

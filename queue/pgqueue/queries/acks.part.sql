@@ -35,19 +35,19 @@ acked AS (
     -- `state::text` keeps the planner on the primary key: offered `state = 'executing'`, it reads
     -- the executing index instead, walking an entry for every job claimed since the last vacuum.
     WHERE j.id = a.id AND j.state::text = 'executing' AND j.attempt = a.attempt
-    RETURNING j.id, j.state, j.batch_id
+    RETURNING j.id, j.state, j.batch_id, j.awaited
 ),
 {batch_acks_part}
--- One wake-up per statement for `pgqueue.wait`, not one per job: the ids that finished when they
--- fit in a notification, else none (every waiter re-reads its job). Only a wake-up: waiters read
--- the row.
+-- One wake-up per statement for `pgqueue.wait`, and only when it finished a job someone awaits
+-- (jobs.awaited): the ids when they fit in a notification, else none (every waiter re-reads its
+-- job). Only a wake-up: waiters read the row.
 acks_landed AS (
     SELECT count(*) AS landed,
-           CASE WHEN count(*) FILTER (WHERE state::text IN ('completed', 'discarded', 'cancelled')) > 0
+           CASE WHEN count(*) FILTER (WHERE awaited AND state::text IN ('completed', 'discarded', 'cancelled')) > 0
                 THEN pg_notify({results_channel}, CASE
-                    WHEN count(*) FILTER (WHERE state::text IN ('completed', 'discarded', 'cancelled')) <= 300
+                    WHEN count(*) FILTER (WHERE awaited) <= 300
                     THEN json_build_object('ids', array_agg(id) FILTER (
-                        WHERE state::text IN ('completed', 'discarded', 'cancelled')))::text
+                        WHERE awaited AND state::text IN ('completed', 'discarded', 'cancelled')))::text
                     ELSE '{{}}' END) END AS woken,
            (SELECT count(pg_notify({insert_channel}, json_build_object('queue', q.queue)::text))
             FROM (SELECT DISTINCT queue FROM batch_callbacks) AS q) AS callbacks

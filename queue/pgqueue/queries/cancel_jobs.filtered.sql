@@ -19,7 +19,7 @@ cancelled AS (
                       ELSE j.errors END
     FROM target AS t
     WHERE j.id = t.id
-    RETURNING j.id, t.previous_state, j.state, j.batch_id, j.queue
+    RETURNING j.id, t.previous_state, j.state, j.batch_id, j.queue, j.awaited
 ),
 -- Cancelled members count towards their batches, as acks do (batch_acks.part.sql reads `acked`).
 acked AS (
@@ -40,10 +40,11 @@ signalled AS (
 ),
 -- Waiters of these jobs (pgqueue.wait) and the queues of any batch callbacks are woken at commit.
 woken AS (
-    SELECT CASE WHEN count(*) > 0
-                THEN pg_notify({results_channel}, CASE WHEN count(*) <= 300
-                                                       THEN json_build_object('ids', array_agg(id))::text
-                                                       ELSE '{{}}' END) END AS results,
+    SELECT CASE WHEN count(*) FILTER (WHERE awaited) > 0
+                THEN pg_notify({results_channel}, CASE
+                    WHEN count(*) FILTER (WHERE awaited) <= 300
+                    THEN json_build_object('ids', array_agg(id) FILTER (WHERE awaited))::text
+                    ELSE '{{}}' END) END AS results,
            (SELECT count(pg_notify({insert_channel}, json_build_object('queue', q.queue)::text))
             FROM (SELECT DISTINCT queue FROM batch_callbacks) AS q) AS callbacks
     FROM cancelled

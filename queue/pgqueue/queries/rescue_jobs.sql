@@ -36,7 +36,7 @@ rescued AS (
                     ELSE j.meta END
     FROM orphans
     WHERE j.id = orphans.id
-    RETURNING j.id, j.queue, j.state, j.batch_id
+    RETURNING j.id, j.queue, j.state, j.batch_id, j.awaited
 ),
 -- Members discarded here count towards their batches, as acks do (batch_acks.part.sql).
 acked AS (
@@ -50,10 +50,11 @@ woken AS (
 ),
 -- Waiters of the jobs discarded here (pgqueue.wait) are woken at commit.
 results_woken AS (
-    SELECT CASE WHEN count(*) > 0
-                THEN pg_notify({results_channel}, CASE WHEN count(*) <= 300
-                                                       THEN json_build_object('ids', array_agg(id))::text
-                                                       ELSE '{{}}' END) END AS n
-    FROM acked
+    SELECT CASE WHEN count(*) FILTER (WHERE awaited) > 0
+                THEN pg_notify({results_channel}, CASE
+                    WHEN count(*) FILTER (WHERE awaited) <= 300
+                    THEN json_build_object('ids', array_agg(id) FILTER (WHERE awaited))::text
+                    ELSE '{{}}' END) END AS n
+    FROM rescued WHERE state = 'discarded'
 )
 SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken, results_woken
