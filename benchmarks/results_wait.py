@@ -84,9 +84,21 @@ class Node:
     def __init__(self, dsn: str, tree: Path, schema: str, queues: str) -> None:
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "pgqueue", "start", "--dsn", dsn, "--schema", schema,
-                "--queues", queues, "--workers", "benchmarks.results_worker", "--log-level", "warning",
-            ],  # fmt: skip
+                sys.executable,
+                "-m",
+                "pgqueue",
+                "start",
+                "--dsn",
+                dsn,
+                "--schema",
+                schema,
+                "--queues",
+                queues,
+                "--workers",
+                "benchmarks.results_worker",
+                "--log-level",
+                "warning",
+            ],
             cwd=tree,
             env=_env(dsn, tree),
             stdout=subprocess.DEVNULL,
@@ -177,7 +189,9 @@ def _drain(dsn: str, tree: Path, schema: str, jobs: int) -> float:
         finally:
             node.stop()
         span = conn.execute(
-            sql.SQL("SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) FROM {}").format(jobs_table)
+            sql.SQL("SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) FROM {}").format(
+                jobs_table
+            )
         ).fetchone()
     assert span is not None
     return jobs / float(span[0])
@@ -218,7 +232,9 @@ def no_result_cost(dsn: str, mode: Mode, baseline: str, folder: Path) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.results_wait", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.results_wait", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--full", action="store_true", help="1,000 waits and 3 rounds of 20,000 jobs")
     parser.add_argument("--baseline", default="main", help="the git ref to compare the drain with")
     args = parser.parse_args(argv)
@@ -227,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results ({mode.name}): wake-up latency over {mode.waits} waits", flush=True)
     latency = wake_up_latency(dsn, mode)
     print(f"  p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms", flush=True)
-    print(f"no-result cost: W2 drain of {mode.drain_jobs:,} jobs at C=100, against {args.baseline}", flush=True)
+    print(
+        f"no-result cost: W2 drain of {mode.drain_jobs:,} jobs at C=100, against {args.baseline}", flush=True
+    )
     with tempfile.TemporaryDirectory() as folder:
         cost = no_result_cost(dsn, mode, args.baseline, Path(folder))
     print(f"  this tree / baseline = {cost['ratio']:.3f}", flush=True)

@@ -10,6 +10,17 @@ Jobs live in a ``jobs`` table and are enqueued inside the application's own tran
 
 from __future__ import annotations
 
+from .batches import (
+    Batch,
+    BatchNotFoundError,
+    BatchProgress,
+    aadd_to_batch,
+    abatch_progress,
+    add_to_batch,
+    ainsert_batch,
+    batch_progress,
+    insert_batch,
+)
 from .cron_entries import (
     CronNotFoundError,
     CronRow,
@@ -21,17 +32,6 @@ from .cron_entries import (
     delete_cron,
     list_crons,
     update_cron,
-)
-from .batches import (
-    Batch,
-    BatchNotFoundError,
-    BatchProgress,
-    aadd_to_batch,
-    abatch_progress,
-    add_to_batch,
-    ainsert_batch,
-    batch_progress,
-    insert_batch,
 )
 from .errors import (
     BatchClosedError,

@@ -106,7 +106,9 @@ def _members(jobs: Sequence[NewJob]) -> list[NewJob]:
         raise ConfigError("a batch needs at least one job, got none")
     for index, job in enumerate(members):
         if not isinstance(job, NewJob):
-            raise ConfigError(f"jobs[{index}] must be an unsaved job from Worker.new(...), got {type(job).__name__}")
+            raise ConfigError(
+                f"jobs[{index}] must be an unsaved job from Worker.new(...), got {type(job).__name__}"
+            )
     return members
 
 
@@ -137,7 +139,9 @@ def _closed(batch_id: int, rows: list[tuple[Any, ...]]) -> None:
     if not rows:
         raise BatchNotFoundError(f"batch {batch_id} does not exist (never created, or pruned)")
     if rows[0][0]:
-        raise BatchClosedError(f"batch {batch_id} has finished; its callbacks have fired, so it takes no more jobs")
+        raise BatchClosedError(
+            f"batch {batch_id} has finished; its callbacks have fired, so it takes no more jobs"
+        )
 
 
 def _check_id(batch_id: int) -> int:
@@ -153,7 +157,9 @@ def _add(writer: SyncWriter, batch_id: int, jobs: list[NewJob], schema: str, not
     return saved
 
 
-async def _aadd(writer: AsyncWriter, batch_id: int, jobs: list[NewJob], schema: str, notify: bool) -> list[Job]:
+async def _aadd(
+    writer: AsyncWriter, batch_id: int, jobs: list[NewJob], schema: str, notify: bool
+) -> list[Job]:
     saved = await awrite_jobs(writer, jobs, schema, notify)
     ids = [job.id for job in saved if not job.conflict]
     await writer.execute(queries_for(schema).batch_add, {"id": batch_id, "ids": ids})

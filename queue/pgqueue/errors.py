@@ -6,8 +6,8 @@ import builtins
 from typing import Any
 
 __all__ = [
-    "ConfigError",
     "BatchClosedError",
+    "ConfigError",
     "ForeignTableError",
     "JobFailedError",
     "JobNotFoundError",

@@ -122,7 +122,11 @@ async def _async_connection(
 
 
 def wait(
-    target: str | psycopg.Connection[Any], job: Job | int, timeout: float | None = None, *, schema: str = "public"
+    target: str | psycopg.Connection[Any],
+    job: Job | int,
+    timeout: float | None = None,
+    *,
+    schema: str = "public",
 ) -> Any:
     """Block until ``job`` finishes and return its result; see the module docstring for the errors.
 

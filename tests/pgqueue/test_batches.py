@@ -48,9 +48,10 @@ def callbacks(conn: psycopg.Connection[Any], schema: str) -> list[tuple[str, Any
     return [
         tuple(row)  # type: ignore[misc]
         for row in conn.execute(
-            sql.SQL("SELECT worker, args, meta -> 'batch', tags, priority FROM {} WHERE queue = 'callbacks' ORDER BY id").format(
-                sql.Identifier(schema, "jobs")
-            )
+            sql.SQL(
+                "SELECT worker, args, meta -> 'batch', tags, priority FROM {}"
+                " WHERE queue = 'callbacks' ORDER BY id"
+            ).format(sql.Identifier(schema, "jobs"))
         ).fetchall()
     ]
 
@@ -74,8 +75,20 @@ def test_a_batch_that_all_completes_fires_completed_and_finished_once(
     assert (progress.total, progress.completed, progress.discarded, progress.finished) == (5, 5, 0, True)
     event = {"id": batch.id}
     assert callbacks(conn, schema) == [
-        ("tests.pgqueue.test_batches.OnCompleted", {"kind": "completed"}, {**event, "event": "completed"}, ["cb"], 0),
-        ("tests.pgqueue.test_batches.OnFinished", {"kind": "finished"}, {**event, "event": "finished"}, [], 3),
+        (
+            "tests.pgqueue.test_batches.OnCompleted",
+            {"kind": "completed"},
+            {**event, "event": "completed"},
+            ["cb"],
+            0,
+        ),
+        (
+            "tests.pgqueue.test_batches.OnFinished",
+            {"kind": "finished"},
+            {**event, "event": "finished"},
+            [],
+            3,
+        ),
     ]
     # The callbacks are ordinary jobs: they run, and running them changes nothing in the batch.
     assert drain_queue(dsn, "callbacks", schema=schema).success == 2
@@ -85,7 +98,12 @@ def test_a_batch_that_all_completes_fires_completed_and_finished_once(
 def test_a_discarded_member_fires_discarded_once_and_finished_when_all_are_done(
     dsn: str, schema: str, conn: psycopg.Connection[Any]
 ) -> None:
-    jobs = [Member.new({"fail": True}), Member.new({"n": 1}), Member.new({"fail": True}), Member.new({"n": 2})]
+    jobs = [
+        Member.new({"fail": True}),
+        Member.new({"n": 1}),
+        Member.new({"fail": True}),
+        Member.new({"n": 2}),
+    ]
     batch = pgqueue.insert_batch(conn, jobs, schema=schema, **CALLBACKS)
     conn.commit()
     drain_queue(dsn, "members", schema=schema, with_limit=1)
@@ -156,7 +174,9 @@ def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
     with pytest.raises(pgqueue.ConfigError, match="on_completed must be an unsaved job"):
         pgqueue.insert_batch(conn, [Member.new({})], schema=schema, on_completed="Notify")  # type: ignore[arg-type]
     with pytest.raises(pgqueue.ConfigError, match="on_finished can't be scheduled"):
-        pgqueue.insert_batch(conn, [Member.new({})], schema=schema, on_finished=OnFinished.new({}, schedule_in=5))
+        pgqueue.insert_batch(
+            conn, [Member.new({})], schema=schema, on_finished=OnFinished.new({}, schedule_in=5)
+        )
     with pytest.raises(pgqueue.ConfigError, match=r"jobs\[1\] must be an unsaved job"):
         pgqueue.insert_batch(conn, [Member.new({}), {"n": 1}], schema=schema)  # type: ignore[list-item]
     with pytest.raises(pgqueue.ConfigError, match="batch_id must be a positive integer"):

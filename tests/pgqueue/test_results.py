@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psycopg
 import pytest
 
@@ -65,7 +66,8 @@ def waiters_listening(dsn: str) -> int:
     """Connections idle after reading a job's outcome: waiters that LISTEN and wait."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' AND query LIKE 'SELECT state::text, result%'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE state = 'idle' AND query LIKE 'SELECT state::text, result%'"
         ).fetchone()
     return int(row[0]) if row else 0
 
@@ -91,25 +93,30 @@ def runtime(dsn: str, schema: str, **options: Any) -> Runtime:
 async def test_a_waiter_started_before_the_job_runs_gets_its_return_value(dsn: str, schema: str) -> None:
     job = insert(dsn, schema, Answer.new({"value": {"total": 42, "items": [1, "two"]}, "hold": 0.2}))
     results: list[Any] = []
+    got = anyio.Event()
 
     async def waiter() -> None:
         results.append(await pgqueue.await_job(dsn, job, timeout=20, schema=schema))
+        got.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
-        await anyio.sleep(0)
+        await await_until(lambda: waiters_listening(dsn) > 0)
         async with runtime(dsn, schema):
             with anyio.fail_after(20):
-                while not results:
-                    await anyio.sleep(0.01)
+                await got.wait()
     assert results == [{"total": 42, "items": [1, "two"]}]
     assert stored_result(dsn, schema, job.id) == ("completed", {"total": 42, "items": [1, "two"]})
 
 
-async def test_sync_wait_from_another_thread_and_a_finished_job_returns_at_once(dsn: str, schema: str) -> None:
+async def test_sync_wait_from_another_thread_and_a_finished_job_returns_at_once(
+    dsn: str, schema: str
+) -> None:
     job = insert(dsn, schema, Answer.new({"value": [1, 2, 3], "hold": 0.3}))
     async with runtime(dsn, schema):
-        value = await anyio.to_thread.run_sync(functools.partial(pgqueue.wait, dsn, job.id, 20, schema=schema))
+        value = await anyio.to_thread.run_sync(
+            functools.partial(pgqueue.wait, dsn, job.id, 20, schema=schema)
+        )
     assert value == [1, 2, 3]
     # Already finished: read at once, no notification needed.
     with psycopg.connect(dsn) as conn:
@@ -140,7 +147,9 @@ async def test_a_result_over_the_cap_completes_the_job_with_a_marker_and_a_warni
     state, marker = stored_result(dsn, schema, big.id)
     assert state == "completed"
     assert marker == {"pgqueue_result": "too_large", "bytes": 5002, "max_bytes": 1024}
-    assert any(f"job {big.id}" in r.getMessage() and "result_max_bytes" in r.getMessage() for r in caplog.records)
+    assert any(
+        f"job {big.id}" in r.getMessage() and "result_max_bytes" in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_a_result_that_is_not_json_completes_the_job_with_a_marker(
@@ -165,7 +174,8 @@ async def test_a_discarded_job_raises_with_its_final_error(dsn: str, schema: str
             await pgqueue.await_job(dsn, job, timeout=20, schema=schema)
     assert raised.value.state == "discarded"
     assert raised.value.job_id == job.id
-    assert raised.value.error is not None and "RuntimeError: the final error" in raised.value.error
+    assert raised.value.error is not None
+    assert "RuntimeError: the final error" in raised.value.error
     assert "the final error" in str(raised.value)
 
 
@@ -192,7 +202,8 @@ async def test_cancelling_a_waiting_job_from_elsewhere_wakes_its_waiter(dsn: str
             await await_until(lambda: waiters_listening(dsn) > 0)
             with psycopg.connect(dsn) as conn:
                 assert pgqueue.cancel_job(conn, job, schema=schema)
-    assert len(outcome) == 1 and "cancelled" in str(outcome[0])
+    assert len(outcome) == 1
+    assert "cancelled" in str(outcome[0])
 
 
 async def test_a_missing_or_pruned_job_is_a_clear_error_never_a_hang(dsn: str, schema: str) -> None:
@@ -209,7 +220,9 @@ async def test_a_missing_or_pruned_job_is_a_clear_error_never_a_hang(dsn: str, s
 async def test_running_out_of_time_raises_a_timeout_error_naming_the_state(dsn: str, schema: str) -> None:
     job = insert(dsn, schema, Answer.new({}))
     started = time.monotonic()
-    with pytest.raises(pgqueue.WaitTimeoutError, match=f"job {job.id} did not finish within 0.3s \\(it is available\\)"):
+    with pytest.raises(
+        pgqueue.WaitTimeoutError, match=f"job {job.id} did not finish within 0.3s \\(it is available\\)"
+    ):
         await pgqueue.await_job(dsn, job, timeout=0.3, schema=schema)
     assert 0.25 < time.monotonic() - started < 5
     with pytest.raises(TimeoutError):
@@ -235,7 +248,9 @@ async def test_one_ack_statement_wakes_once_and_only_for_awaited_jobs(dsn: str, 
         table = psycopg.sql.Identifier(schema, "jobs")
         conn.execute(psycopg.sql.SQL("UPDATE {} SET state = 'executing', attempt = 1").format(table))
         # what pgqueue.wait does to a job it waits for (jobs 3 and 4: nobody waits)
-        conn.execute(psycopg.sql.SQL("UPDATE {} SET awaited = true WHERE id <= %s").format(table), [jobs[2].id])
+        conn.execute(
+            psycopg.sql.SQL("UPDATE {} SET awaited = true WHERE id <= %s").format(table), [jobs[2].id]
+        )
     acks = [
         Ack(jobs[0].id, 1, JobState.COMPLETED),
         Ack(jobs[1].id, 1, JobState.DISCARDED, error="boom"),
@@ -243,7 +258,9 @@ async def test_one_ack_statement_wakes_once_and_only_for_awaited_jobs(dsn: str, 
         Ack(jobs[3].id, 1, JobState.COMPLETED),
     ]
     with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn, autocommit=True) as conn:
-        listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel_name(schema, "result"))))
+        listener.execute(
+            psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel_name(schema, "result")))
+        )
         conn.execute(queries_for(schema).fetch_jobs, fetch_params(acks))
         notes = list(listener.notifies(timeout=1.0))
         # a statement finishing only jobs nobody awaits sends nothing
