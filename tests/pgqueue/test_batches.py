@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 from psycopg import sql
 
 import pgqueue
+from pgqueue.plugins.pruner import Pruner
+from pgqueue.runtime import Runtime
 from pgqueue.testing import drain_queue
+
+from ..helpers import await_until
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +188,45 @@ def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
         pgqueue.add_to_batch(conn, 0, [Member.new({})], schema=schema)
     conn.rollback()
     assert pgqueue.all_jobs(conn, schema=schema) == []
+
+
+def finished_an_hour_ago(dsn: str, schema: str) -> tuple[pgqueue.Batch, pgqueue.Batch]:
+    """A batch whose one member completed (with a result) an hour ago, and a batch still open."""
+    with psycopg.connect(dsn) as conn:
+        done = pgqueue.insert_batch(conn, [Member.new({"n": 7})], schema=schema)
+        conn.commit()
+        drain_queue(conn, "members", schema=schema)
+        open_batch = pgqueue.insert_batch(conn, [Member.new({"n": 8})], schema=schema)
+        conn.execute(
+            sql.SQL("UPDATE {} SET finished_at = now() - interval '1 hour' WHERE id = %s").format(
+                sql.Identifier(schema, "pgqueue_batches")
+            ),
+            [done.id],
+        )
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET completed_at = now() - interval '1 hour' WHERE state = 'completed'"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+        conn.commit()
+    return done, open_batch
+
+
+async def test_the_pruner_deletes_finished_batches_with_their_jobs_and_results(dsn: str, schema: str) -> None:
+    done, open_batch = await anyio.to_thread.run_sync(finished_an_hour_ago, dsn, schema)
+    assert await pgqueue.await_job(dsn, done.jobs[0], 5, schema=schema) == 7
+
+    async def pruned() -> bool:
+        async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+            try:
+                await pgqueue.abatch_progress(aconn, done.id, schema=schema)
+            except pgqueue.BatchNotFoundError:
+                return True
+        return False
+
+    async with Runtime(dsn, schema=schema, queues={}, plugins=[Pruner(max_age=60, interval=0.05)]):
+        await await_until(pruned)
+    with pytest.raises(pgqueue.JobNotFoundError):
+        await pgqueue.await_job(dsn, done.jobs[0], 5, schema=schema)
+    async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+        assert (await pgqueue.abatch_progress(aconn, open_batch.id, schema=schema)).total == 1
