@@ -21,6 +21,7 @@ from .batches import (
     batch_progress,
     insert_batch,
 )
+from .chunks import ChunkWorker
 from .cron_entries import (
     CronNotFoundError,
     CronRow,
@@ -104,6 +105,7 @@ __all__ = [
     "BatchNotFoundError",
     "BatchProgress",
     "Cancel",
+    "ChunkWorker",
     "ConfigError",
     "CronNotFoundError",
     "CronRow",
