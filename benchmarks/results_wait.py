@@ -7,11 +7,11 @@ Every node is a real ``python -m pgqueue start`` process; the waiters run here.
    the time it got the value. That spans the completer's batching, the ack statement's commit, the
    NOTIFY and the re-read of the row: completion to caller. p50/p99 over sequential waits.
 2. **No-result cost** (W2's shape: a preloaded backlog of no-op jobs, one node at concurrency 100):
-   this tree against a baseline (``git archive`` of ``--baseline`` at the same time, default
-   ``main``), round by round in the same run, each on a schema migrated by its own code; jobs/s
+   this tree against a baseline (``git archive`` of ``--baseline``, by default the commit where
+   this branch left ``main``), round by round in the same run, each on a schema migrated by its own code; jobs/s
    from the first start to the last completion by the database clock, and the ratio.
 
-    python -m benchmarks.results_wait [--full] [--baseline REF]
+    python -m benchmarks.results_wait [--full] [--rounds N] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -236,9 +236,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.results_wait", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--full", action="store_true", help="1,000 waits and 3 rounds of 20,000 jobs")
-    parser.add_argument("--baseline", default="main", help="the git ref to compare the drain with")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="the git ref to compare the drain with (default: where HEAD left main)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="drain rounds per tree (quick 2, full 3)")
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
+    if args.baseline is None:
+        args.baseline = subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=REPOSITORY, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    if args.rounds is not None:
+        mode = Mode(mode.name, mode.waits, mode.drain_jobs, max(1, args.rounds))
     dsn = find_database().dsn
     print(f"results ({mode.name}): wake-up latency over {mode.waits} waits", flush=True)
     latency = wake_up_latency(dsn, mode)
