@@ -8,8 +8,9 @@ Every node is a real ``python -m pgqueue start`` process; the waiters run here.
    NOTIFY and the re-read of the row: completion to caller. p50/p99 over sequential waits.
 2. **No-result cost** (W2's shape: a preloaded backlog of no-op jobs, one node at concurrency 100):
    this tree against a baseline (``git archive`` of ``--baseline``, by default the commit where
-   this branch left ``main``), round by round in the same run, each on a schema migrated by its own code; jobs/s
-   from the first start to the last completion by the database clock, and the ratio.
+   this branch left ``main``), round by round in the same run, each on a schema migrated by its
+   own code; jobs/s from the first start to the last completion by the database clock, and the
+   ratio.
 
     python -m benchmarks.results_wait [--full] [--rounds N] [--baseline REF]
 """
