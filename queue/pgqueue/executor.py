@@ -32,6 +32,7 @@ from .middleware import Middleware
 from .options import MAX_SECONDS
 from .poison import storable_text
 from .results import DEFAULT_RESULT_MAX_BYTES, encode_result, validate_max_bytes
+from .store import Queries
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Executor",
     "Outcome",
     "Performer",
+    "ack_statement",
     "fetch_params",
     "fetch_result",
     "is_cancelled",
@@ -74,6 +76,8 @@ class Ack(NamedTuple):
     error: str | None = None
     #: the worker's return value, encoded (see :mod:`pgqueue.results`); only on completion
     result: orjson.Fragment | None = None
+    #: the job belongs to a batch (meta.batch_id): written by the ``_batched`` fetch statement
+    batched: bool = False
 
 
 def fetch_params(
@@ -108,6 +112,15 @@ def fetch_params(
         "producer": producer,
         "async_commit": async_commit,
     }
+
+
+def ack_statement(queries: Queries, name: str, acks: Sequence[Ack]) -> str:
+    """The fetch statement ``name`` to write ``acks`` with: its ``_batched`` twin when one of them
+    is a batch member's (the accounting costs the others nothing), else as named."""
+    for ack in acks:
+        if ack.batched:
+            return queries[name + "_batched"]
+    return queries[name]
 
 
 def fetch_result(rows: Sequence[Sequence[Any]], offset: int = 1) -> tuple[int, list[Job]]:
@@ -322,6 +335,8 @@ class Executor:
         else:
             execution = await self._perform(worker_cls, job, thread_limiter, cancellation, safe, started)
 
+        if isinstance(job.meta, dict) and "batch_id" in job.meta:
+            execution = execution._replace(ack=execution.ack._replace(batched=True))
         if self.completer is not None:
             await self.completer(execution.ack)
         if not observed:

@@ -92,9 +92,21 @@ def _without_comment_lines(text: str) -> str:
 
 
 _PARTS = _load_templates(_PART_RE)
-_TEMPLATES = _with_parts(_load_templates(_NAME_RE), _PARTS)
+#: ``{acks_batches_part}`` (in acks.part.sql): nothing in a fetch as named, the batches' accounting in
+#: its ``_batched`` twin, which only acks of batch members need (see batch_acks.part.sql)
+_LEAN = {**_PARTS, "acks_batches": ""}
+_TEMPLATES = _with_parts(_load_templates(_NAME_RE), _LEAN)
+_TEMPLATES.update(
+    {
+        f"{name}_batched": text
+        for name, text in _with_parts(
+            _load_templates(_NAME_RE), {**_PARTS, "acks_batches": _PARTS["batch_acks"]}
+        ).items()
+        if text != _TEMPLATES[name]
+    }
+)
 #: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
-_FILTERED = _with_parts(_load_templates(_FILTERED_RE), _PARTS)
+_FILTERED = _with_parts(_load_templates(_FILTERED_RE), _LEAN)
 #: statements with a ``{columns}`` placeholder, completed per call with a list of column names
 _WITH_COLUMNS = _load_templates(_COLUMNS_RE)
 

@@ -230,3 +230,28 @@ async def test_the_pruner_deletes_finished_batches_with_their_jobs_and_results(d
         await pgqueue.await_job(dsn, done.jobs[0], 5, schema=schema)
     async with await psycopg.AsyncConnection.connect(dsn) as aconn:
         assert (await pgqueue.abatch_progress(aconn, open_batch.id, schema=schema)).total == 1
+
+
+def test_a_callback_wakes_its_queue_and_members_ack_through_the_batched_statement(
+    dsn: str, schema: str, conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue.executor import Ack, ack_statement
+    from pgqueue.job import JobState
+    from pgqueue.store import channel_name, queries_for
+
+    batch = pgqueue.insert_batch(conn, [Member.new({"n": 1})], schema=schema, on_finished=OnFinished.new({}))
+    conn.commit()
+    (member,) = pgqueue.all_jobs(conn, schema=schema)
+    assert member.meta == {"batch_id": batch.id}
+    queries = queries_for(schema)
+    assert ack_statement(queries, "fetch_jobs", [Ack(1, 1, JobState.COMPLETED)]) == queries.fetch_jobs
+    batched = ack_statement(queries, "fetch_jobs", [Ack(1, 1, JobState.COMPLETED, batched=True)])
+    assert batched == queries.fetch_jobs_batched
+    assert "batch_counts" in batched
+    assert "batch_counts" not in queries.fetch_jobs
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel_name(schema, "insert"))))
+        drain_queue(dsn, "members", schema=schema)
+        notes = [n.payload for n in listener.notifies(timeout=1.0)]
+    assert '{"queue" : "callbacks"}' in notes
+    assert pgqueue.batch_progress(conn, batch.id, schema=schema).finished

@@ -1,6 +1,9 @@
 -- The acks half of every fetch (fetch_jobs.sql, fetch_limited.sql, fetch_partitioned.sql), included
 -- where they write {{acks_part}}: the CTEs `acks` (the batch), `acked` (the ids that passed the fence)
--- and `acks_landed` (how many did, once the results wake-up and the batches' accounting are done).
+-- and `acks_landed` (how many did, once the results wake-up is sent). Each statement comes in two
+-- renderings (see store.py): as named, and `<name>_batched` with the batches' accounting
+-- (batch_acks.part.sql) where this file writes {{acks_batches_part}}; acks of batch members go
+-- out in the second, so acks of other jobs don't pay for batches.
 -- See fetch_jobs.sql for the shape of the batch and why the fence looks as it does.
 acks AS (
     SELECT *
@@ -37,7 +40,7 @@ acked AS (
     WHERE j.id = a.id AND j.state::text = 'executing' AND j.attempt = a.attempt
     RETURNING j.id, j.state, j.batch_id, j.awaited
 ),
-{batch_acks_part}
+{acks_batches_part}
 -- One wake-up per statement for `pgqueue.wait`, and only when it finished a job someone awaits
 -- (jobs.awaited): the ids when they fit in a notification, else none (every waiter re-reads its
 -- job). Only a wake-up: waiters read the row.
@@ -48,8 +51,6 @@ acks_landed AS (
                     WHEN count(*) FILTER (WHERE awaited) <= 300
                     THEN json_build_object('ids', array_agg(id) FILTER (
                         WHERE awaited AND state::text IN ('completed', 'discarded', 'cancelled')))::text
-                    ELSE '{{}}' END) END AS woken,
-           (SELECT count(pg_notify({insert_channel}, json_build_object('queue', q.queue)::text))
-            FROM (SELECT DISTINCT queue FROM batch_callbacks) AS q) AS callbacks
+                    ELSE '{{}}' END) END AS woken
     FROM acked
 ),

@@ -40,5 +40,6 @@ batch_callbacks AS (
                                ('discarded', bc.on_discarded, bc.first_discarded),
                                ('finished', bc.on_finished, bc.all_finished)) AS cb(event, spec, fire)
     WHERE cb.fire AND cb.spec IS NOT NULL
-    RETURNING queue
+    -- Callbacks are rare: one wake-up per callback job, sent at commit like an insert's.
+    RETURNING queue, pg_notify({insert_channel}, json_build_object('queue', queue)::text)
 ),

@@ -38,15 +38,13 @@ signalled AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('id', s.id)::text)) AS n
     FROM signal AS s
 ),
--- Waiters of these jobs (pgqueue.wait) and the queues of any batch callbacks are woken at commit.
+-- Waiters of these jobs (pgqueue.wait) are woken at commit (batch callbacks wake their queues).
 woken AS (
     SELECT CASE WHEN count(*) FILTER (WHERE awaited) > 0
                 THEN pg_notify({results_channel}, CASE
                     WHEN count(*) FILTER (WHERE awaited) <= 300
                     THEN json_build_object('ids', array_agg(id) FILTER (WHERE awaited))::text
-                    ELSE '{{}}' END) END AS results,
-           (SELECT count(pg_notify({insert_channel}, json_build_object('queue', q.queue)::text))
-            FROM (SELECT DISTINCT queue FROM batch_callbacks) AS q) AS callbacks
+                    ELSE '{{}}' END) END AS results
     FROM cancelled
 )
 SELECT cancelled.id FROM cancelled, signalled, woken

@@ -45,8 +45,7 @@ acked AS (
 {batch_acks_part}
 woken AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('queue', q.queue)::text)) AS n
-    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available'
-          UNION SELECT queue FROM batch_callbacks) AS q
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
 ),
 -- Waiters of the jobs discarded here (pgqueue.wait) are woken at commit.
 results_woken AS (
