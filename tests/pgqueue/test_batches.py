@@ -255,3 +255,33 @@ def test_a_callback_wakes_its_queue_and_members_ack_through_the_batched_statemen
         notes = [n.payload for n in listener.notifies(timeout=1.0)]
     assert '{"queue" : "callbacks"}' in notes
     assert pgqueue.batch_progress(conn, batch.id, schema=schema).finished
+
+
+async def test_a_member_the_lifeline_discards_counts_and_fires_the_discarded_callback(
+    dsn: str, schema: str
+) -> None:
+    from pgqueue.plugins.lifeline import Lifeline
+
+    async with await psycopg.AsyncConnection.connect(dsn) as aconn:
+        batch = await pgqueue.ainsert_batch(
+            aconn, [Member.new({"n": 1})], schema=schema, on_discarded=OnDiscarded.new({})
+        )
+        # Its node died while running its last attempt: no producer row is left for it.
+        await aconn.execute(
+            sql.SQL(
+                "UPDATE {} SET state = 'executing', attempt = 1, attempted_at = now(),"
+                " attempted_by = ARRAY['gone', gen_random_uuid()::text]"
+            ).format(sql.Identifier(schema, "jobs"))
+        )
+        await aconn.commit()
+
+        async def finished() -> bool:
+            return (await pgqueue.abatch_progress(aconn, batch.id, schema=schema)).finished
+
+        async with Runtime(dsn, schema=schema, queues={}, plugins=[Lifeline(interval=0.05)]):
+            await await_until(finished)
+        progress = await pgqueue.abatch_progress(aconn, batch.id, schema=schema)
+        await aconn.commit()
+    assert (progress.discarded, progress.completed) == (1, 0)
+    with psycopg.connect(dsn) as conn:
+        assert [c[2] for c in callbacks(conn, schema)] == [{"id": batch.id, "event": "discarded"}]
