@@ -224,3 +224,14 @@ def test_the_documented_chimeway_toml_is_valid_and_routes_its_channels() -> None
         "email": "webhook",
         "in_app": "logger",
     }
+
+
+def test_the_results_example_awaits_a_value_and_a_failure(fresh_database: str, tmp_path: Path) -> None:
+    script = tmp_path / "results.py"
+    script.write_text(_block("queue/results.md", "asyncio.run(main())"))
+    env = {**os.environ, "DATABASE_URL": fresh_database}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["sum 42", "discarded ValueError: no", "again 42"]

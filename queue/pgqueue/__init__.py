@@ -10,6 +10,18 @@ Jobs live in a ``jobs`` table and are enqueued inside the application's own tran
 
 from __future__ import annotations
 
+from .batches import (
+    Batch,
+    BatchNotFoundError,
+    BatchProgress,
+    aadd_to_batch,
+    abatch_progress,
+    add_to_batch,
+    ainsert_batch,
+    batch_progress,
+    insert_batch,
+)
+from .chunks import ChunkWorker
 from .cron_entries import (
     CronNotFoundError,
     CronRow,
@@ -23,13 +35,17 @@ from .cron_entries import (
     update_cron,
 )
 from .errors import (
+    BatchClosedError,
     ConfigError,
     ForeignTableError,
+    JobFailedError,
     JobNotFoundError,
     MigrationError,
     NotMigratedError,
     PgQueueError,
+    ResultNotStoredError,
     UnknownWorkerError,
+    WaitTimeoutError,
 )
 from .executor import is_cancelled
 from .insert import UniqueConflictError, ainsert, ainsert_all, insert, insert_all
@@ -74,6 +90,7 @@ from .queues import (
 )
 from .runtime import Runtime
 from .typed import ArgsError, TypedWorker
+from .waiting import await_job, wait
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker
 
 __version__ = "0.1.0"
@@ -83,7 +100,12 @@ Result = object
 
 __all__ = [
     "ArgsError",
+    "Batch",
+    "BatchClosedError",
+    "BatchNotFoundError",
+    "BatchProgress",
     "Cancel",
+    "ChunkWorker",
     "ConfigError",
     "CronNotFoundError",
     "CronRow",
@@ -91,6 +113,7 @@ __all__ = [
     "Error",
     "ForeignTableError",
     "Job",
+    "JobFailedError",
     "JobFilter",
     "JobLockedError",
     "JobNotFoundError",
@@ -105,20 +128,25 @@ __all__ = [
     "QueueInfo",
     "QueueNotFoundError",
     "Result",
+    "ResultNotStoredError",
     "Runtime",
     "Snooze",
     "TypedWorker",
     "UniqueConflictError",
     "UnknownWorkerError",
+    "WaitTimeoutError",
     "Worker",
     "__version__",
     "aadd_cron",
     "aadd_queue",
+    "aadd_to_batch",
     "aall_jobs",
+    "abatch_progress",
     "acancel_all_jobs",
     "acancel_job",
     "add_cron",
     "add_queue",
+    "add_to_batch",
     "adelete_all_jobs",
     "adelete_cron",
     "adelete_job",
@@ -127,6 +155,7 @@ __all__ = [
     "aget_queue",
     "ainsert",
     "ainsert_all",
+    "ainsert_batch",
     "alist_crons",
     "alist_queues",
     "all_jobs",
@@ -135,6 +164,8 @@ __all__ = [
     "aupdate_cron",
     "aupdate_job",
     "aupdate_queue",
+    "await_job",
+    "batch_progress",
     "cancel_all_jobs",
     "cancel_job",
     "delete_all_jobs",
@@ -145,6 +176,7 @@ __all__ = [
     "get_queue",
     "insert",
     "insert_all",
+    "insert_batch",
     "is_cancelled",
     "list_crons",
     "list_queues",
@@ -153,4 +185,5 @@ __all__ = [
     "update_cron",
     "update_job",
     "update_queue",
+    "wait",
 ]

@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
 from .backoff import default_backoff
-from .executor import Ack, fetch_params, fetch_result
+from .executor import Ack, ack_statement, fetch_params, fetch_result
 from .job import JobState
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .poison import is_row_error, storable_text
@@ -259,7 +259,7 @@ class Completer:
         started = self.clock.monotonic()
         async with self.pool.connection() as conn:
             params = fetch_params(batch, async_commit=self.async_commit)
-            cursor = await conn.execute(self.queries.fetch_jobs, params)
+            cursor = await conn.execute(ack_statement(self.queries, "fetch_jobs", batch), params)
             acked, _ = fetch_result(await cursor.fetchall())
         self._count(len(batch), acked)
         telemetry.emit(

@@ -31,6 +31,8 @@ from .lifecycle import describe_error
 from .middleware import Middleware
 from .options import MAX_SECONDS
 from .poison import storable_text
+from .results import DEFAULT_RESULT_MAX_BYTES, encode_result, validate_max_bytes
+from .store import Queries
 from .worker import Cancel, Discard, Error, JobOutcome, Snooze, Worker, WorkerRegistry, registry
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Executor",
     "Outcome",
     "Performer",
+    "ack_statement",
     "fetch_params",
     "fetch_result",
     "is_cancelled",
@@ -71,6 +74,10 @@ class Ack(NamedTuple):
     delay: float = 0.0
     #: appended to the job's errors as {attempt, at, error}
     error: str | None = None
+    #: the worker's return value, encoded (see :mod:`pgqueue.results`); only on completion
+    result: orjson.Fragment | None = None
+    #: the job belongs to a batch (meta.batch_id): written by the ``_batched`` fetch statement
+    batched: bool = False
 
 
 def fetch_params(
@@ -94,6 +101,8 @@ def fetch_params(
             item["delay"] = float(ack.delay)
         if ack.error is not None:
             item["error"] = ack.error
+        if ack.result is not None:
+            item["result"] = ack.result
         document.append(item)
     return {
         "acks": orjson.dumps(document).decode(),
@@ -103,6 +112,15 @@ def fetch_params(
         "producer": producer,
         "async_commit": async_commit,
     }
+
+
+def ack_statement(queries: Queries, name: str, acks: Sequence[Ack]) -> str:
+    """The fetch statement ``name`` to write ``acks`` with: its ``_batched`` twin when one of them
+    is a batch member's (the accounting costs the others nothing), else as named."""
+    for ack in acks:
+        if ack.batched:
+            return queries[name + "_batched"]
+    return queries[name]
 
 
 def fetch_result(rows: Sequence[Sequence[Any]], offset: int = 1) -> tuple[int, list[Job]]:
@@ -275,8 +293,11 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         processes: Performer | None = None,
         middleware: Sequence[Middleware] = (),
+        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
     ) -> None:
         self.workers = workers
+        #: a return value encoded larger than this is replaced by a marker (see pgqueue.results)
+        self.result_max_bytes = validate_max_bytes(result_max_bytes)
         self.completer = completer
         self.clock = clock
         self.processes = processes
@@ -314,6 +335,8 @@ class Executor:
         else:
             execution = await self._perform(worker_cls, job, thread_limiter, cancellation, safe, started)
 
+        if isinstance(job.meta, dict) and "batch_id" in job.meta:
+            execution = execution._replace(ack=execution.ack._replace(batched=True))
         if self.completer is not None:
             await self.completer(execution.ack)
         if not observed:
@@ -435,7 +458,8 @@ class Executor:
             return self._failure(job, worker, problem, started, result=result)
         if isinstance(result, BaseException):
             return self._failure(job, worker, result, started, result=result)
-        ack = Ack(job.id, job.attempt, JobState.COMPLETED)
+        encoded = encode_result(result, job.id, job.worker, self.result_max_bytes)
+        ack = Ack(job.id, job.attempt, JobState.COMPLETED, result=encoded)
         return Execution(job, ack, Outcome.SUCCESS, result, duration=duration)
 
     def _failure(

@@ -45,7 +45,16 @@ from .job import Job, NewJob
 from .store import channel_name, queries_for
 from .targets import async_writer, sync_writer
 
-__all__ = ["COPY_THRESHOLD", "UniqueConflictError", "ainsert", "ainsert_all", "insert", "insert_all"]
+__all__ = [
+    "COPY_THRESHOLD",
+    "UniqueConflictError",
+    "ainsert",
+    "ainsert_all",
+    "awrite_jobs",
+    "insert",
+    "insert_all",
+    "write_jobs",
+]
 
 _JOB_WIDTH = 18  # the Job columns at the start of every job-returning row
 _MAX_ROUNDS = 5
@@ -281,12 +290,18 @@ def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) 
 
 def _write_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     with sync_writer(target) as writer:
-        batch = CopyBatch.of(jobs)
-        if batch is not None:
-            saved = copy_insert(writer, batch, schema, notify)
-            if saved is not None:
-                return saved
-        return _insert_rounds(writer, _Plan(jobs), schema, notify)
+        return write_jobs(writer, jobs, schema, notify)
+
+
+def write_jobs(writer: SyncWriter, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    """Insert ``jobs`` through ``writer``, in its transaction (for statements that insert jobs
+    along with rows of their own, such as batches)."""
+    batch = CopyBatch.of(jobs)
+    if batch is not None:
+        saved = copy_insert(writer, batch, schema, notify)
+        if saved is not None:
+            return saved
+    return _insert_rounds(writer, _Plan(jobs), schema, notify)
 
 
 def _insert_rounds(writer: SyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
@@ -340,12 +355,17 @@ async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify:
 
 async def _awrite_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     async with async_writer(target) as writer:
-        batch = CopyBatch.of(jobs)
-        if batch is not None:
-            saved = await acopy_insert(writer, batch, schema, notify)
-            if saved is not None:
-                return saved
-        return await _ainsert_rounds(writer, _Plan(jobs), schema, notify)
+        return await awrite_jobs(writer, jobs, schema, notify)
+
+
+async def awrite_jobs(writer: AsyncWriter, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    """The async twin of :func:`write_jobs`."""
+    batch = CopyBatch.of(jobs)
+    if batch is not None:
+        saved = await acopy_insert(writer, batch, schema, notify)
+        if saved is not None:
+            return saved
+    return await _ainsert_rounds(writer, _Plan(jobs), schema, notify)
 
 
 async def _ainsert_rounds(writer: AsyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:

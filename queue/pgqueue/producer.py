@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import telemetry
 from .completer import Completer
-from .executor import Ack, Cancellation, Claim, Executor, fetch_params, read_claim
+from .executor import Ack, Cancellation, Claim, Executor, ack_statement, fetch_params, read_claim
 from .job import Job
 from .lifecycle import SYSTEM_CLOCK, Backoff, Clock, Wakeup, describe_error
 from .poison import is_row_error
@@ -257,7 +257,7 @@ class Producer:
             self._held_back = False
             async with self.pool.connection() as conn:
                 cursor = conn.cursor(row_factory=tuple_row)
-                await cursor.execute(self.queries.fetch_jobs, params)
+                await cursor.execute(ack_statement(self.queries, "fetch_jobs", acks), params)
                 return await read_claim(cursor)
         params.update(
             global_limit=config.global_limit,
@@ -266,7 +266,9 @@ class Producer:
             period_us=round((config.rate_period or 1.0) * 1_000_000),
             slots=RATE_SLOTS,
         )
-        statement = self.queries.fetch_partitioned if config.partitioned else self.queries.fetch_limited
+        statement = ack_statement(
+            self.queries, "fetch_partitioned" if config.partitioned else "fetch_limited", acks
+        )
         async with self.pool.connection() as conn:
             return await self._fetch_limited(conn, statement, params)
 

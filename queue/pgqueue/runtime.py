@@ -25,6 +25,9 @@ Durability: claims and acks commit without waiting for their WAL flush unless
 each one lost re-runs its job, exactly as a worker crash does (at-least-once either way). Jobs
 themselves are never at risk: they are inserted in the application's transactions, at its
 durability. Waiting for the flush costs a third of the throughput of a queue of short jobs.
+
+Results: what a worker returns is recorded with its completing ack, up to ``result_max_bytes``
+encoded (see :mod:`pgqueue.results`).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from .producer import Producer
 from .queue_config import QueueConfig
 from .queue_control import QueueControl
 from .queues import aresolve_queues
+from .results import DEFAULT_RESULT_MAX_BYTES
 from .worker import WorkerRegistry, load_worker_modules, registry
 
 __all__ = ["Runtime", "default_node_name"]
@@ -115,6 +119,7 @@ class Runtime(QueueControl):
         synchronous_acks: bool = False,
         processes: int = 0,
         middleware: Sequence[Middleware] = (),
+        result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if pool is None and not conninfo:
@@ -178,6 +183,7 @@ class Runtime(QueueControl):
             clock=clock.monotonic,
             processes=self.process_pool,
             middleware=middleware,
+            result_max_bytes=result_max_bytes,
         )
         self.heartbeat = Heartbeat(
             self.pool, schema, self.node, self._producers, interval=self.heartbeat_interval, clock=clock

@@ -72,9 +72,14 @@ def _load_templates(pattern: re.Pattern[str]) -> dict[str, str]:
 
 
 def _with_parts(templates: dict[str, str], parts: dict[str, str]) -> dict[str, str]:
+    # A part may include another (acks.part.sql includes batch_acks.part.sql): substitute until
+    # nothing changes.
     for name, text in templates.items():
-        for part, fragment in parts.items():
-            text = text.replace("{" + part + "_part}", fragment)
+        previous = None
+        while previous != text:
+            previous = text
+            for part, fragment in parts.items():
+                text = text.replace("{" + part + "_part}", fragment)
         templates[name] = text
     return templates
 
@@ -87,9 +92,21 @@ def _without_comment_lines(text: str) -> str:
 
 
 _PARTS = _load_templates(_PART_RE)
-_TEMPLATES = _with_parts(_load_templates(_NAME_RE), _PARTS)
+#: ``{acks_batches_part}`` (in acks.part.sql): nothing in a fetch as named, the batches' accounting in
+#: its ``_batched`` twin, which only acks of batch members need (see batch_acks.part.sql)
+_LEAN = {**_PARTS, "acks_batches": ""}
+_TEMPLATES = _with_parts(_load_templates(_NAME_RE), _LEAN)
+_TEMPLATES.update(
+    {
+        f"{name}_batched": text
+        for name, text in _with_parts(
+            _load_templates(_NAME_RE), {**_PARTS, "acks_batches": _PARTS["batch_acks"]}
+        ).items()
+        if text != _TEMPLATES[name]
+    }
+)
 #: statements with a ``{where}`` placeholder, completed per call from a :class:`JobFilter`
-_FILTERED = _load_templates(_FILTERED_RE)
+_FILTERED = _with_parts(_load_templates(_FILTERED_RE), _LEAN)
 #: statements with a ``{columns}`` placeholder, completed per call with a list of column names
 _WITH_COLUMNS = _load_templates(_COLUMNS_RE)
 
@@ -123,6 +140,9 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         queues=sql.Identifier(schema, "pgqueue_queues"),
         limit_state=sql.Identifier(schema, "pgqueue_limit_state"),
         cron=sql.Identifier(schema, "pgqueue_cron"),
+        batches=sql.Identifier(schema, "pgqueue_batches"),
+        results_channel=sql.Literal(channel_name(schema, "result")),
+        insert_channel=sql.Literal(channel_name(schema, "insert")),
         **extra,
     )
     return composed.as_string(None)

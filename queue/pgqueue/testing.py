@@ -29,7 +29,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from .errors import ConfigError
-from .executor import Execution, Executor, Outcome, fetch_params, read_claim, read_claim_sync
+from .executor import Execution, Executor, Outcome, ack_statement, fetch_params, read_claim, read_claim_sync
 from .insert import ainline_runner, inline_runner
 from .job import Job, JobState, NewJob
 from .manage import JobFilter, all_jobs
@@ -247,7 +247,9 @@ def drain_queue(
                     break
                 for job in jobs:
                     execution = anyio.run(_execute, executor, job, with_safety)
-                    cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
+                    cur.execute(
+                        ack_statement(queries, "fetch_jobs", [execution.ack]), fetch_params([execution.ack])
+                    )
                     conn.commit()
                     result.count(execution)
                 remaining -= len(jobs) + len(undecodable)
@@ -299,7 +301,9 @@ async def adrain_queue(
                     break
                 for job in jobs:
                     execution = await executor.execute(job, safe=with_safety)
-                    await cur.execute(queries.fetch_jobs, fetch_params([execution.ack]))
+                    await cur.execute(
+                        ack_statement(queries, "fetch_jobs", [execution.ack]), fetch_params([execution.ack])
+                    )
                     await conn.commit()
                     result.count(execution)
                 remaining -= len(jobs) + len(undecodable)

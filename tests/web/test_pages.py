@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from starlette.testclient import TestClient
 
+import pgqueue
 from pgqueue.web import create_app
 
 from .conftest import TOKEN, csrf_of, insert_job, state_of
@@ -312,3 +313,26 @@ def test_metrics_endpoint_scrapes_cleanly_and_needs_auth(
     assert scrape[("pgqueue_database_up", ())] == 1
     client.cookies.clear()
     assert client.get("/metrics").status_code == 401
+
+
+class Batched(pgqueue.Worker, queue="alpha"):
+    def perform(self, job: pgqueue.Job) -> None:
+        return None
+
+
+def test_batches_page_shows_each_batch_with_its_progress(
+    client: TestClient, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    empty = client.get("/batches")
+    assert "No batch yet." in empty.text
+    batch = pgqueue.insert_batch(conn, [Batched.new({"n": n}) for n in range(3)], schema=schema)
+    conn.execute(
+        f"""UPDATE "{schema}".pgqueue_batches SET completed = 1, discarded = 1 WHERE id = %s""", [batch.id]
+    )
+    conn.commit()
+    page = client.get("/batches")
+    assert page.status_code == 200
+    row = page.text.split(f'data-batch="{batch.id}"', 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row)[:6]
+    assert cells == [str(batch.id), "3", "1", "1", "0", "1"]
+    assert "running" in row

@@ -18,7 +18,9 @@ __all__ = ["Pruner"]
 @dataclass
 class Pruner:
     """Leader-only; every ``interval`` seconds deletes at most ``limit`` jobs that finished
-    (completed, cancelled or discarded) more than ``max_age`` seconds ago.
+    (completed, cancelled or discarded) more than ``max_age`` seconds ago, and at most ``limit``
+    batches that finished that long ago. A job's result is deleted with its row: ``max_age`` is
+    also how long results can be awaited and read.
 
     A full batch means more are waiting: the next one follows after ``catch_up_interval``
     instead, so a queue finishing more than ``limit / interval`` jobs a second (333 with the

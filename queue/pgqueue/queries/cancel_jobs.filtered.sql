@@ -19,8 +19,13 @@ cancelled AS (
                       ELSE j.errors END
     FROM target AS t
     WHERE j.id = t.id
-    RETURNING j.id, t.previous_state
+    RETURNING j.id, t.previous_state, j.state, j.batch_id, j.queue, j.awaited
 ),
+-- Cancelled members count towards their batches, as acks do (batch_acks.part.sql reads `acked`).
+acked AS (
+    SELECT id, state, batch_id FROM cancelled
+),
+{batch_acks_part}
 signal AS (
     INSERT INTO {signals} (action, params)
     SELECT 'pkill', jsonb_build_object('job_ids', jsonb_agg(c.id ORDER BY c.id))
@@ -32,5 +37,14 @@ signal AS (
 signalled AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('id', s.id)::text)) AS n
     FROM signal AS s
+),
+-- Waiters of these jobs (pgqueue.wait) are woken at commit (batch callbacks wake their queues).
+woken AS (
+    SELECT CASE WHEN count(*) FILTER (WHERE awaited) > 0
+                THEN pg_notify({results_channel}, CASE
+                    WHEN count(*) FILTER (WHERE awaited) <= 300
+                    THEN json_build_object('ids', array_agg(id) FILTER (WHERE awaited))::text
+                    ELSE '{{}}' END) END AS results
+    FROM cancelled
 )
-SELECT cancelled.id FROM cancelled, signalled
+SELECT cancelled.id FROM cancelled, signalled, woken

@@ -43,6 +43,6 @@ fetched AS (
               j.max_attempts, j.priority, j.inserted_at, j.scheduled_at, j.attempted_at,
               j.attempted_by, j.completed_at, j.cancelled_at, j.discarded_at
 )
-SELECT (SELECT count(*) FROM acked) AS acked, f.*
+SELECT (SELECT landed FROM acks_landed) AS acked, f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true

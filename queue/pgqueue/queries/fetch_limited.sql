@@ -108,7 +108,7 @@ waiting AS (
           AND j.id NOT IN (SELECT id FROM claimed)
     ) AS blocked
 )
-SELECT (SELECT count(*) FROM acked) AS acked,
+SELECT (SELECT landed FROM acks_landed) AS acked,
        -- NULL: no limit held a job back. Else seconds until the rate window frees a unit (the
        -- oldest slot counted leaves it), or 0 when it was the global limit (it frees as jobs end).
        CASE WHEN (SELECT blocked FROM waiting) THEN

@@ -176,7 +176,7 @@ waiting AS (
     SELECT EXISTS (SELECT 1 FROM keyed) OR EXISTS (SELECT 1 FROM keyless) AS any_left,
            (SELECT count(*) FROM claimed) AS taken
 )
-SELECT (SELECT count(*) FROM acked) AS acked,
+SELECT (SELECT landed FROM acks_landed) AS acked,
        CASE WHEN (SELECT any_left AND taken < %(demand)s FROM waiting) THEN 0 END::float8 AS retry_in,
        f.*
 FROM commit_mode

@@ -36,10 +36,24 @@ rescued AS (
                     ELSE j.meta END
     FROM orphans
     WHERE j.id = orphans.id
-    RETURNING j.id, j.queue, j.state
+    RETURNING j.id, j.queue, j.state, j.batch_id, j.awaited
 ),
+-- Members discarded here count towards their batches, as acks do (batch_acks.part.sql).
+acked AS (
+    SELECT id, state, batch_id FROM rescued WHERE state = 'discarded'
+),
+{batch_acks_part}
 woken AS (
     SELECT count(pg_notify(%(channel)s, json_build_object('queue', q.queue)::text)) AS n
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') AS q
+),
+-- Waiters of the jobs discarded here (pgqueue.wait) are woken at commit.
+results_woken AS (
+    SELECT CASE WHEN count(*) FILTER (WHERE awaited) > 0
+                THEN pg_notify({results_channel}, CASE
+                    WHEN count(*) FILTER (WHERE awaited) <= 300
+                    THEN json_build_object('ids', array_agg(id) FILTER (WHERE awaited))::text
+                    ELSE '{{}}' END) END AS n
+    FROM rescued WHERE state = 'discarded'
 )
-SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken
+SELECT rescued.id, rescued.queue, rescued.state::text FROM rescued, woken, results_woken

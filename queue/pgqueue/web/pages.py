@@ -1,4 +1,4 @@
-"""The dashboard's pages (GET): queues, jobs, one job, nodes, live counts, sign-in."""
+"""The dashboard's pages (GET): queues, jobs, one job, nodes, batches, live counts, sign-in."""
 
 from __future__ import annotations
 
@@ -179,6 +179,10 @@ def routes(dashboard: Dashboard) -> list[Route]:
             request, "nodes.html", {"title": "Nodes", "producers": producers, "leader": leader}
         )
 
+    async def batches(request: Request) -> Response:
+        found = await dashboard.reads.batches()
+        return dashboard.render(request, "batches.html", {"title": "Batches", "batches": found})
+
     async def counts(request: Request) -> Response:
         overview = await dashboard.reads.overview()
         return JSONResponse(
@@ -222,6 +226,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
         Route("/jobs", jobs, name="jobs"),
         Route("/jobs/{job_id}", job, name="job"),
         Route("/nodes", nodes, name="nodes"),
+        Route("/batches", batches, name="batches"),
         Route("/api/counts", counts, name="counts"),
         Route("/metrics", metrics, name="metrics"),
         Route("/login", login_page, methods=["GET"]),

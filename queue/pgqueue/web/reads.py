@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from ..batches import BatchProgress
 from ..job import Job
 from ..manage import aget_job
 from ..store import JobFilter, filtered, queries_for
@@ -181,6 +182,10 @@ class Reads:
                 await conn.execute(self.queries.leader_current, {"name": "pgqueue"})
             ).fetchone()
         return _producers(producer_rows), leader_row[0] if leader_row else None
+
+    async def batches(self, limit: int = 100) -> list[BatchProgress]:
+        """The newest batches with their progress."""
+        return [BatchProgress(*row) for row in await self._fetch(self.queries.web_batches, {"limit": limit})]
 
     async def throughput(self) -> list[Minute]:
         rows = await self._fetch(self.queries.web_throughput)
