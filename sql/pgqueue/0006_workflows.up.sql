@@ -1,0 +1,233 @@
+-- pgqueue 0006: workflows (jobs that depend on other jobs), signals and timers.
+-- Applied with search_path set to the target schema, so every name here lands in that schema; the
+-- functions keep that search_path (SET search_path FROM CURRENT), whoever calls them.
+--
+-- A job that waits (on dependencies, on a signal, or until a time) is an ordinary `scheduled` row
+-- parked at the far-future instant 9999-06-01 00:00 UTC, past every stager horizon (the testing
+-- drain stages up to 9999-01-01). Neither the fetch (its index holds `available` rows only) nor the
+-- stager (an index range scan that stops at now()) ever reads a parked row, so waiting costs the
+-- hot path nothing. No new job_state value: PostgreSQL refuses to use an enum value in the
+-- transaction that added it (the migrator applies every pending migration in one) and can't drop
+-- one in a down migration.
+--
+-- Readiness is decided in the statement that finishes a dependency: a row trigger on jobs, guarded
+-- by a WHEN clause on `has_dependents` so that jobs nobody depends on never call it, resolves the
+-- dependency's edges once (a retried, rescued or re-run dependency resolves nothing twice),
+-- decrements each dependent's pending counter under its row lock (so two nodes finishing two
+-- dependencies of one job at once serialise on that row, and exactly one of them sees zero), and
+-- releases the dependents whose count reached zero. Each query in the trigger takes a fresh
+-- snapshot, so two dependencies of one job acked in one batch are counted one after the other.
+
+-- true once some job depends on this one: the trigger's guard (a constant default: no rewrite)
+ALTER TABLE jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+
+-- One row per dependency edge: `job_id` waits for `dep_id` to finish. `resolved` flips once, when
+-- dep_id first reaches a final state, which makes counting idempotent.
+CREATE TABLE pgqueue_workflow_deps (
+    dep_id      bigint  NOT NULL,
+    job_id      bigint  NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    resolved    boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (dep_id, job_id)
+);
+
+COMMENT ON TABLE pgqueue_workflow_deps IS 'pgqueue workflow dependencies (managed by pgqueue migrations)';
+
+-- Deleting a job (the pruner) cascades to its edges through this index.
+CREATE INDEX pgqueue_workflow_deps_job_idx ON pgqueue_workflow_deps (job_id);
+
+-- One row per waiting job: what it still waits for.
+CREATE TABLE pgqueue_workflow_waits (
+    job_id          bigint      PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    -- dependencies not finished yet
+    pending         integer     NOT NULL DEFAULT 0,
+    -- dependencies that ended cancelled or discarded (or were deleted unfinished)
+    failed_deps     integer     NOT NULL DEFAULT 0,
+    -- the last of them, as "job 12 was discarded", for the error a cascade cancel records
+    failed_reason   text,
+    -- what a failed dependency does to this job: cancel it at once, or count as finished
+    on_failure      text        NOT NULL DEFAULT 'cancel',
+    -- a named signal to wait for, how long at most, and what arrived
+    signal          text,
+    signal_deadline timestamptz,
+    signalled_at    timestamptz,
+    signal_payload  jsonb,
+    -- not to run before this time, once everything else is there
+    not_before      timestamptz,
+    -- when the job left its wait (made available, scheduled for not_before, or cancelled)
+    released_at     timestamptz,
+
+    CONSTRAINT pgqueue_workflow_waits_on_failure CHECK (on_failure IN ('cancel', 'run')),
+    CONSTRAINT pgqueue_workflow_waits_pending CHECK (pending >= 0)
+) WITH (fillfactor = 70);
+
+COMMENT ON TABLE pgqueue_workflow_waits IS 'pgqueue workflow waits (managed by pgqueue migrations)';
+
+-- Jobs waiting for a signal, found by its name when it is sent.
+CREATE INDEX pgqueue_workflow_waits_signal_idx ON pgqueue_workflow_waits (signal)
+    WHERE signal IS NOT NULL AND signalled_at IS NULL;
+
+-- Signals are kept: a signal sent before a job starts waiting for it releases the job at insert.
+-- The newest payload of a name wins.
+CREATE TABLE pgqueue_workflow_signals (
+    name        text        PRIMARY KEY,
+    payload     jsonb,
+    sent_at     timestamptz NOT NULL DEFAULT now(),
+
+    CONSTRAINT pgqueue_workflow_signals_name_length CHECK (char_length(name) BETWEEN 1 AND 255)
+);
+
+COMMENT ON TABLE pgqueue_workflow_signals IS 'pgqueue workflow signals (managed by pgqueue migrations)';
+
+-- Move the given waiting jobs on when nothing holds them any more: cancelled when a dependency
+-- failed under the cancel policy; scheduled at the signal's deadline while a signal is still
+-- awaited (the stager then runs the job without it); scheduled at not_before when that is later;
+-- available otherwise, waking its queue. A job that already left its wait, or that was attempted,
+-- is never touched: releasing is idempotent, so a late or duplicate call changes nothing.
+CREATE FUNCTION pgqueue_workflow_release(ids bigint[]) RETURNS integer
+LANGUAGE sql SET search_path FROM CURRENT AS $$
+    WITH candidates AS (
+        SELECT w.job_id,
+               w.failed_deps > 0 AND w.on_failure = 'cancel' AS cancel,
+               w.signal IS NOT NULL AND w.signalled_at IS NULL AS awaiting,
+               w.signal_deadline, w.not_before, w.failed_reason, w.signal, w.signalled_at,
+               w.signal_payload
+        FROM pgqueue_workflow_waits AS w
+        WHERE w.job_id = ANY (ids) AND w.released_at IS NULL
+          AND (w.pending = 0 OR (w.failed_deps > 0 AND w.on_failure = 'cancel'))
+        ORDER BY w.job_id
+        FOR UPDATE OF w
+    ),
+    plan AS (
+        SELECT c.*,
+               CASE WHEN c.cancel THEN 'cancelled'
+                    WHEN c.awaiting AND c.signal_deadline IS NULL THEN NULL
+                    WHEN c.awaiting AND c.signal_deadline > now() THEN 'waiting'
+                    WHEN NOT c.awaiting AND c.not_before > now() THEN 'scheduled'
+                    ELSE 'available' END AS next
+        FROM candidates AS c
+    ),
+    moved AS (
+        UPDATE jobs AS j
+        SET state = CASE WHEN p.next IN ('waiting', 'scheduled') THEN 'scheduled' ELSE p.next END::job_state,
+            scheduled_at = CASE WHEN p.next = 'waiting' THEN p.signal_deadline
+                                WHEN p.next = 'scheduled' THEN p.not_before
+                                WHEN p.next = 'available' THEN now()
+                                ELSE j.scheduled_at END,
+            cancelled_at = CASE WHEN p.next = 'cancelled' THEN now() ELSE j.cancelled_at END,
+            errors = CASE WHEN p.next = 'cancelled'
+                          THEN j.errors || jsonb_build_array(jsonb_build_object(
+                              'attempt', j.attempt, 'at', now(),
+                              'error', 'cancelled because ' || coalesce(p.failed_reason, 'a dependency failed')))
+                          ELSE j.errors END,
+            meta = CASE WHEN p.signalled_at IS NOT NULL AND jsonb_typeof(j.meta) = 'object'
+                        THEN j.meta || jsonb_build_object('signal', jsonb_build_object(
+                            'name', p.signal, 'payload', p.signal_payload, 'sent_at', p.signalled_at))
+                        ELSE j.meta END
+        FROM plan AS p
+        WHERE j.id = p.job_id AND p.next IS NOT NULL
+          AND j.state = 'scheduled' AND j.attempted_at IS NULL
+        RETURNING j.id, j.queue, j.state, p.next
+    ),
+    released AS (
+        UPDATE pgqueue_workflow_waits AS w
+        SET released_at = now()
+        FROM moved
+        WHERE w.job_id = moved.id AND moved.next <> 'waiting'
+        RETURNING w.job_id
+    )
+    SELECT (SELECT count(*) FROM released)::integer + 0 * count(
+        -- wake the queues that received a job; a channel name over PostgreSQL's 63 bytes (a very
+        -- long schema name, which pgqueue hashes) is left to the producers' polling
+        CASE WHEN octet_length('pgqueue.' || current_schema() || '.insert') <= 63
+             THEN pg_notify('pgqueue.' || current_schema() || '.insert',
+                            json_build_object('queue', q.queue)::text) END)::integer
+    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'available') AS q
+$$;
+
+-- The trigger's body: resolve the finished (or deleted) job's edges once, count them on each
+-- dependent under its row lock, then release the dependents nothing holds any more.
+CREATE FUNCTION pgqueue_workflow_settle() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    finished_id bigint;
+    failure text;
+    dependents bigint[];
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        finished_id := OLD.id;
+        failure := 'job ' || OLD.id || ' was deleted before it finished';
+    ELSE
+        finished_id := NEW.id;
+        failure := CASE WHEN NEW.state = 'completed' THEN NULL
+                        ELSE 'job ' || NEW.id || ' was ' || NEW.state::text END;
+    END IF;
+    WITH resolved AS (
+        UPDATE pgqueue_workflow_deps AS d
+        SET resolved = true
+        WHERE d.dep_id = finished_id AND NOT d.resolved
+        RETURNING d.job_id
+    ),
+    counted AS (
+        UPDATE pgqueue_workflow_waits AS w
+        SET pending = w.pending - 1,
+            failed_deps = w.failed_deps + CASE WHEN failure IS NULL THEN 0 ELSE 1 END,
+            failed_reason = coalesce(failure, w.failed_reason)
+        FROM resolved
+        WHERE w.job_id = resolved.job_id
+        RETURNING w.job_id
+    )
+    SELECT array_agg(counted.job_id ORDER BY counted.job_id) INTO dependents FROM counted;
+    IF dependents IS NOT NULL THEN
+        PERFORM pgqueue_workflow_release(dependents);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Fires only for jobs something depends on, and only on the move into a final state.
+CREATE TRIGGER jobs_workflow_finished
+    AFTER UPDATE OF state ON jobs
+    FOR EACH ROW
+    WHEN (NEW.has_dependents AND NEW.state IN ('completed', 'cancelled', 'discarded')
+          AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION pgqueue_workflow_settle();
+
+-- A dependency deleted before it finished counts as failed, so its dependents never wait forever.
+CREATE TRIGGER jobs_workflow_deleted
+    AFTER DELETE ON jobs
+    FOR EACH ROW
+    WHEN (OLD.has_dependents AND OLD.state NOT IN ('completed', 'cancelled', 'discarded'))
+    EXECUTE FUNCTION pgqueue_workflow_settle();
+
+-- Send signal `name` with `payload`: kept for jobs that start waiting later, and releasing every
+-- job waiting for it now. Callable from SQL (`SELECT pgqueue_signal('approved', '{"by": 7}')`), from
+-- a trigger or from another application; returns how many waiting jobs it released. The advisory
+-- lock pairs with the one a workflow insert takes on the names it waits for, so a signal and a
+-- new waiter committing at the same time never miss each other.
+CREATE FUNCTION pgqueue_signal(name text, payload jsonb DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    waiting bigint[];
+BEGIN
+    IF name IS NULL OR char_length(name) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'signal name must be 1 to 255 characters, got %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('pgqueue.workflow_signal'), hashtext(name));
+    INSERT INTO pgqueue_workflow_signals AS s (name, payload, sent_at)
+    VALUES (pgqueue_signal.name, pgqueue_signal.payload, now())
+    ON CONFLICT ON CONSTRAINT pgqueue_workflow_signals_pkey
+    DO UPDATE SET payload = excluded.payload, sent_at = excluded.sent_at;
+    WITH hit AS (
+        UPDATE pgqueue_workflow_waits AS w
+        SET signalled_at = now(), signal_payload = pgqueue_signal.payload
+        WHERE w.signal = pgqueue_signal.name AND w.signalled_at IS NULL AND w.released_at IS NULL
+        RETURNING w.job_id
+    )
+    SELECT array_agg(hit.job_id ORDER BY hit.job_id) INTO waiting FROM hit;
+    IF waiting IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN pgqueue_workflow_release(waiting);
+END
+$$;
