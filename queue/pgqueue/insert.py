@@ -299,12 +299,17 @@ def _insert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) 
 
 def _write_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     with sync_writer(target) as writer:
-        batch = CopyBatch.of(jobs)
-        if batch is not None:
-            saved = copy_insert(writer, batch, schema, notify)
-            if saved is not None:
-                return saved
-        return _insert_rounds(writer, _Plan(jobs), schema, notify)
+        return write_jobs(writer, jobs, schema, notify)
+
+
+def write_jobs(writer: SyncWriter, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    """Write ``jobs`` through ``writer`` (COPY or one statement); for callers holding a writer."""
+    batch = CopyBatch.of(jobs)
+    if batch is not None:
+        saved = copy_insert(writer, batch, schema, notify)
+        if saved is not None:
+            return saved
+    return _insert_rounds(writer, _Plan(jobs), schema, notify)
 
 
 def _insert_rounds(writer: SyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
@@ -362,12 +367,17 @@ async def _ainsert_all(target: Any, jobs: Sequence[NewJob], schema: str, notify:
 
 async def _awrite_all(target: Any, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
     async with async_writer(target) as writer:
-        batch = CopyBatch.of(jobs)
-        if batch is not None:
-            saved = await acopy_insert(writer, batch, schema, notify)
-            if saved is not None:
-                return saved
-        return await _ainsert_rounds(writer, _Plan(jobs), schema, notify)
+        return await awrite_jobs(writer, jobs, schema, notify)
+
+
+async def awrite_jobs(writer: AsyncWriter, jobs: Sequence[NewJob], schema: str, notify: bool) -> list[Job]:
+    """The async twin of :func:`write_jobs`."""
+    batch = CopyBatch.of(jobs)
+    if batch is not None:
+        saved = await acopy_insert(writer, batch, schema, notify)
+        if saved is not None:
+            return saved
+    return await _ainsert_rounds(writer, _Plan(jobs), schema, notify)
 
 
 async def _ainsert_rounds(writer: AsyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:

@@ -15,6 +15,11 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{queues}``     the queues declared in the database
 ``{limit_state}`` the per-queue (and per-partition) admission state of limited queues
 ``{cron}``       the cron entries declared in the database
+``{workflow_deps}``    workflow dependency edges (job waits for dep)
+``{workflow_waits}``   what each waiting job still waits for
+``{workflow_signals}`` signals sent, kept for jobs that wait for them later
+``{workflow_release}`` the function that moves waiting jobs on (see sql/pgqueue/0006)
+``{signal_function}``  the function that sends a signal
 =============== ==============================================
 
 A ``*.part.sql`` file is a fragment shared by several statements: ``{acks_part}`` in a statement is
@@ -123,6 +128,11 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         queues=sql.Identifier(schema, "pgqueue_queues"),
         limit_state=sql.Identifier(schema, "pgqueue_limit_state"),
         cron=sql.Identifier(schema, "pgqueue_cron"),
+        workflow_deps=sql.Identifier(schema, "pgqueue_workflow_deps"),
+        workflow_waits=sql.Identifier(schema, "pgqueue_workflow_waits"),
+        workflow_signals=sql.Identifier(schema, "pgqueue_workflow_signals"),
+        workflow_release=sql.Identifier(schema, "pgqueue_workflow_release"),
+        signal_function=sql.Identifier(schema, "pgqueue_signal"),
         **extra,
     )
     return composed.as_string(None)
