@@ -121,18 +121,23 @@ class Workflow:
         if name in self._steps:
             raise WorkflowError(f"step {name!r} is already in workflow {self.id!r}")
         if not isinstance(job, NewJob):
-            raise WorkflowError(f"step {name!r}: job must be built with Worker.new(...), got {type(job).__name__}")
+            raise WorkflowError(
+                f"step {name!r}: job must be built with Worker.new(...), got {type(job).__name__}"
+            )
         if isinstance(deps, str | int):
             raise WorkflowError(f"step {name!r}: deps must be a list of step names or job ids, got {deps!r}")
         dep_list = tuple(deps)
         for dep in dep_list:
             if isinstance(dep, bool) or not isinstance(dep, str | int):
-                raise WorkflowError(f"step {name!r}: a dependency must be a step name or a job id, got {dep!r}")
+                raise WorkflowError(
+                    f"step {name!r}: a dependency must be a step name or a job id, got {dep!r}"
+                )
         if len(set(dep_list)) != len(dep_list):
             raise WorkflowError(f"step {name!r}: deps lists a dependency twice: {list(dep_list)!r}")
         if on_dependency_failure not in ("cancel", "run"):
             raise WorkflowError(
-                f"step {name!r}: on_dependency_failure must be 'cancel' or 'run', got {on_dependency_failure!r}"
+                f"step {name!r}: on_dependency_failure must be 'cancel' or 'run', "
+                f"got {on_dependency_failure!r}"
             )
         if wait_for_signal is not None and (
             not isinstance(wait_for_signal, str) or not 1 <= len(wait_for_signal) <= _MAX_SIGNAL_NAME
@@ -144,11 +149,14 @@ class Workflow:
         if signal_timeout is not None:
             if wait_for_signal is None:
                 raise WorkflowError(f"step {name!r}: signal_timeout needs wait_for_signal")
-            if isinstance(signal_timeout, bool) or not isinstance(signal_timeout, int | float) or not (
-                0 < signal_timeout < 10 * 365 * 86400
+            if (
+                isinstance(signal_timeout, bool)
+                or not isinstance(signal_timeout, int | float)
+                or not (0 < signal_timeout < 10 * 365 * 86400)
             ):
                 raise WorkflowError(
-                    f"step {name!r}: signal_timeout must be a positive number of seconds, got {signal_timeout!r}"
+                    f"step {name!r}: signal_timeout must be a positive number of seconds, "
+                    f"got {signal_timeout!r}"
                 )
         if not_before is not None and (not isinstance(not_before, datetime) or not_before.tzinfo is None):
             raise WorkflowError(f"step {name!r}: not_before must be an aware datetime, got {not_before!r}")

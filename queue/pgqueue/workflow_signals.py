@@ -123,4 +123,3 @@ async def adependencies(target: Any, job: Job | int, *, schema: str = "public") 
     async with async_writer(target) as writer:
         rows = await writer.execute(queries_for(schema).workflow_dependencies, params)
     return [_dependency(row) for row in rows]
-

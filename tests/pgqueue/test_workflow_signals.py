@@ -70,7 +70,8 @@ def test_a_signal_sent_before_the_wait_is_kept(conn: psycopg.Connection[Any], sc
 
     assert jobs["ship"].state == "available"
     received = pgqueue.received_signal(_job(conn, schema, jobs["ship"].id))
-    assert received is not None and received.payload == [1, 2]
+    assert received is not None
+    assert received.payload == [1, 2]
 
 
 def test_a_signal_rolled_back_with_its_transaction_releases_nothing(
@@ -97,7 +98,9 @@ def test_a_signal_sent_from_sql_releases_the_step(conn: psycopg.Connection[Any],
     assert _state(conn, schema, jobs["ship"].id)[2]["signal"]["payload"] == {"from": "sql"}
 
 
-def test_a_signal_waits_for_the_dependencies_too(conn: psycopg.Connection[Any], schema: str, dsn: str) -> None:
+def test_a_signal_waits_for_the_dependencies_too(
+    conn: psycopg.Connection[Any], schema: str, dsn: str
+) -> None:
     jobs = pgqueue.insert_workflow(conn, _approval(deps=["pack"]), schema=schema)
     conn.commit()
     pgqueue.signal(conn, "approved:7", schema=schema)

@@ -33,7 +33,8 @@ def _state(conn: psycopg.Connection[Any], schema: str, job_id: int) -> str:
 def _row(conn: psycopg.Connection[Any], schema: str, job_id: int, columns: str) -> tuple[Any, ...]:
     conn.commit()
     row = conn.execute(
-        sql.SQL("SELECT " + columns + " FROM {} WHERE id = %s").format(sql.Identifier(schema, "jobs")), (job_id,)
+        sql.SQL("SELECT " + columns + " FROM {} WHERE id = %s").format(sql.Identifier(schema, "jobs")),
+        (job_id,),
     ).fetchone()
     assert row is not None
     return tuple(row)
@@ -70,7 +71,9 @@ def test_fan_out_then_fan_in_runs_each_step_after_its_dependencies(
     conn.commit()
 
     assert jobs["root"].state == "available"
-    assert all(jobs[name].state == "scheduled" and jobs[name].scheduled_at == PARKED for name in [*middle, "join"])
+    assert all(
+        jobs[name].state == "scheduled" and jobs[name].scheduled_at == PARKED for name in [*middle, "join"]
+    )
     assert jobs["join"].meta["workflow"] == {"id": "order-1", "step": "join"}
 
     result = drain_queue(dsn, "alpha", schema=schema, with_recursion=True)
@@ -123,7 +126,9 @@ def test_dependencies_finished_by_two_concurrent_transactions_release_the_depend
     _claim(conn, schema)
 
     with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
-        first.execute(queries_for(schema).fetch_jobs, fetch_params([Ack(jobs["a"].id, 1, JobState.COMPLETED)]))
+        first.execute(
+            queries_for(schema).fetch_jobs, fetch_params([Ack(jobs["a"].id, 1, JobState.COMPLETED)])
+        )
         # `second` blocks on the dependent's waits row until `first` commits.
         thread = threading.Thread(
             target=lambda: _ack(second, schema, [Ack(jobs["b"].id, 1, JobState.COMPLETED)]), daemon=True
@@ -163,7 +168,9 @@ def test_a_discarded_dependency_cancels_its_dependents_down_the_graph(
     assert _state(conn, schema, jobs["c"].id) == "cancelled"
     errors = _row(conn, schema, jobs["b"].id, "errors")[0]
     assert errors[-1]["error"] == f"cancelled because job {jobs['a'].id} was discarded"
-    assert _row(conn, schema, jobs["c"].id, "errors")[0][-1]["error"].endswith(f"job {jobs['b'].id} was cancelled")
+    assert _row(conn, schema, jobs["c"].id, "errors")[0][-1]["error"].endswith(
+        f"job {jobs['b'].id} was cancelled"
+    )
 
 
 def test_a_step_that_runs_anyway_runs_after_a_cancelled_dependency(
@@ -199,10 +206,14 @@ def test_a_step_reads_its_dependencies_results(conn: psycopg.Connection[Any], sc
 
     deps = pgqueue.dependencies(conn, jobs["b"].id, schema=schema)
 
-    assert [(d.id, d.step, d.state, d.result) for d in deps] == [(jobs["a"].id, "a", "completed", {"rows": 42})]
+    assert [(d.id, d.step, d.state, d.result) for d in deps] == [
+        (jobs["a"].id, "a", "completed", {"rows": 42})
+    ]
 
 
-def test_a_dependency_on_a_job_of_another_workflow(conn: psycopg.Connection[Any], schema: str, dsn: str) -> None:
+def test_a_dependency_on_a_job_of_another_workflow(
+    conn: psycopg.Connection[Any], schema: str, dsn: str
+) -> None:
     first = pgqueue.insert_workflow(conn, _single("first"), schema=schema)
     done = pgqueue.insert(conn, Outcomes.new({}), schema=schema)
     conn.commit()
@@ -282,7 +293,9 @@ def test_a_retried_or_rescued_dependency_never_releases_its_dependents_twice(
     conn.commit()
     # Rescued mid-run: back to available, not final, so b stays parked.
     (claimed,) = _claim(conn, schema)
-    conn.execute(queries_for(schema).rescue_jobs, {"window": 0, "rescue_after": 0, "limit": 10, "channel": "x"})
+    conn.execute(
+        queries_for(schema).rescue_jobs, {"window": 0, "rescue_after": 0, "limit": 10, "channel": "x"}
+    )
     conn.commit()
     assert _state(conn, schema, claimed) == "available"
     assert _state(conn, schema, jobs["b"].id) == "scheduled"
@@ -337,7 +350,8 @@ def test_not_before_schedules_the_step_once_its_dependencies_finish(
     [
         (lambda f: [f.add("a", Outcomes.new({}), deps=["b"]), f.add("b", Outcomes.new({}), deps=["a"])],
          pgqueue.DependencyCycleError, "cycle: a -> b -> a"),
-        (lambda f: f.add("a", Outcomes.new({}), deps=["a"]), pgqueue.DependencyCycleError, "depends on itself"),
+        (lambda f: f.add("a", Outcomes.new({}), deps=["a"]),
+         pgqueue.DependencyCycleError, "depends on itself"),
         (lambda f: f.add("a", Outcomes.new({}), deps=["nope"]), pgqueue.MissingDependencyError, "'nope'"),
         (lambda f: [f.add("a", Outcomes.new({})), f.add("b", Outcomes.new({}), deps=["a", 987654321])],
          pgqueue.MissingDependencyError, "[987654321]"),
