@@ -3,7 +3,9 @@
 DROP TRIGGER IF EXISTS jobs_workflow_deleted ON jobs;
 DROP TRIGGER IF EXISTS jobs_workflow_finished ON jobs;
 DROP FUNCTION IF EXISTS pgqueue_signal(text, jsonb);
-DROP FUNCTION IF EXISTS pgqueue_workflow_settle();
+DROP FUNCTION IF EXISTS pgqueue_workflow_deleted();
+DROP FUNCTION IF EXISTS pgqueue_workflow_finished();
+DROP FUNCTION IF EXISTS pgqueue_workflow_resolve(bigint[], text[]);
 DROP FUNCTION IF EXISTS pgqueue_workflow_release(bigint[]);
 DROP TABLE IF EXISTS pgqueue_workflow_signals;
 DROP TABLE IF EXISTS pgqueue_workflow_waits;

@@ -10,13 +10,13 @@
 -- transaction that added it (the migrator applies every pending migration in one) and can't drop
 -- one in a down migration.
 --
--- Readiness is decided in the statement that finishes a dependency: a row trigger on jobs, guarded
--- by a WHEN clause on `has_dependents` so that jobs nobody depends on never call it, resolves the
--- dependency's edges once (a retried, rescued or re-run dependency resolves nothing twice),
--- decrements each dependent's pending counter under its row lock (so two nodes finishing two
+-- Readiness is decided in the statement that finishes a dependency, whichever statement that is
+-- (an ack, the lifeline discarding an orphan, a cancel, a hand-written UPDATE): a statement-level
+-- trigger on jobs reads the rows the statement left final with `has_dependents` set, resolves
+-- their edges once (a retried, rescued or re-run dependency resolves nothing twice), subtracts
+-- them from each dependent's pending counter under its row lock (so two nodes finishing two
 -- dependencies of one job at once serialise on that row, and exactly one of them sees zero), and
--- releases the dependents whose count reached zero. Each query in the trigger takes a fresh
--- snapshot, so two dependencies of one job acked in one batch are counted one after the other.
+-- releases the dependents whose count reached zero. Nothing polls, nothing scans workflows.
 
 -- true once some job depends on this one: the trigger's guard (a constant default: no rewrite)
 ALTER TABLE jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
@@ -84,7 +84,12 @@ COMMENT ON TABLE pgqueue_workflow_signals IS 'pgqueue workflow signals (managed 
 -- available otherwise, waking its queue. A job that already left its wait, or that was attempted,
 -- is never touched: releasing is idempotent, so a late or duplicate call changes nothing.
 CREATE FUNCTION pgqueue_workflow_release(ids bigint[]) RETURNS integer
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+-- PL/pgSQL rather than SQL for its cached plans: a SQL function is planned again on every call
+-- (before PostgreSQL 18), and this one runs once per dependency that finishes a job's wait.
+DECLARE
+    moved_count integer;
+BEGIN
     WITH candidates AS (
         SELECT w.job_id,
                w.failed_deps > 0 AND w.on_failure = 'cancel' AS cancel,
@@ -134,70 +139,128 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
         FROM moved
         WHERE w.job_id = moved.id AND moved.next <> 'waiting'
         RETURNING w.job_id
-    )
-    SELECT (SELECT count(*) FROM released)::integer + 0 * count(
+    ),
+    woken AS (
         -- wake the queues that received a job; a channel name over PostgreSQL's 63 bytes (a very
         -- long schema name, which pgqueue hashes) is left to the producers' polling
-        CASE WHEN octet_length('pgqueue.' || current_schema() || '.insert') <= 63
-             THEN pg_notify('pgqueue.' || current_schema() || '.insert',
-                            json_build_object('queue', q.queue)::text) END)::integer
-    FROM (SELECT DISTINCT queue FROM moved WHERE state = 'available') AS q
+        SELECT count(pg_notify('pgqueue.' || current_schema() || '.insert',
+                               json_build_object('queue', q.queue)::text)) AS n
+        FROM (SELECT DISTINCT queue FROM moved WHERE state = 'available') AS q
+        WHERE octet_length('pgqueue.' || current_schema() || '.insert') <= 63
+    )
+    SELECT (SELECT count(*) FROM released) INTO moved_count FROM woken;
+    RETURN moved_count;
+END
 $$;
 
--- The trigger's body: resolve the finished (or deleted) job's edges once, count them on each
--- dependent under its row lock, then release the dependents nothing holds any more.
-CREATE FUNCTION pgqueue_workflow_settle() RETURNS trigger
+-- Count finished dependencies (ids, with why each failed, NULL when it completed) on their
+-- dependents, once per edge, then release the dependents nothing holds any more. Set-based: a
+-- statement that finishes a hundred dependencies of one job updates that job's waits row once.
+-- The `= ANY` conditions keep both updates on their primary keys whatever the planner estimates.
+CREATE FUNCTION pgqueue_workflow_resolve(ids bigint[], failures text[]) RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
-    finished_id bigint;
-    failure text;
     dependents bigint[];
+    resolved_counts bigint[];
+    failed_counts bigint[];
+    reasons text[];
+    ready bigint[];
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        finished_id := OLD.id;
-        failure := 'job ' || OLD.id || ' was deleted before it finished';
-    ELSE
-        finished_id := NEW.id;
-        failure := CASE WHEN NEW.state = 'completed' THEN NULL
-                        ELSE 'job ' || NEW.id || ' was ' || NEW.state::text END;
-    END IF;
     WITH resolved AS (
         UPDATE pgqueue_workflow_deps AS d
         SET resolved = true
-        WHERE d.dep_id = finished_id AND NOT d.resolved
-        RETURNING d.job_id
+        WHERE d.dep_id = ANY (ids) AND NOT d.resolved
+        RETURNING d.job_id, d.dep_id
     ),
-    counted AS (
-        UPDATE pgqueue_workflow_waits AS w
-        SET pending = w.pending - 1,
-            failed_deps = w.failed_deps + CASE WHEN failure IS NULL THEN 0 ELSE 1 END,
-            failed_reason = coalesce(failure, w.failed_reason)
-        FROM resolved
-        WHERE w.job_id = resolved.job_id
-        RETURNING w.job_id
+    per_job AS (
+        SELECT r.job_id, count(*) AS n, count(f.failure) AS failed, max(f.failure) AS reason
+        FROM resolved AS r
+        JOIN unnest(ids, failures) AS f(id, failure) ON f.id = r.dep_id
+        GROUP BY r.job_id
     )
-    SELECT array_agg(counted.job_id ORDER BY counted.job_id) INTO dependents FROM counted;
-    IF dependents IS NOT NULL THEN
-        PERFORM pgqueue_workflow_release(dependents);
+    SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
+           array_agg(failed ORDER BY job_id), array_agg(reason ORDER BY job_id)
+    INTO dependents, resolved_counts, failed_counts, reasons
+    FROM per_job;
+    IF dependents IS NULL THEN
+        RETURN;
+    END IF;
+    -- Under each dependent's row lock, re-read at its newest version: two nodes counting on one
+    -- dependent at once serialise here, and exactly one of them brings it to zero.
+    WITH counted AS (
+        UPDATE pgqueue_workflow_waits AS w
+        SET pending = w.pending - c.n,
+            failed_deps = w.failed_deps + c.failed,
+            failed_reason = coalesce(c.reason, w.failed_reason)
+        FROM unnest(dependents, resolved_counts, failed_counts, reasons) AS c(job_id, n, failed, reason)
+        WHERE w.job_id = ANY (dependents) AND w.job_id = c.job_id
+        RETURNING w.job_id, w.pending, w.failed_deps, w.on_failure
+    )
+    SELECT array_agg(counted.job_id ORDER BY counted.job_id) INTO ready
+    FROM counted
+    WHERE counted.pending = 0 OR (counted.failed_deps > 0 AND counted.on_failure = 'cancel');
+    IF ready IS NOT NULL THEN
+        PERFORM pgqueue_workflow_release(ready);
+    END IF;
+END
+$$;
+
+-- After every UPDATE of jobs, once per statement: the jobs it left in a final state that some job
+-- depends on. A statement of jobs nobody depends on (nearly all of them) costs one pass over its
+-- transition table. A job finishing again (retried by hand) finds its edges resolved already.
+CREATE FUNCTION pgqueue_workflow_finished() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    ids bigint[];
+    failures text[];
+BEGIN
+    SELECT array_agg(n.id ORDER BY n.id),
+           array_agg(CASE WHEN n.state = 'completed' THEN NULL
+                          ELSE 'job ' || n.id || ' was ' || n.state::text END ORDER BY n.id)
+    INTO ids, failures
+    FROM pgqueue_updated_jobs AS n
+    WHERE n.has_dependents AND n.state IN ('completed', 'cancelled', 'discarded');
+    IF ids IS NOT NULL THEN
+        PERFORM pgqueue_workflow_resolve(ids, failures);
     END IF;
     RETURN NULL;
 END
 $$;
 
--- Fires only for jobs something depends on, and only on the move into a final state.
-CREATE TRIGGER jobs_workflow_finished
-    AFTER UPDATE OF state ON jobs
-    FOR EACH ROW
-    WHEN (NEW.has_dependents AND NEW.state IN ('completed', 'cancelled', 'discarded')
-          AND OLD.state IS DISTINCT FROM NEW.state)
-    EXECUTE FUNCTION pgqueue_workflow_settle();
+-- After every DELETE of jobs: a dependency deleted before it finished counts as failed, so its
+-- dependents never wait for ever.
+CREATE FUNCTION pgqueue_workflow_deleted() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    ids bigint[];
+    failures text[];
+BEGIN
+    SELECT array_agg(o.id ORDER BY o.id),
+           array_agg('job ' || o.id || ' was deleted before it finished' ORDER BY o.id)
+    INTO ids, failures
+    FROM pgqueue_deleted_jobs AS o
+    WHERE o.has_dependents AND o.state NOT IN ('completed', 'cancelled', 'discarded');
+    IF ids IS NOT NULL THEN
+        PERFORM pgqueue_workflow_resolve(ids, failures);
+    END IF;
+    RETURN NULL;
+END
+$$;
 
--- A dependency deleted before it finished counts as failed, so its dependents never wait forever.
+-- Statement-level, with transition tables: every row a statement finished is seen at once, after
+-- the statement, so two dependencies of one job acked in one batch are counted together (sibling
+-- CTEs would share one snapshot and each see the other's dependency unfinished).
+CREATE TRIGGER jobs_workflow_finished
+    AFTER UPDATE ON jobs
+    REFERENCING NEW TABLE AS pgqueue_updated_jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION pgqueue_workflow_finished();
+
 CREATE TRIGGER jobs_workflow_deleted
     AFTER DELETE ON jobs
-    FOR EACH ROW
-    WHEN (OLD.has_dependents AND OLD.state NOT IN ('completed', 'cancelled', 'discarded'))
-    EXECUTE FUNCTION pgqueue_workflow_settle();
+    REFERENCING OLD TABLE AS pgqueue_deleted_jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION pgqueue_workflow_deleted();
 
 -- Send signal `name` with `payload`: kept for jobs that start waiting later, and releasing every
 -- job waiting for it now. Callable from SQL (`SELECT pgqueue_signal('approved', '{"by": 7}')`), from
