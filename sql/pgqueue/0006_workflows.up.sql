@@ -28,7 +28,8 @@ CREATE TABLE pgqueue_workflow_deps (
     job_id      bigint  NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     resolved    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (dep_id, job_id)
-);
+-- each edge is updated once (resolved): room on the page keeps that update off the indexes
+) WITH (fillfactor = 60);
 
 COMMENT ON TABLE pgqueue_workflow_deps IS 'pgqueue workflow dependencies (managed by pgqueue migrations)';
 
@@ -53,8 +54,6 @@ CREATE TABLE pgqueue_workflow_waits (
     signal_payload  jsonb,
     -- not to run before this time, once everything else is there
     not_before      timestamptz,
-    -- when the job left its wait (made available, scheduled for not_before, or cancelled)
-    released_at     timestamptz,
 
     CONSTRAINT pgqueue_workflow_waits_on_failure CHECK (on_failure IN ('cancel', 'run')),
     CONSTRAINT pgqueue_workflow_waits_pending CHECK (pending >= 0)
@@ -81,12 +80,16 @@ COMMENT ON TABLE pgqueue_workflow_signals IS 'pgqueue workflow signals (managed 
 -- Move the given waiting jobs on when nothing holds them any more: cancelled when a dependency
 -- failed under the cancel policy; scheduled at the signal's deadline while a signal is still
 -- awaited (the stager then runs the job without it); scheduled at not_before when that is later;
--- available otherwise, waking its queue. A job that already left its wait, or that was attempted,
--- is never touched: releasing is idempotent, so a late or duplicate call changes nothing.
+-- available otherwise, waking its queue. Only a job still `scheduled` and never attempted is
+-- touched, and the edges and signal feeding a wait are counted once each: releasing is idempotent,
+-- so a late or duplicate call changes nothing. Returns how many jobs left their wait.
+--
+-- PL/pgSQL rather than SQL for its cached plans (a SQL function is planned again on every call
+-- before PostgreSQL 18). No nested loops: the rows joined here come from CTEs and arrays the
+-- planner can't estimate, and a nested loop rescanning 10,000 of them per row of 10,000 others
+-- turns a fan-out into minutes; hash joins keep every size linear.
 CREATE FUNCTION pgqueue_workflow_release(ids bigint[]) RETURNS integer
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
--- PL/pgSQL rather than SQL for its cached plans: a SQL function is planned again on every call
--- (before PostgreSQL 18), and this one runs once per dependency that finishes a job's wait.
+LANGUAGE plpgsql SET search_path FROM CURRENT SET enable_nestloop = off AS $$
 DECLARE
     moved_count integer;
 BEGIN
@@ -97,7 +100,7 @@ BEGIN
                w.signal_deadline, w.not_before, w.failed_reason, w.signal, w.signalled_at,
                w.signal_payload
         FROM pgqueue_workflow_waits AS w
-        WHERE w.job_id = ANY (ids) AND w.released_at IS NULL
+        WHERE w.job_id = ANY (ids)
           AND (w.pending = 0 OR (w.failed_deps > 0 AND w.on_failure = 'cancel'))
         ORDER BY w.job_id
         FOR UPDATE OF w
@@ -129,16 +132,10 @@ BEGIN
                             'name', p.signal, 'payload', p.signal_payload, 'sent_at', p.signalled_at))
                         ELSE j.meta END
         FROM plan AS p
-        WHERE j.id = p.job_id AND p.next IS NOT NULL
+        -- `= ANY` keeps the join on the primary key whatever the planner estimates
+        WHERE j.id = ANY (ids) AND j.id = p.job_id AND p.next IS NOT NULL
           AND j.state = 'scheduled' AND j.attempted_at IS NULL
         RETURNING j.id, j.queue, j.state, p.next
-    ),
-    released AS (
-        UPDATE pgqueue_workflow_waits AS w
-        SET released_at = now()
-        FROM moved
-        WHERE w.job_id = moved.id AND moved.next <> 'waiting'
-        RETURNING w.job_id
     ),
     woken AS (
         -- wake the queues that received a job; a channel name over PostgreSQL's 63 bytes (a very
@@ -148,7 +145,7 @@ BEGIN
         FROM (SELECT DISTINCT queue FROM moved WHERE state = 'available') AS q
         WHERE octet_length('pgqueue.' || current_schema() || '.insert') <= 63
     )
-    SELECT (SELECT count(*) FROM released) INTO moved_count FROM woken;
+    SELECT (SELECT count(*) FROM moved WHERE moved.next <> 'waiting') INTO moved_count FROM woken;
     RETURN moved_count;
 END
 $$;
@@ -157,8 +154,9 @@ $$;
 -- dependents, once per edge, then release the dependents nothing holds any more. Set-based: a
 -- statement that finishes a hundred dependencies of one job updates that job's waits row once.
 -- The `= ANY` conditions keep both updates on their primary keys whatever the planner estimates.
+-- No nested loops, as in pgqueue_workflow_release.
 CREATE FUNCTION pgqueue_workflow_resolve(ids bigint[], failures text[]) RETURNS void
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET enable_nestloop = off AS $$
 DECLARE
     dependents bigint[];
     resolved_counts bigint[];
@@ -284,7 +282,7 @@ BEGIN
     WITH hit AS (
         UPDATE pgqueue_workflow_waits AS w
         SET signalled_at = now(), signal_payload = pgqueue_signal.payload
-        WHERE w.signal = pgqueue_signal.name AND w.signalled_at IS NULL AND w.released_at IS NULL
+        WHERE w.signal = pgqueue_signal.name AND w.signalled_at IS NULL
         RETURNING w.job_id
     )
     SELECT array_agg(hit.job_id ORDER BY hit.job_id) INTO waiting FROM hit;
