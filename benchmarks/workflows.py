@@ -92,11 +92,21 @@ def _insert(conn: psycopg.Connection[Any], fan_out: int, workflow: bool) -> None
     pgqueue.insert_workflow(conn, flow, schema=SCHEMA)
 
 
-def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path) -> dict[str, float]:
+_TRIGGERS = ("jobs_workflow_finished", "jobs_workflow_deleted")
+
+
+def _set_triggers(conn: psycopg.Connection[Any], enabled: bool) -> None:
+    action = sql.SQL("ENABLE" if enabled else "DISABLE")
+    for name in _TRIGGERS:
+        conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(_q("jobs"), action, sql.Identifier(name)))
+
+
+def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path, triggers: bool = True) -> dict[str, float]:
     total = fan_out + 2
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(_q("jobs")))
         conn.execute(sql.SQL("TRUNCATE {}").format(_q("pgqueue_workflow_deps")))
+        _set_triggers(conn, triggers)
         started = time.perf_counter()
         with conn.transaction():
             _insert(conn, fan_out, workflow)
@@ -116,8 +126,11 @@ def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path) -> dict[str, fl
         finally:
             node.terminate()
             node.wait(30)
+            _set_triggers(conn, True)
         row = conn.execute(
-            sql.SQL("SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) FROM {}").format(_q("jobs"))
+            sql.SQL("SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) FROM {}").format(
+                _q("jobs")
+            )
         ).fetchone()
         if workflow:
             order = conn.execute(
@@ -133,11 +146,13 @@ def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path) -> dict[str, fl
 
 
 def run(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    rates: dict[str, list[float]] = {"plain": [], "workflow": []}
-    inserts: dict[str, list[float]] = {"plain": [], "workflow": []}
+    rates: dict[str, list[float]] = {"plain": [], "plain_no_triggers": [], "workflow": []}
+    inserts: dict[str, list[float]] = {name: [] for name in rates}
     for round_ in range(mode.rounds):
-        for name in ("plain", "workflow"):
-            measured = _drain(dsn, mode.fan_out, name == "workflow", folder)
+        for name in rates:
+            measured = _drain(
+                dsn, mode.fan_out, name == "workflow", folder, triggers=name != "plain_no_triggers"
+            )
             rates[name].append(measured["jobs_per_s"])
             inserts[name].append(measured["insert_s"])
         log(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} jobs/s" for k, v in rates.items()))
@@ -150,6 +165,7 @@ def run(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -> dict[
         "median_jobs_per_s": medians,
         "median_insert_s": {name: statistics.median(values) for name, values in inserts.items()},
         "workflow_fraction_of_plain": medians["workflow"] / medians["plain"],
+        "plain_fraction_of_no_triggers": medians["plain"] / medians["plain_no_triggers"],
     }
 
 
@@ -168,6 +184,8 @@ def report(mode: Mode, result: dict[str, Any]) -> str:
             "| Jobs | jobs/s | of plain | insert (s) |",
             "|---|---|---|---|",
             f"| plain, no dependencies | {med['plain']:,.0f} | 100 % | {ins['plain']:.2f} |",
+            f"| plain, workflow triggers disabled | {med['plain_no_triggers']:,.0f} | "
+            f"{med['plain_no_triggers'] / med['plain']:.0%} | {ins['plain_no_triggers']:.2f} |",
             f"| fan-out then fan-in workflow | {med['workflow']:,.0f} | "
             f"{result['workflow_fraction_of_plain']:.0%} | {ins['workflow']:.2f} |",
             "",
