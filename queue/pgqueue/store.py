@@ -17,6 +17,7 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{cron}``       the cron entries declared in the database
 ``{workflow_deps}``    workflow dependency edges (job waits for dep)
 ``{workflow_waits}``   what each waiting job still waits for
+``{workflow_resolved}`` dependencies that finished, counted once
 ``{workflow_signals}`` signals sent, kept for jobs that wait for them later
 ``{workflow_release}`` the function that moves waiting jobs on (see sql/pgqueue/0006)
 ``{signal_function}``  the function that sends a signal
@@ -130,6 +131,7 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         cron=sql.Identifier(schema, "pgqueue_cron"),
         workflow_deps=sql.Identifier(schema, "pgqueue_workflow_deps"),
         workflow_waits=sql.Identifier(schema, "pgqueue_workflow_waits"),
+        workflow_resolved=sql.Identifier(schema, "pgqueue_workflow_resolved"),
         workflow_signals=sql.Identifier(schema, "pgqueue_workflow_signals"),
         workflow_release=sql.Identifier(schema, "pgqueue_workflow_release"),
         signal_function=sql.Identifier(schema, "pgqueue_signal"),

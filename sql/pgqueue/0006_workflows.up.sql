@@ -13,7 +13,7 @@
 -- Readiness is decided in the statement that finishes a dependency, whichever statement that is
 -- (an ack, the lifeline discarding an orphan, a cancel, a hand-written UPDATE): a statement-level
 -- trigger on jobs reads the rows the statement left final with `has_dependents` set, resolves
--- their edges once (a retried, rescued or re-run dependency resolves nothing twice), subtracts
+-- each once (a retried, rescued or re-run dependency resolves nothing twice), subtracts
 -- them from each dependent's pending counter under its row lock (so two nodes finishing two
 -- dependencies of one job at once serialise on that row, and exactly one of them sees zero), and
 -- releases the dependents whose count reached zero. Nothing polls, nothing scans workflows.
@@ -21,20 +21,30 @@
 -- true once some job depends on this one: the trigger's guard (a constant default: no rewrite)
 ALTER TABLE jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
 
--- One row per dependency edge: `job_id` waits for `dep_id` to finish. `resolved` flips once, when
--- dep_id first reaches a final state, which makes counting idempotent.
+-- One row per dependency edge: `job_id` waits for `dep_id` to finish. Written once, at insert.
 CREATE TABLE pgqueue_workflow_deps (
     dep_id      bigint  NOT NULL,
     job_id      bigint  NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    resolved    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (dep_id, job_id)
--- each edge is updated once (resolved): room on the page keeps that update off the indexes
-) WITH (fillfactor = 60);
+);
 
 COMMENT ON TABLE pgqueue_workflow_deps IS 'pgqueue workflow dependencies (managed by pgqueue migrations)';
 
 -- Deleting a job (the pruner) cascades to its edges through this index.
 CREATE INDEX pgqueue_workflow_deps_job_idx ON pgqueue_workflow_deps (job_id);
+
+-- One row per dependency the first time it finished (with why it failed, NULL when it completed):
+-- what makes counting idempotent. A dependency finishing again (retried by hand) finds its row
+-- and counts nothing; one row per finished job, however many jobs wait for it, where marking
+-- each edge would write 10,000 rows for the root of a 10,000-way fan-out.
+CREATE TABLE pgqueue_workflow_resolved (
+    -- no foreign key: the delete trigger below removes a job's row after reading it
+    dep_id      bigint      PRIMARY KEY,
+    failure     text,
+    resolved_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE pgqueue_workflow_resolved IS 'pgqueue workflow dependencies that finished (managed by pgqueue migrations)';
 
 -- One row per waiting job: what it still waits for.
 CREATE TABLE pgqueue_workflow_waits (
@@ -151,11 +161,14 @@ END
 $$;
 
 -- Count finished dependencies (ids, with why each failed, NULL when it completed) on their
--- dependents, once per edge, then release the dependents nothing holds any more. Set-based: a
+-- dependents, the first time each finishes only, then release the dependents nothing holds any more. Set-based: a
 -- statement that finishes a hundred dependencies of one job updates that job's waits row once.
 -- The `= ANY` conditions keep both updates on their primary keys whatever the planner estimates.
 -- No nested loops, as in pgqueue_workflow_release.
-CREATE FUNCTION pgqueue_workflow_resolve(ids bigint[], failures text[]) RETURNS void
+--
+-- `remember` false is for deleted jobs: they can't finish again, and their row would outlive them;
+-- one that had finished before (then retried, then deleted) was counted then and counts nothing.
+CREATE FUNCTION pgqueue_workflow_resolve(ids bigint[], failures text[], remember boolean) RETURNS void
 LANGUAGE plpgsql SET search_path FROM CURRENT SET enable_nestloop = off AS $$
 DECLARE
     dependents bigint[];
@@ -164,17 +177,27 @@ DECLARE
     reasons text[];
     ready bigint[];
 BEGIN
-    WITH resolved AS (
-        UPDATE pgqueue_workflow_deps AS d
-        SET resolved = true
-        WHERE d.dep_id = ANY (ids) AND NOT d.resolved
-        RETURNING d.job_id, d.dep_id
+    WITH recorded AS (
+        INSERT INTO pgqueue_workflow_resolved (dep_id, failure)
+        SELECT f.id, f.failure FROM unnest(ids, failures) AS f(id, failure)
+        WHERE remember
+        ON CONFLICT (dep_id) DO NOTHING
+        RETURNING dep_id, failure
+    ),
+    fresh AS (
+        SELECT dep_id, failure FROM recorded
+        UNION ALL
+        SELECT f.id, f.failure
+        FROM unnest(ids, failures) AS f(id, failure)
+        WHERE NOT remember
+          AND NOT EXISTS (SELECT 1 FROM pgqueue_workflow_resolved AS r WHERE r.dep_id = f.id)
     ),
     per_job AS (
-        SELECT r.job_id, count(*) AS n, count(f.failure) AS failed, max(f.failure) AS reason
-        FROM resolved AS r
-        JOIN unnest(ids, failures) AS f(id, failure) ON f.id = r.dep_id
-        GROUP BY r.job_id
+        SELECT d.job_id, count(*) AS n, count(f.failure) AS failed, max(f.failure) AS reason
+        FROM pgqueue_workflow_deps AS d
+        JOIN fresh AS f ON f.dep_id = d.dep_id
+        WHERE d.dep_id = ANY (ids)
+        GROUP BY d.job_id
     )
     SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
            array_agg(failed ORDER BY job_id), array_agg(reason ORDER BY job_id)
@@ -205,7 +228,7 @@ $$;
 
 -- After every UPDATE of jobs, once per statement: the jobs it left in a final state that some job
 -- depends on. A statement of jobs nobody depends on (nearly all of them) costs one pass over its
--- transition table. A job finishing again (retried by hand) finds its edges resolved already.
+-- transition table. A job finishing again (retried by hand) is resolved already and counts nothing.
 CREATE FUNCTION pgqueue_workflow_finished() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
@@ -219,14 +242,14 @@ BEGIN
     FROM pgqueue_updated_jobs AS n
     WHERE n.has_dependents AND n.state IN ('completed', 'cancelled', 'discarded');
     IF ids IS NOT NULL THEN
-        PERFORM pgqueue_workflow_resolve(ids, failures);
+        PERFORM pgqueue_workflow_resolve(ids, failures, true);
     END IF;
     RETURN NULL;
 END
 $$;
 
 -- After every DELETE of jobs: a dependency deleted before it finished counts as failed, so its
--- dependents never wait for ever.
+-- dependents never wait for ever; a deleted dependency's resolved row goes with it.
 CREATE FUNCTION pgqueue_workflow_deleted() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
@@ -239,8 +262,10 @@ BEGIN
     FROM pgqueue_deleted_jobs AS o
     WHERE o.has_dependents AND o.state NOT IN ('completed', 'cancelled', 'discarded');
     IF ids IS NOT NULL THEN
-        PERFORM pgqueue_workflow_resolve(ids, failures);
+        PERFORM pgqueue_workflow_resolve(ids, failures, false);
     END IF;
+    DELETE FROM pgqueue_workflow_resolved
+    WHERE dep_id = ANY (ARRAY(SELECT o.id FROM pgqueue_deleted_jobs AS o WHERE o.has_dependents));
     RETURN NULL;
 END
 $$;

@@ -302,7 +302,7 @@ def test_a_retried_or_rescued_dependency_never_releases_its_dependents_twice(
     drain_queue(dsn, "alpha", schema=schema, with_recursion=True)
     assert _row(conn, schema, jobs["b"].id, "state::text, attempt") == ("completed", 1)
 
-    # Run a again by hand: its edge is already resolved, so b is left alone.
+    # Run a again by hand: it was resolved when it first finished, so b is left alone.
     pgqueue.retry_job(conn, jobs["a"].id, schema=schema)
     conn.commit()
     drain_queue(dsn, "alpha", schema=schema, with_recursion=True)
@@ -323,6 +323,36 @@ def test_deleting_an_unfinished_dependency_cancels_its_dependents(
     conn.commit()
 
     assert _state(conn, schema, jobs["b"].id) == "cancelled"
+
+
+def test_a_dependency_finished_retried_then_deleted_is_not_counted_twice(
+    conn: psycopg.Connection[Any], schema: str, dsn: str
+) -> None:
+    flow = pgqueue.Workflow()
+    a = flow.add("a", Outcomes.new({}))
+    other = flow.add("other", Outcomes.new({}))
+    flow.add("b", Outcomes.new({}), deps=[a, other])
+    jobs = pgqueue.insert_workflow(conn, flow, schema=schema)
+    conn.commit()
+    _claim(conn, schema)
+    _ack(conn, schema, [Ack(jobs["a"].id, 1, JobState.COMPLETED)])
+    pgqueue.retry_job(conn, jobs["a"].id, schema=schema)
+    conn.commit()
+
+    pgqueue.delete_job(conn, jobs["a"].id, schema=schema)
+    conn.commit()
+
+    # a counted once, when it completed: b still waits for `other` only, and runs after it
+    assert _state(conn, schema, jobs["b"].id) == "scheduled"
+    _ack(conn, schema, [Ack(jobs["other"].id, 1, JobState.COMPLETED)])
+    assert _state(conn, schema, jobs["b"].id) == "available"
+    resolved = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE dep_id = %s").format(
+            sql.Identifier(schema, "pgqueue_workflow_resolved")
+        ),
+        (jobs["a"].id,),
+    ).fetchone()
+    assert resolved == (0,)
 
 
 def test_not_before_schedules_the_step_once_its_dependencies_finish(
