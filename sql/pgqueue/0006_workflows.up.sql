@@ -210,7 +210,9 @@ BEGIN
     -- dependent at once serialise here, and exactly one of them brings it to zero.
     WITH counted AS (
         UPDATE pgqueue_workflow_waits AS w
-        SET pending = w.pending - c.n,
+        -- never below zero: a count gone wrong must not fail the statement that finished the
+        -- dependency (an ack batch, a rescue), and every job in it with it
+        SET pending = greatest(w.pending - c.n, 0),
             failed_deps = w.failed_deps + c.failed,
             failed_reason = coalesce(c.reason, w.failed_reason)
         FROM unnest(dependents, resolved_counts, failed_counts, reasons) AS c(job_id, n, failed, reason)
