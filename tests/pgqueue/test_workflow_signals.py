@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import pgqueue
 from pgqueue.store import queries_for
 from pgqueue.testing import drain_queue
 from pgqueue.workflow import PARKED
+from tests.helpers import wait_until
 
 from .workers import Outcomes
 
@@ -177,3 +179,35 @@ async def test_asignal_releases_a_step_inserted_by_ainsert_workflow(
     assert deps == []
     job = await pgqueue.aget_job(aconn, jobs["ship"].id, schema=schema)
     assert job.state == "available"
+
+
+def test_a_signal_sent_while_a_waiting_step_is_being_inserted_is_not_missed(
+    conn: psycopg.Connection[Any], schema: str, dsn: str
+) -> None:
+    with psycopg.connect(dsn) as inserting, psycopg.connect(dsn) as signalling:
+        jobs = pgqueue.insert_workflow(inserting, _approval(), schema=schema)
+        # The signal waits for the insert, which holds the name's lock, then finds its wait.
+        result: list[int] = []
+        thread = threading.Thread(
+            target=lambda: (
+                result.append(pgqueue.signal(signalling, "approved:7", schema=schema)),
+                signalling.commit(),
+            ),
+            daemon=True,
+        )
+        thread.start()
+        wait_until(lambda: _waiting_on_lock(conn, signalling), message="the signal never waited")
+        inserting.commit()
+        thread.join(10)
+        assert not thread.is_alive()
+
+    assert result == [1]
+    assert _state(conn, schema, jobs["ship"].id)[0] == "available"
+
+
+def _waiting_on_lock(conn: psycopg.Connection[Any], other: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (other.info.backend_pid,)
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])

@@ -310,6 +310,26 @@ def test_a_retried_or_rescued_dependency_never_releases_its_dependents_twice(
     assert _row(conn, schema, jobs["b"].id, "state::text, attempt") == ("completed", 1)
 
 
+def test_a_dependency_the_lifeline_discards_cancels_its_dependents(
+    conn: psycopg.Connection[Any], schema: str
+) -> None:
+    flow = pgqueue.Workflow()
+    a = flow.add("a", Outcomes.new({}, max_attempts=1))
+    flow.add("b", Outcomes.new({}), deps=[a])
+    jobs = pgqueue.insert_workflow(conn, flow, schema=schema)
+    conn.commit()
+    _claim(conn, schema)
+
+    # Its node stopped heartbeating on its last attempt: the rescue discards it.
+    conn.execute(
+        queries_for(schema).rescue_jobs, {"window": 0, "rescue_after": 0, "limit": 10, "channel": "x"}
+    )
+    conn.commit()
+
+    assert _state(conn, schema, jobs["a"].id) == "discarded"
+    assert _state(conn, schema, jobs["b"].id) == "cancelled"
+
+
 def test_deleting_an_unfinished_dependency_cancels_its_dependents(
     conn: psycopg.Connection[Any], schema: str
 ) -> None:
