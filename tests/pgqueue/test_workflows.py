@@ -463,3 +463,21 @@ async def test_async_insert_runs_in_the_callers_transaction(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "pgqueue_workflow_deps"))
     )
     assert await cur.fetchone() == (0,)
+
+
+def test_a_workflow_inserted_through_a_sqlalchemy_session_commits_with_it(
+    sa_session: Any, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    flow = pgqueue.Workflow()
+    a = flow.add("a", Outcomes.new({}))
+    flow.add("b", Outcomes.new({}), deps=[a])
+    jobs = pgqueue.insert_workflow(sa_session, flow, schema=schema)
+    assert _count_jobs(conn, schema) == 0  # not visible before the session commits
+    conn.commit()
+
+    sa_session.commit()
+
+    assert _count_jobs(conn, schema) == 2
+    assert _state(conn, schema, jobs["b"].id) == "scheduled"
+    assert pgqueue.signal(sa_session, "unused", schema=schema) == 0
+    sa_session.commit()
