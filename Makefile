@@ -59,6 +59,7 @@ bench: setup
 	$(PY) -m benchmarks.processes $(if $(FULL),--full,)
 	$(PY) -m benchmarks.web $(if $(FULL),--full,)
 	$(PY) -m benchmarks.flow $(if $(FULL),--full,)
+	$(PY) -m benchmarks.workflows $(if $(FULL),--full,)
 
 lint: setup
 	$(PY) -m ruff check .

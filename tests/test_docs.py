@@ -122,6 +122,25 @@ def test_the_all_in_one_first_job_runs_to_completed(fresh_database: str, tmp_pat
     assert final.startswith("completed 1 ")
 
 
+def test_the_workflow_example_runs_its_steps_in_order_and_releases_on_the_signal(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "workflow.py"
+    script.write_text(_block("queue/workflows.md", "asyncio.run(main())"))
+    env = {**os.environ, "DATABASE_URL": fresh_database}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "fetch 7"
+    assert sorted(lines[1:4]) == ["resize 1024", "resize 256", "resize 64"]
+    assert lines[4:] == [
+        "publish, approved by ada",
+        "publish ran after ['resize-1024', 'resize-256', 'resize-64'] completed",
+    ]
+
+
 def test_the_custom_adapter_example_delivers_and_explains(fresh_database: str) -> None:
     from chimeway.explain import explain_delivery
     from chimeway.migrations import migrate_all

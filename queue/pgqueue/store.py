@@ -15,6 +15,12 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{queues}``     the queues declared in the database
 ``{limit_state}`` the per-queue (and per-partition) admission state of limited queues
 ``{cron}``       the cron entries declared in the database
+``{workflow_deps}``    workflow dependency edges (job waits for dep)
+``{workflow_waits}``   what each waiting job still waits for
+``{workflow_resolved}`` dependencies that finished, counted once
+``{workflow_signals}`` signals sent, kept for jobs that wait for them later
+``{workflow_release}`` the function that moves waiting jobs on (see sql/pgqueue/0006)
+``{signal_function}``  the function that sends a signal
 =============== ==============================================
 
 A ``*.part.sql`` file is a fragment shared by several statements: ``{acks_part}`` in a statement is
@@ -143,6 +149,12 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         batches=sql.Identifier(schema, "pgqueue_batches"),
         results_channel=sql.Literal(channel_name(schema, "result")),
         insert_channel=sql.Literal(channel_name(schema, "insert")),
+        workflow_deps=sql.Identifier(schema, "pgqueue_workflow_deps"),
+        workflow_waits=sql.Identifier(schema, "pgqueue_workflow_waits"),
+        workflow_resolved=sql.Identifier(schema, "pgqueue_workflow_resolved"),
+        workflow_signals=sql.Identifier(schema, "pgqueue_workflow_signals"),
+        workflow_release=sql.Identifier(schema, "pgqueue_workflow_release"),
+        signal_function=sql.Identifier(schema, "pgqueue_signal"),
         **extra,
     )
     return composed.as_string(None)

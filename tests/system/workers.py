@@ -5,12 +5,24 @@ Each records its completed executions (see :mod:`chaos.recording`, shared with t
 
 from __future__ import annotations
 
+import os
 import time
+
+import psycopg
+from psycopg import sql
 
 import pgqueue
 from chaos.recording import DSN_VARIABLE, EXECUTIONS_DDL, SCHEMA_VARIABLE, Recorded, record_execution
 
-__all__ = ["DSN_VARIABLE", "EXECUTIONS_DDL", "SCHEMA_VARIABLE", "Record", "Sleep", "record_execution"]
+__all__ = [
+    "DSN_VARIABLE",
+    "EXECUTIONS_DDL",
+    "SCHEMA_VARIABLE",
+    "Record",
+    "Sleep",
+    "WorkflowStep",
+    "record_execution",
+]
 
 
 class Record(Recorded):
@@ -32,6 +44,29 @@ class Sleep(Recorded):
         if job.meta.get("rescued"):
             seconds = job.args.get("rescued_seconds", seconds)
         deadline = time.monotonic() + float(seconds)
+        while time.monotonic() < deadline:
+            if pgqueue.is_cancelled():
+                return
+            time.sleep(0.01)
+        record_execution(job)
+
+
+class WorkflowStep(Recorded):
+    """A workflow step: checks that every job it depends on has completed (recording each that
+    hasn't in ``early_runs``), sleeps ``args["seconds"]`` cooperatively, then records."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        schema = os.environ[SCHEMA_VARIABLE]
+        with psycopg.connect(os.environ[DSN_VARIABLE], autocommit=True, connect_timeout=5) as conn:
+            for dep in pgqueue.dependencies(conn, job, schema=schema):
+                if dep.state != "completed":
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} (job_id, dep_id, dep_state) VALUES (%s, %s, %s)").format(
+                            sql.Identifier(schema, "early_runs")
+                        ),
+                        (job.id, dep.id, dep.state),
+                    )
+        deadline = time.monotonic() + float(job.args["seconds"])
         while time.monotonic() < deadline:
             if pgqueue.is_cancelled():
                 return

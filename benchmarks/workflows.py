@@ -1,0 +1,224 @@
+"""Workflows: what dependencies cost a drain.
+
+One root job, N no-op jobs that each depend on it (the fan-out) and one job that depends on all N
+(the fan-in), drained by one ``python -m pgqueue start`` node at concurrency 100; against the
+same N + 2 no-op jobs inserted without dependencies, drained the same way. Rounds alternate
+between the two so both see the same machine. Throughput is jobs/s from the first start to the
+last completion, by the database clock (``attempted_at``, ``completed_at``); the workflow's ratio
+to the plain drain is the number to watch (target: at least 70 %).
+
+    python -m benchmarks.workflows [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import pgqueue
+from benchmarks.workflow_worker import Step
+from pgqueue.localdb import find_database
+from pgqueue.migrate import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCHEMA = "bench_workflows"
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    fan_out: int
+    rounds: int
+
+
+QUICK = Mode("quick", fan_out=10_000, rounds=2)
+FULL = Mode("full", fan_out=10_000, rounds=5)
+
+
+def _q(name: str) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, name)
+
+
+def _reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    with psycopg.connect(dsn) as conn:
+        migrate(conn, SCHEMA)
+
+
+def _node(dsn: str, folder: Path) -> subprocess.Popen[bytes]:
+    config = folder / "node.toml"
+    config.write_text(
+        f'schema = "{SCHEMA}"\nnode = "bench"\nworkers = ["benchmarks.workflow_worker"]\n'
+        "shutdown_grace = 1\n[queues]\nbench = { limit = 100 }\n"
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgqueue", "start", "--config", str(config), "--log-level", "warning"],
+        cwd=REPOSITORY,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _insert(conn: psycopg.Connection[Any], fan_out: int, workflow: bool) -> None:
+    if not workflow:
+        pgqueue.insert_all(conn, [Step.new({"i": i}) for i in range(fan_out + 2)], schema=SCHEMA)
+        return
+    flow = pgqueue.Workflow("bench")
+    root = flow.add("root", Step.new({"i": 0}))
+    parts = [flow.add(f"part-{i}", Step.new({"i": i}), deps=[root]) for i in range(fan_out)]
+    flow.add("join", Step.new({"i": fan_out + 1}), deps=parts)
+    pgqueue.insert_workflow(conn, flow, schema=SCHEMA)
+
+
+_TRIGGERS = ("jobs_workflow_finished", "jobs_workflow_deleted")
+
+
+def _set_triggers(conn: psycopg.Connection[Any], enabled: bool) -> None:
+    action = sql.SQL("ENABLE" if enabled else "DISABLE")
+    for name in _TRIGGERS:
+        conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(_q("jobs"), action, sql.Identifier(name)))
+
+
+def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path, triggers: bool = True) -> dict[str, float]:
+    total = fan_out + 2
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(_q("jobs")))
+        conn.execute(sql.SQL("TRUNCATE {}").format(_q("pgqueue_workflow_deps")))
+        _set_triggers(conn, triggers)
+        started = time.perf_counter()
+        with conn.transaction():
+            _insert(conn, fan_out, workflow)
+        insert_s = time.perf_counter() - started
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(_q("jobs")))
+        node = _node(dsn, folder)
+        try:
+            done = sql.SQL("SELECT count(*) FROM {} WHERE state = 'completed'").format(_q("jobs"))
+            deadline = time.monotonic() + 600
+            while (row := conn.execute(done).fetchone()) is None or row[0] < total:
+                if node.poll() is not None:
+                    error = node.stderr.read().decode()[-800:] if node.stderr else ""
+                    raise RuntimeError(f"the node exited: {error}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not drained within 600 s ({row})")
+                time.sleep(0.05)
+        finally:
+            node.terminate()
+            node.wait(30)
+            _set_triggers(conn, True)
+        row = conn.execute(
+            sql.SQL("SELECT extract(epoch FROM max(completed_at) - min(attempted_at)) FROM {}").format(
+                _q("jobs")
+            )
+        ).fetchone()
+        if workflow:
+            order = conn.execute(
+                sql.SQL(
+                    "SELECT (SELECT attempted_at FROM {j} WHERE meta -> 'workflow' ->> 'step' = 'join') >= "
+                    "(SELECT max(completed_at) FROM {j} WHERE meta -> 'workflow' ->> 'step' <> 'join')"
+                ).format(j=_q("jobs"))
+            ).fetchone()
+            if not order or not order[0]:
+                raise RuntimeError("the join started before every part had completed")
+    assert row is not None
+    return {"jobs_per_s": total / float(row[0]), "insert_s": insert_s}
+
+
+def run(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    rates: dict[str, list[float]] = {"plain": [], "plain_no_triggers": [], "workflow": []}
+    inserts: dict[str, list[float]] = {name: [] for name in rates}
+    for round_ in range(mode.rounds):
+        for name in rates:
+            measured = _drain(
+                dsn, mode.fan_out, name == "workflow", folder, triggers=name != "plain_no_triggers"
+            )
+            rates[name].append(measured["jobs_per_s"])
+            inserts[name].append(measured["insert_s"])
+        log(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} jobs/s" for k, v in rates.items()))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    return {
+        "jobs": mode.fan_out + 2,
+        "rounds": mode.rounds,
+        "jobs_per_s": rates,
+        "insert_s": inserts,
+        "median_jobs_per_s": medians,
+        "median_insert_s": {name: statistics.median(values) for name, values in inserts.items()},
+        "workflow_fraction_of_plain": medians["workflow"] / medians["plain"],
+        "plain_fraction_of_no_triggers": medians["plain"] / medians["plain_no_triggers"],
+    }
+
+
+def report(mode: Mode, result: dict[str, Any]) -> str:
+    med, ins = result["median_jobs_per_s"], result["median_insert_s"]
+    return "\n".join(
+        [
+            f"# Workflows ({mode.name} mode)",
+            "",
+            f"Run on {datetime.now(UTC).isoformat(timespec='seconds')}: 1 root, {mode.fan_out:,} steps "
+            f"depending on it, 1 step depending on all of them ({result['jobs']:,} no-op jobs), against "
+            f"the same jobs without dependencies; one `python -m pgqueue start` node at concurrency 100; "
+            f"median of {result['rounds']} alternating rounds; times from the database clock. "
+            "See `benchmarks/workflows.py`.",
+            "",
+            "| Jobs | jobs/s | of plain | insert (s) |",
+            "|---|---|---|---|",
+            f"| plain, no dependencies | {med['plain']:,.0f} | 100 % | {ins['plain']:.2f} |",
+            f"| plain, workflow triggers disabled | {med['plain_no_triggers']:,.0f} | "
+            f"{med['plain_no_triggers'] / med['plain']:.0%} | {ins['plain_no_triggers']:.2f} |",
+            f"| fan-out then fan-in workflow | {med['workflow']:,.0f} | "
+            f"{result['workflow_fraction_of_plain']:.0%} | {ins['workflow']:.2f} |",
+            "",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.workflows")
+    parser.add_argument("--full", action="store_true", help="full mode (default: quick)")
+    args = parser.parse_args(argv)
+    mode = FULL if args.full else QUICK
+    dsn = find_database().dsn
+
+    def log(message: str) -> None:
+        print(f"[workflows] {message}", file=sys.stderr, flush=True)
+
+    _reset(dsn)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(dsn, mode, Path(tmp), log)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    markdown = report(mode, result)
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"workflows-{stamp}-{mode.name}", f"workflows-latest-{mode.name}"):
+        (RESULTS / f"{name}.md").write_text(markdown)
+        (RESULTS / f"{name}.json").write_text(json.dumps({"mode": mode.name, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
