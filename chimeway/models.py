@@ -113,6 +113,13 @@ class Delivery(Base):
     planning_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     tenant_id: Mapped[str] = mapped_column(server_default="default")
     actor_id: Mapped[str] = mapped_column(server_default="system")
+    #: the template it is rendered with (key, version) and the data it is rendered from
+    render_key: Mapped[str | None]
+    render_version: Mapped[int | None] = mapped_column(Integer)
+    render_data: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
+    #: the journey run and step that emitted it (chimeway.journeys)
+    journey_run_id: Mapped[uuid.UUID | None]
+    journey_step: Mapped[int | None] = mapped_column(Integer)
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
