@@ -190,3 +190,39 @@ class PolicySettings(Base):
     cap_granted: Mapped[int] = mapped_column(Integer, server_default="0")
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+class JourneyRun(Base):
+    """One notification's way through its journey's steps; see :mod:`chimeway.journeys`."""
+
+    __tablename__ = "chimeway_journey_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Notification.id, ondelete="CASCADE"))
+    definition_id: Mapped[uuid.UUID]
+    recipient_identity: Mapped[str]
+    #: waiting, sending, completed or ended
+    state: Mapped[str]
+    current_step: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime | None]
+    #: step order (as text) → that step's outcome
+    outcomes: Mapped[dict[str, Any]]
+    terminal_reason: Mapped[str | None]
+    started_at: Mapped[datetime] = _created()
+    last_transition_at: Mapped[datetime] = _created()
+
+
+class JourneyTransition(Base):
+    """One move of a journey run. Rows are only ever inserted."""
+
+    __tablename__ = "chimeway_journey_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(JourneyRun.id, ondelete="CASCADE"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    delivery_id: Mapped[uuid.UUID | None]
+    from_state: Mapped[str | None]
+    to_state: Mapped[str]
+    reason: Mapped[str]
+    context: Mapped[dict[str, Any]]
+    inserted_at: Mapped[datetime] = _created()

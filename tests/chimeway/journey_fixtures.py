@@ -27,7 +27,9 @@ TEMPLATES = [
 
 
 @pytest.fixture
-def journey_dispatcher(sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter) -> Iterator[Dispatcher]:
+def journey_dispatcher(
+    sa_engine: Engine, dsn: str, schema: str, test_adapter: TestAdapter
+) -> Iterator[Dispatcher]:
     engine = sa_engine.execution_options(schema_translate_map={None: schema})
     configured = Dispatcher(
         dsn,
@@ -83,7 +85,10 @@ def sql(session: Session, statement: str) -> Any:
 
 def run_row(session: Session, run_id: uuid.UUID) -> tuple[Any, ...]:
     row = session.execute(
-        sql(session, "SELECT state, current_step, outcomes, terminal_reason FROM {s}.chimeway_journey_runs WHERE id = :id"),
+        sql(
+            session,
+            "SELECT state, current_step, outcomes, terminal_reason FROM {s}.chimeway_journey_runs WHERE id = :id",
+        ),
         {"id": run_id},
     ).one()
     return tuple(row)
@@ -94,7 +99,7 @@ def transitions(session: Session, run_id: uuid.UUID) -> list[tuple[Any, ...]]:
         sql(
             session,
             "SELECT step, from_state, to_state, reason FROM {s}.chimeway_journey_transitions "
-            "WHERE run_id = :id ORDER BY id"
+            "WHERE run_id = :id ORDER BY id",
         ),
         {"id": run_id},
     ).all()
@@ -106,14 +111,16 @@ def step_deliveries(session: Session, run_id: uuid.UUID) -> list[tuple[Any, ...]
         sql(
             session,
             "SELECT journey_step, channel, status, suppression_reason FROM {s}.chimeway_deliveries "
-            "WHERE journey_run_id = :id ORDER BY journey_step"
+            "WHERE journey_run_id = :id ORDER BY journey_step",
         ),
         {"id": run_id},
     ).all()
     return [tuple(r) for r in rows]
 
 
-def trigger(session: Session, journey_notifier: chimeway.Notifier, users: Sequence[str], **params: Any) -> Any:
+def trigger(
+    session: Session, journey_notifier: chimeway.Notifier, users: Sequence[str], **params: Any
+) -> Any:
     schema = schema_of(session)
     result = chimeway.trigger(
         session,

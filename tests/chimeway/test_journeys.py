@@ -80,7 +80,10 @@ def test_a_changed_definition_under_the_same_version_is_refused(new_session: Ses
     with new_session() as session:
         trigger(session, notifier(three_steps()), ["user:1"])
     changed = Journey("onboarding", 1, [Step(1, "in_app"), Step(2, "sms", delay=60)])
-    with new_session() as session, pytest.raises(JourneyError, match="give the changed journey a new version"):
+    with (
+        new_session() as session,
+        pytest.raises(JourneyError, match="give the changed journey a new version"),
+    ):
         trigger(session, notifier(changed), ["user:2"])
 
 
@@ -97,12 +100,25 @@ def test_a_three_step_journey_skips_the_step_whose_condition_fails(
     drain(dsn, schema)
     with new_session() as session:
         assert run_row(session, run_id) == (
-            "completed", 3, {"1": "delivered", "2": "skipped", "3": "delivered"}, "completed"
+            "completed",
+            3,
+            {"1": "delivered", "2": "skipped", "3": "delivered"},
+            "completed",
         )
-        assert step_deliveries(session, run_id) == [(1, "in_app", "succeeded", None), (3, "sms", "succeeded", None)]
+        assert step_deliveries(session, run_id) == [
+            (1, "in_app", "succeeded", None),
+            (3, "sms", "succeeded", None),
+        ]
         assert [t[3] for t in transitions(session, run_id)] == [
-            "started", "step_emitted", "step_settled", "waiting", "step_skipped", "waiting",
-            "step_emitted", "step_settled", "completed",
+            "started",
+            "step_emitted",
+            "step_settled",
+            "waiting",
+            "step_skipped",
+            "waiting",
+            "step_emitted",
+            "step_settled",
+            "completed",
         ]
     assert [c.delivery.channel for c in test_adapter.calls()] == ["in_app", "sms"]
 
@@ -117,7 +133,10 @@ def test_a_bounce_takes_the_branch_that_asks_for_it(
     drain(dsn, schema)
     with new_session() as session:
         assert run_row(session, run_id)[:3] == ("completed", 2, {"1": "bounced", "2": "delivered"})
-        assert step_deliveries(session, run_id) == [(1, "email", "cancelled", "bounced"), (2, "sms", "succeeded", None)]
+        assert step_deliveries(session, run_id) == [
+            (1, "email", "cancelled", "bounced"),
+            (2, "sms", "succeeded", None),
+        ]
 
 
 def test_a_temporary_failure_fires_early_while_the_step_still_retries(
@@ -130,7 +149,10 @@ def test_a_temporary_failure_fires_early_while_the_step_still_retries(
     drain(dsn, schema)  # the email's retry is scheduled, not drained
     with new_session() as session:
         assert run_row(session, run_id)[:3] == ("completed", 2, {"1": "temporary_failure", "2": "delivered"})
-        assert step_deliveries(session, run_id) == [(1, "email", "failed", None), (2, "sms", "succeeded", None)]
+        assert step_deliveries(session, run_id) == [
+            (1, "email", "failed", None),
+            (2, "sms", "succeeded", None),
+        ]
 
 
 def test_a_suppressed_step_settles_at_once_and_the_next_step_sees_it(
@@ -163,7 +185,10 @@ def test_a_step_waits_on_a_scheduled_job_then_a_read_notification_stops_the_run(
         assert run_row(session, run_id)[:2] == ("waiting", 2)
         # the wait is a scheduled job of the queue, an hour out
         (due,) = session.execute(
-            sql(session, "SELECT extract(epoch FROM scheduled_at - now()) FROM {s}.jobs WHERE state = 'scheduled'")
+            sql(
+                session,
+                "SELECT extract(epoch FROM scheduled_at - now()) FROM {s}.jobs WHERE state = 'scheduled'",
+            )
         ).one()
         assert 3500 < due <= 3600
         inbox.mark_read(session, "user:1", result.notification_ids[0])
@@ -183,7 +208,9 @@ def test_a_step_waits_on_a_scheduled_job_then_a_read_notification_stops_the_run(
 def test_a_signal_ends_a_waiting_run_and_its_scheduled_step_does_nothing(
     new_session: SessionFactory, dsn: str, schema: str, test_adapter: TestAdapter
 ) -> None:
-    journey = Journey("login", 1, [Step(1, "in_app"), Step(2, "email", delay=3600)], end_on=["user_logged_in"])
+    journey = Journey(
+        "login", 1, [Step(1, "in_app"), Step(2, "email", delay=3600)], end_on=["user_logged_in"]
+    )
     with new_session() as session:
         (run_id,) = trigger(session, notifier(journey, "login"), ["user:1"]).run_ids
         (other,) = trigger(session, notifier(journey, "login"), ["user:2"]).run_ids
@@ -215,7 +242,10 @@ def test_many_recipients_each_get_their_own_run_and_each_step_once(
         ).all()
         assert dict(counts) == {"completed": 30}
         (per_channel,) = session.execute(
-            sql(session, "SELECT count(DISTINCT (notification_id, channel)) = count(*) FROM {s}.chimeway_deliveries")
+            sql(
+                session,
+                "SELECT count(DISTINCT (notification_id, channel)) = count(*) FROM {s}.chimeway_deliveries",
+            )
         ).one()
         assert per_channel
     assert len(result.run_ids) == 30
@@ -232,7 +262,10 @@ def test_the_async_trigger_and_signal_twins(
         try:
             async with AsyncSession(engine) as session:
                 result = await chimeway.atrigger(
-                    session, notifier(journey, "twins"), {"users": ["user:1"]}, idempotency_key="k",
+                    session,
+                    notifier(journey, "twins"),
+                    {"users": ["user:1"]},
+                    idempotency_key="k",
                     queue_schema=schema,
                 )
                 await session.commit()
