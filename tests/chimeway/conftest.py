@@ -20,6 +20,8 @@ from chimeway.adapters import TestAdapter, resolve_adapter
 from chimeway.deliveries import AttemptOutcome
 from chimeway.models import Event, Notification
 
+from .journey_fixtures import journey_dispatcher  # noqa: F401  (a fixture of the journey tests)
+
 SessionFactory = Callable[..., Session]
 TelemetryEvent = tuple[tuple[str, ...], Mapping[str, int | float], Mapping[str, Any]]
 

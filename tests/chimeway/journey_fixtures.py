@@ -87,7 +87,8 @@ def run_row(session: Session, run_id: uuid.UUID) -> tuple[Any, ...]:
     row = session.execute(
         sql(
             session,
-            "SELECT state, current_step, outcomes, terminal_reason FROM {s}.chimeway_journey_runs WHERE id = :id",
+            "SELECT state, current_step, outcomes, terminal_reason "
+            "FROM {s}.chimeway_journey_runs WHERE id = :id",
         ),
         {"id": run_id},
     ).one()

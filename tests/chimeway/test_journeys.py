@@ -14,13 +14,11 @@ from chimeway import inbox
 from chimeway.adapters import Failed, TestAdapter
 from chimeway.journeys import Journey, JourneyError, Step, asignal, signal
 from chimeway.preferences import upsert_channel_preference
-
 from pgqueue.testing import drain_queue
 
 from .conftest import SessionFactory
 from .journey_fixtures import (
     drain,
-    journey_dispatcher,  # noqa: F401  (a fixture)
     notifier,
     run_row,
     sql,

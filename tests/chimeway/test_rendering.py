@@ -22,7 +22,6 @@ from .conftest import SessionFactory
 from .journey_fixtures import (
     TEMPLATES,
     drain,
-    journey_dispatcher,  # noqa: F401  (a fixture)
     notifier,
     sql,
     trigger,
