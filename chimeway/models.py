@@ -192,6 +192,22 @@ class PolicySettings(Base):
     updated_at: Mapped[datetime] = _updated()
 
 
+class JourneyDefinition(Base):
+    """A journey's steps, stored once per key and version; see :mod:`chimeway.journeys`."""
+
+    __tablename__ = "chimeway_journey_definitions"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    journey_key: Mapped[str]
+    journey_version: Mapped[int] = mapped_column(Integer)
+    notification_key: Mapped[str]
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    end_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    advance_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    stop_when_read: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    inserted_at: Mapped[datetime] = _created()
+
+
 class JourneyRun(Base):
     """One notification's way through its journey's steps; see :mod:`chimeway.journeys`."""
 
@@ -199,7 +215,7 @@ class JourneyRun(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Notification.id, ondelete="CASCADE"))
-    definition_id: Mapped[uuid.UUID]
+    definition_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(JourneyDefinition.id))
     recipient_identity: Mapped[str]
     #: waiting, sending, completed or ended
     state: Mapped[str]
