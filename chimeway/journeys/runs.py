@@ -9,7 +9,7 @@
   at; unmet → the step is ``skipped``; met → its delivery is planned (pending with a dispatch job,
   or suppressed at planning), in the same transaction;
 * ``sending`` → the step's delivery's outcome is read; not settled yet → nothing (the dispatch
-  job wakes the run again when it is); settled → the outcome is stored and the run moves on.
+  job moves the run when it is); settled → the outcome is stored and the run moves on.
 
 Moving on ends the run (``completed``) after the last step, stops it (``ended``, ``read``) when
 the notification was read and the journey stops when read, or waits for the next step: a

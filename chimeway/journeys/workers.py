@@ -4,9 +4,9 @@ jobs (:class:`JourneyDispatchWorker`), both on the dispatch queue, run by ``chim
 A step job carries only the run id and the step's order; it is scheduled for the end of the
 step's wait (a pgqueue scheduled job: nothing polls runs). A journey delivery's dispatch job is the
 dispatch worker's, plus the run and step: once its delivery has an outcome (or a first temporary
-failure) it inserts a step job that moves the run on. A worker killed after the delivery's record
-but before that insert leaves the dispatch job to the lifeline; its re-run finds the delivery ended
-and inserts it then.
+failure) it makes the run's next move itself. A worker killed after the delivery's record but
+before that move leaves the dispatch job to the lifeline; its re-run finds the delivery ended and
+makes the move then.
 """
 
 from __future__ import annotations
@@ -50,26 +50,26 @@ class JourneyWorker(pgqueue.Worker, queue=QUEUE, max_attempts=20, name="chimeway
 
 class JourneyDispatchWorker(DispatchWorker, name="chimeway.journeys.JourneyDispatchWorker"):
     """The dispatch job of a journey's delivery: performs it as :class:`DispatchWorker` does (no
-    paced hand-off), then wakes the run when the delivery has an outcome or failed for now."""
+    paced hand-off), then, when the delivery has an outcome or failed for now, moves the run on
+    itself (the move a step job would make, without a job's round trip through the queue)."""
 
     async def perform(self, job: pgqueue.Job) -> Any:
         dispatcher = current_dispatcher()
         result = await dispatcher.perform(job)
         ids = _ids(job.args)
         if ids is not None and (result is None or isinstance(result, pgqueue.Error)):
+            # Killed before this commits, the job is rescued and re-run: its delivery has ended, so
+            # the claim short-circuits and the move is made then.
             async with dispatcher.connection() as conn:
-                await pgqueue.ainsert(
-                    conn, step_job(ids[0], ids[1], 0.0, wake=job.attempt), schema=dispatcher.schema
+                await advance(
+                    conn, dispatcher.queries, ids[0], ids[1], queue_schema=dispatcher.schema, jobs=factories()
                 )
         return result
 
 
-def step_job(run_id: uuid.UUID, step: int, schedule_in: float, *, wake: int | None = None) -> pgqueue.NewJob:
-    """The job that moves run ``run_id`` for its step ``step``, ``schedule_in`` seconds from now.
-    ``wake`` marks a dispatch job's wake-up (by its attempt), for the record."""
+def step_job(run_id: uuid.UUID, step: int, schedule_in: float) -> pgqueue.NewJob:
+    """The job that moves run ``run_id`` for its step ``step``, ``schedule_in`` seconds from now."""
     args: dict[str, Any] = {"run_id": str(run_id), "step": step}
-    if wake is not None:
-        args["wake"] = wake
     if schedule_in > 0:
         return JourneyWorker.new(args, schedule_in=schedule_in)
     return JourneyWorker.new(args)
