@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from chimeway import dispatch, explain_delivery
 from chimeway.adapters import Failed, TestAdapter
+from chimeway.cli import _explanation_text
 from chimeway.dispatch import Dispatcher
 from chimeway.journeys import Journey, Step
 from chimeway.models import Delivery, DeliveryAttempt
@@ -153,6 +154,9 @@ def test_a_delivery_keeps_its_template_and_data_and_a_retry_renders_the_same(
         "completed",
     ]
     assert any(entry.event == "journey_step_emitted" for entry in explanation.timeline)
+    told = _explanation_text(explanation)  # what `python -m chimeway explain` prints
+    assert "rendered with template welcome v1" in told
+    assert "run completed / completed, outcomes {'1': 'delivered'}" in told
 
 
 @pytest.mark.parametrize(
