@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import chimeway
-from chimeway import inbox
+from chimeway import dispatch, inbox
 from chimeway.adapters import Failed, TestAdapter
 from chimeway.journeys import Journey, JourneyError, Step, asignal, signal
 from chimeway.preferences import upsert_channel_preference
+from chimeway.recovery import Recovery
 from pgqueue.testing import drain_queue
 
 from .conftest import SessionFactory
@@ -27,6 +28,7 @@ from .journey_fixtures import (
     transitions,
     trigger,
 )
+from .test_recovery import plugin_round
 
 pytestmark = pytest.mark.usefixtures("journey_dispatcher")
 
@@ -288,3 +290,34 @@ def test_a_trigger_refuses_an_unusable_wait_until_before_writing(new_session: Se
     journey = Journey("at", 1, [Step(1, "email", wait_until="send_at")])
     with new_session() as session, pytest.raises(JourneyError, match=r"params\['send_at'\].*got 'soon'"):
         trigger(session, notifier(journey, "at"), ["user:1"], send_at="soon")
+
+
+def test_a_stuck_journey_delivery_is_recovered_by_the_journey_dispatch_job_and_the_run_goes_on(
+    new_session: SessionFactory, dsn: str, schema: str
+) -> None:
+    journey = Journey("stuck", 1, [Step(1, "email"), Step(2, "sms")])
+    with new_session() as session:
+        (run_id,) = trigger(session, notifier(journey, "stuck"), ["user:1"]).run_ids
+    drain_queue(dsn, dispatch.QUEUE, schema=schema, with_limit=1)  # the first step is planned
+    # its worker died after the claim, and its job is gone: the delivery is stuck in dispatched
+    with new_session() as session:
+        session.execute(
+            sql(
+                session,
+                "UPDATE {s}.chimeway_deliveries "
+                "SET status = 'dispatched', updated_at = now() - interval '1 hour'",
+            )
+        )
+        session.execute(
+            sql(session, "DELETE FROM {s}.jobs WHERE worker = 'chimeway.journeys.JourneyDispatchWorker'")
+        )
+        session.commit()
+    assert plugin_round(dsn, schema, Recovery(stuck_after=1))["recovered_count"] == 1
+    with new_session() as session:
+        (worker,) = session.execute(
+            sql(session, "SELECT worker FROM {s}.jobs WHERE state = 'available'")
+        ).one()
+    assert worker == "chimeway.journeys.JourneyDispatchWorker"
+    drain(dsn, schema)
+    with new_session() as session:
+        assert run_row(session, run_id)[:3] == ("completed", 2, {"1": "delivered", "2": "delivered"})
