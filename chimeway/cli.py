@@ -141,8 +141,17 @@ def _explanation_text(story: Explanation) -> str:
         f"  event {story.event_id} ({story.notification_key})"
         + (f", correlation id {story.correlation_id}" if story.correlation_id else ""),
         f"  notification {story.notification_id} for {story.recipient} on channel {story.channel}",
-        "timeline:",
     ]
+    if story.render_key is not None:
+        lines.append(f"  rendered with template {story.render_key} v{story.render_version}")
+    if story.journey is not None:
+        run = story.journey
+        lines.append(
+            f"  journey run {run.run_id}, step {run.step}: run {run.state}"
+            + (f" / {run.terminal_reason}" if run.terminal_reason else "")
+            + f", outcomes {dict(run.outcomes)}"
+        )
+    lines.append("timeline:")
     for entry in story.timeline:
         detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items() if v is not None)
         lines.append(f"  {entry.at.isoformat()}  {entry.event}" + (f"  ({detail})" if detail else ""))

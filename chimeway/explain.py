@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .errors import DeliveryNotFound, InvalidValue
-from .models import Delivery, DeliveryAttempt, Event, Notification
+from .models import Delivery, DeliveryAttempt, Event, JourneyRun, JourneyTransition, Notification
 from .states import Reason
 
-__all__ = ["AttemptSummary", "Explanation", "TimelineEntry", "explain_delivery"]
+__all__ = ["AttemptSummary", "Explanation", "JourneyTrace", "TimelineEntry", "explain_delivery"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,20 @@ class TimelineEntry:
     at: datetime
     event: str
     detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyTrace:
+    """The journey run that emitted a delivery: where it stands and every move it made."""
+
+    run_id: uuid.UUID
+    step: int | None
+    state: str
+    current_step: int
+    outcomes: Mapping[str, Any]
+    terminal_reason: str | None
+    #: (at, step, from_state, to_state, reason, context), oldest first
+    transitions: tuple[tuple[datetime, int | None, str | None, str, str, Mapping[str, Any]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,11 @@ class Explanation:
     planning_context: Mapping[str, Any] | None = None
     #: when the recovery plugin re-drove it, and why (``recovered_at``, ``recovery_reason``, …)
     recovery: Mapping[str, Any] | None = None
+    #: the template it is rendered with (chimeway.rendering), fixed when it was planned
+    render_key: str | None = None
+    render_version: int | None = None
+    #: the journey run that emitted it, with its transition log (chimeway.journeys)
+    journey: JourneyTrace | None = None
 
     @property
     def last_attempt(self) -> AttemptSummary | None:
@@ -103,6 +122,21 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
         )
     )
     checkpoint = delivery.metadata_.get("policy_checkpoint")
+    journey = _journey(session, delivery)
+    timeline = _timeline(event, notification, delivery, attempts)
+    if journey is not None:
+        timeline = tuple(
+            sorted(
+                (
+                    *timeline,
+                    *(
+                        TimelineEntry(at, f"journey_{reason}", {"step": step, "to_state": to, **context})
+                        for at, step, _from, to, reason, context in journey.transitions
+                    ),
+                ),
+                key=lambda entry: entry.at,
+            )
+        )
     return Explanation(
         delivery_id=delivery.id,
         event_id=event.id,
@@ -115,13 +149,36 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
         suppression_reason=delivery.suppression_reason,
         policy_checkpoint=checkpoint if isinstance(checkpoint, str) else None,
         attempts=attempts,
-        timeline=_timeline(event, notification, delivery, attempts),
+        timeline=timeline,
         why=_why(delivery, checkpoint, attempts),
         orchestration_state=delivery.orchestration_state,
         next_eligible_at=delivery.next_eligible_at,
         planning_reason=delivery.planning_reason,
         planning_context=delivery.planning_context,
         recovery={k: v for k, v in delivery.metadata_.items() if k in _RECOVERY_KEYS} or None,
+        render_key=delivery.render_key,
+        render_version=delivery.render_version,
+        journey=journey,
+    )
+
+
+def _journey(session: Session, delivery: Delivery) -> JourneyTrace | None:
+    if delivery.journey_run_id is None:
+        return None
+    run = session.get(JourneyRun, delivery.journey_run_id, populate_existing=True)
+    if run is None:
+        return None
+    moves = session.scalars(
+        select(JourneyTransition).where(JourneyTransition.run_id == run.id).order_by(JourneyTransition.id)
+    )
+    return JourneyTrace(
+        run.id,
+        delivery.journey_step,
+        run.state,
+        run.current_step,
+        dict(run.outcomes),
+        run.terminal_reason,
+        tuple((m.inserted_at, m.step, m.from_state, m.to_state, m.reason, dict(m.context)) for m in moves),
     )
 
 

@@ -26,6 +26,9 @@ CHIMEWAY = MigrationSet.from_package(
         "chimeway_notification_preferences",
         "chimeway_category_preferences",
         "chimeway_policy_settings",
+        "chimeway_journey_definitions",
+        "chimeway_journey_runs",
+        "chimeway_journey_transitions",
     ),
 )
 

@@ -113,6 +113,13 @@ class Delivery(Base):
     planning_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     tenant_id: Mapped[str] = mapped_column(server_default="default")
     actor_id: Mapped[str] = mapped_column(server_default="system")
+    #: the template it is rendered with (key, version) and the data it is rendered from
+    render_key: Mapped[str | None]
+    render_version: Mapped[int | None] = mapped_column(Integer)
+    render_data: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
+    #: the journey run and step that emitted it (chimeway.journeys)
+    journey_run_id: Mapped[uuid.UUID | None]
+    journey_step: Mapped[int | None] = mapped_column(Integer)
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
@@ -183,3 +190,55 @@ class PolicySettings(Base):
     cap_granted: Mapped[int] = mapped_column(Integer, server_default="0")
     inserted_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
+
+
+class JourneyDefinition(Base):
+    """A journey's steps, stored once per key and version; see :mod:`chimeway.journeys`."""
+
+    __tablename__ = "chimeway_journey_definitions"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    journey_key: Mapped[str]
+    journey_version: Mapped[int] = mapped_column(Integer)
+    notification_key: Mapped[str]
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    end_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    advance_on: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    stop_when_read: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    inserted_at: Mapped[datetime] = _created()
+
+
+class JourneyRun(Base):
+    """One notification's way through its journey's steps; see :mod:`chimeway.journeys`."""
+
+    __tablename__ = "chimeway_journey_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Notification.id, ondelete="CASCADE"))
+    definition_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(JourneyDefinition.id))
+    recipient_identity: Mapped[str]
+    #: waiting, sending, completed or ended
+    state: Mapped[str]
+    current_step: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime | None]
+    #: step order (as text) → that step's outcome
+    outcomes: Mapped[dict[str, Any]]
+    terminal_reason: Mapped[str | None]
+    started_at: Mapped[datetime] = _created()
+    last_transition_at: Mapped[datetime] = _created()
+
+
+class JourneyTransition(Base):
+    """One move of a journey run. Rows are only ever inserted."""
+
+    __tablename__ = "chimeway_journey_transitions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(JourneyRun.id, ondelete="CASCADE"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    delivery_id: Mapped[uuid.UUID | None]
+    from_state: Mapped[str | None]
+    to_state: Mapped[str]
+    reason: Mapped[str]
+    context: Mapped[dict[str, Any]]
+    inserted_at: Mapped[datetime] = _created()

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .journeys.definition import Journey
 
 __all__ = ["Notifier", "Recipient"]
 
@@ -44,6 +47,9 @@ class Notifier:
     ``in_app``) sent only if the notification is still unread ``fallback_delay`` seconds later:
     their dispatch jobs are scheduled that far out, and a notification read by then suppresses
     them (``already_read``). Default: none.
+
+    ``journey`` (a :class:`chimeway.journeys.Journey`) replaces ``channels``: the notification goes
+    out step by step, one channel per step, instead of on every channel at once.
     """
 
     notification_key: str = ""
@@ -52,6 +58,8 @@ class Notifier:
     category: str | None = None
     #: seconds a delayed fallback channel waits for the notification to be read
     fallback_delay: float = 900.0
+    #: the steps its notifications go through (chimeway.journeys); None: every channel at once
+    journey: Journey | None = None
 
     def recipients(self, params: Mapping[str, Any]) -> Sequence[Recipient | str]:
         raise TypeError(f"{type(self).__name__} must define recipients(params)")

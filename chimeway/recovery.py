@@ -22,6 +22,7 @@ timeline. Like Elixir Chimeway's ``recover_delivery``, the new job has a fresh r
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from pgqueue.options import MAX_SECONDS
 from pgqueue.plugins import PluginContext
 
 from .dispatch import QUEUE, dispatch_job
+from .journeys.workers import journey_dispatch_job
 from .store import queries_for
 
 __all__ = ["Recovery"]
@@ -80,7 +82,10 @@ class Recovery:
             cursor = await conn.execute(
                 queries.recovery_stuck, {"stuck_after": float(self.stuck_after), "limit": int(self.limit)}
             )
-            stuck = [str(row[0]) for row in await cursor.fetchall()]
+            rows = await cursor.fetchall()
+            stuck = [str(row[0]) for row in rows]
+            # a journey's delivery is re-driven by its journey's dispatch job, which moves the run on
+            journeys = {str(row[0]): (row[1], row[2]) for row in rows if row[1] is not None}
             if not stuck:
                 return {"recovered_count": 0}
             cursor = await conn.execute(queries.recovery_jobs, {"queue": QUEUE, "ids": stuck})
@@ -91,7 +96,12 @@ class Recovery:
             if not orphans:
                 return {"recovered_count": 0}
             inserted = await pgqueue.ainsert_all(
-                conn, [dispatch_job(d) for d, _ in orphans], schema=ctx.schema
+                conn,
+                [
+                    journey_dispatch_job(uuid.UUID(d), *journeys[d]) if d in journeys else dispatch_job(d)
+                    for d, _ in orphans
+                ],
+                schema=ctx.schema,
             )
             # A job that finished less than a uniqueness period ago still holds the delivery's key:
             # no new job then, and nothing is stamped; a later round tries again.

@@ -22,6 +22,9 @@ schema-qualified identifiers via :mod:`psycopg.sql`:
 ``{quiet_until}``              ``chimeway_quiet_until`` (a function)
 ``{cap_grant}``                ``chimeway_cap_grant`` (a function)
 ``{cap_record}``               ``chimeway_cap_record`` (a function)
+``{journey_definitions}``      ``chimeway_journey_definitions``
+``{journey_runs}``             ``chimeway_journey_runs``
+``{journey_transitions}``      ``chimeway_journey_transitions``
 ``{jobs}``                     pgqueue's ``jobs``, in the queue's schema
 ============================== ===============================================
 
@@ -53,6 +56,9 @@ TABLES: dict[str, str] = {
     "notification_preferences": "chimeway_notification_preferences",
     "category_preferences": "chimeway_category_preferences",
     "policy_settings": "chimeway_policy_settings",
+    "journey_definitions": "chimeway_journey_definitions",
+    "journey_runs": "chimeway_journey_runs",
+    "journey_transitions": "chimeway_journey_transitions",
 }
 
 #: placeholder → function name, for every function of Chimeway's a statement may call

@@ -35,6 +35,8 @@ from pgqueue.targets import async_writer, sync_writer
 from . import telemetry
 from .dispatch import dispatch_job
 from .errors import ChimewayError
+from .journeys.definition import Journey
+from .journeys.start import Start, astart_runs, start_runs
 from .models import Event
 from .notifier import Notifier, Recipient
 from .planning import FanOut, UuidList
@@ -83,6 +85,8 @@ class TriggerResult:
     delivery_ids: Sequence[uuid.UUID] = ()
     suppressed: Mapping[uuid.UUID, str] = field(default_factory=lambda: MappingProxyType({}))
     job_ids: Sequence[int] = ()
+    #: a journey notifier's runs, one per notification in the same order (chimeway.journeys)
+    run_ids: Sequence[uuid.UUID] = ()
 
 
 def _check_text(value: object, what: str) -> str:
@@ -218,7 +222,17 @@ class _Call:
             )
         payload = json.loads(_json_text(params, "params"))
         delay = _fallback_delay(notifier.fallback_delay)
+        if notifier.journey is not None and not isinstance(notifier.journey, Journey):
+            raise TriggerError(
+                f"notifier.journey must be a chimeway.journeys.Journey, got {notifier.journey!r}"
+            )
+        if notifier.journey is not None:
+            Start(notifier.journey, notifier.notification_key, payload).first_due_in()  # a bad wait_until
         return cls(notifier, params, idempotency_key, correlation_id, payload, delay)
+
+    def journey_start(self) -> Start | None:
+        journey = self.notifier.journey
+        return None if journey is None else Start(journey, self.key, self.payload)
 
     @property
     def key(self) -> str:
@@ -249,6 +263,18 @@ class _Call:
         recipients = _normalize_recipients(_call("recipients", notifier.recipients, params))
         category = notifier.category or self.payload.get("category")
         channels = _Channels()
+        if notifier.journey is not None:
+            # the runs plan each step's delivery; the fan-out writes the notifications only
+            return FanOut(
+                event_id=event.id,
+                notification_key=self.key,
+                category=(category.strip() or None) if isinstance(category, str) else None,
+                correlation_id=self.correlation_id,
+                recipients=recipients,
+                content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
+                channels_of=lambda r: (),
+                job_template=dispatch_job(uuid.UUID(int=0)),
+            )
         return FanOut(
             event_id=event.id,
             notification_key=self.key,
@@ -270,7 +296,9 @@ class _Call:
             ("chimeway", "deliveries", "plan"), {"notification_key": self.key, "event_id": event.id}
         )
 
-    def result(self, event: Event, plan: FanOut, span: dict[str, Any]) -> TriggerResult:
+    def result(
+        self, event: Event, plan: FanOut, span: dict[str, Any], start: Start | None = None
+    ) -> TriggerResult:
         span.update(
             notifications=len(plan.notification_ids),
             deliveries=len(plan.delivery_ids),
@@ -285,6 +313,7 @@ class _Call:
             UuidList(plan.delivery_ids),
             MappingProxyType(dict(plan.suppressed())),
             plan.job_ids,
+            tuple(start.run_ids) if start is not None else (),
         )
 
 
@@ -425,9 +454,14 @@ def trigger(
     plan = call.fan_out(event)
     connection = session.connection()
     mapped = _mapped_schema(connection)
+    start = call.journey_start()
     with call.plan_span(event) as span, sync_writer(session) as writer:
-        _write(writer, connection.begin_nested, plan, _queries(writer, mapped), queue_schema, session)
-        return call.result(event, plan, span)
+        queries = _queries(writer, mapped)
+        _write(writer, connection.begin_nested, plan, queries, queue_schema, session)
+        if start is not None:
+            identities = [r.identity for r in plan.recipients]
+            start_runs(writer, queries, start, plan.notification_ids, identities, session, queue_schema)
+        return call.result(event, plan, span, start)
 
 
 async def atrigger(
@@ -453,8 +487,14 @@ async def atrigger(
     connection = await session.connection()
     assert connection.sync_connection is not None
     mapped = _mapped_schema(connection.sync_connection)
+    start = call.journey_start()
     with call.plan_span(event) as span:
         async with async_writer(session) as writer:
             queries = await _aqueries(writer, mapped)
             await _awrite(writer, connection.begin_nested, plan, queries, queue_schema, session)
-        return call.result(event, plan, span)
+            if start is not None:
+                identities = [r.identity for r in plan.recipients]
+                await astart_runs(
+                    writer, queries, start, plan.notification_ids, identities, session, queue_schema
+                )
+        return call.result(event, plan, span, start)

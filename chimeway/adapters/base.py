@@ -61,8 +61,13 @@ class DeliveryContext:
     attempt_number: int
     notification_key: str
     recipient_identity: str
-    #: the notification's rendered content, as the notifier built it for this recipient
+    #: the notification's rendered content, as the notifier built it for this recipient (with the
+    #: parts of the delivery's template merged in, when it names one: see chimeway.rendering)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: the template the delivery is rendered with, and the data it is rendered from
+    render_key: str | None = None
+    render_version: int | None = None
+    render_data: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:

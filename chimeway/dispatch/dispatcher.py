@@ -4,11 +4,12 @@ the two ways to send one — batched under the queue, or :meth:`Dispatcher.deliv
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ from ..adapters.base import classify
 from ..channel_limits import ChannelLimits
 from ..errors import ChimewayError, DeliveryNotFound
 from ..models import Delivery
+from ..rendering import RenderError, Templates
 from ..store import queries_for
 from . import records
 from .batcher import Batcher, Pending
@@ -61,6 +63,7 @@ class Dispatcher:
     ``synchronous_commit=True`` makes every claim and record wait for its WAL flush (by default
     they don't, like pgqueue's own claims and acks: a database crash may then re-send a delivery
     under the same idempotency key, as a worker crash does, but never lose one).
+    ``templates`` are the template versions deliveries may name (:mod:`chimeway.rendering`).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Dispatcher:
         record_delay: float = 0.002,
         synchronous_commit: bool = False,
         limits: Mapping[str, ChannelLimits] | None = None,
+        templates: Templates | None = None,
     ) -> None:
         if pool is None and not conninfo:
             raise ChimewayError("Dispatcher needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
@@ -105,6 +109,8 @@ class Dispatcher:
         self.synchronous_commit = synchronous_commit
         #: channel → the provider limits its deliveries are paced by (see chimeway.channel_limits)
         self.limits: dict[str, ChannelLimits] = dict(limits or {})
+        #: the template versions deliveries may name (see chimeway.rendering)
+        self.templates = templates if templates is not None else Templates()
         self._given_pool = pool
         self._prepared = {channel: self._prepare(route) for channel, route in self.routes.items()}
         self._default = self._prepare(self.default)
@@ -230,6 +236,11 @@ class Dispatcher:
         finally:
             await conn.close()
 
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection in autocommit to Chimeway's tables: from this loop's pool when the
+        dispatcher is open in it, else a new one (for work that rides on the dispatch queue)."""
+        return self._connection()
+
     # -- the batched path --------------------------------------------------------------------------
 
     async def perform(self, job: pgqueue.Job) -> Any:
@@ -277,7 +288,17 @@ class Dispatcher:
     async def call_adapter(
         self, route: Route, context: DeliveryContext, threads: anyio.CapacityLimiter
     ) -> object:
-        """One adapter call within its deadline; whatever it raises is a temporary failure."""
+        """One adapter call within its deadline; whatever it raises is a temporary failure.
+
+        A delivery that names a template is rendered first (in a worker thread, under the
+        template set's own budget): a render that fails is a permanent failure of that delivery,
+        recorded with the reason, and the adapter is not called.
+        """
+        if context.render_key is not None:
+            rendered = await anyio.to_thread.run_sync(self._render, context, limiter=threads)
+            if isinstance(rendered, Failed):
+                return rendered
+            context = rendered
         timer = asyncio.timeout(route.deadline)
         try:
             async with timer:
@@ -298,6 +319,17 @@ class Dispatcher:
         if inspect.iscoroutine(result):
             result.close()  # a sync deliver returned a coroutine: garbage, classified as such
         return result
+
+    def _render(self, context: DeliveryContext) -> DeliveryContext | Failed:
+        assert context.render_key is not None
+        assert context.render_version is not None
+        try:
+            rendered = self.templates.render(
+                context.render_key, context.render_version, context.channel, context.render_data
+            )
+        except RenderError as exc:
+            return Failed("permanent", {"error": "render_failed", "reason": exc.reason, "detail": exc.detail})
+        return dataclasses.replace(context, metadata={**context.metadata, **rendered.parts})
 
     # -- one at a time, without the queue ----------------------------------------------------------
 

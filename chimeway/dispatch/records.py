@@ -170,6 +170,16 @@ def _ready(row: tuple[Any, ...]) -> Claim:
         kind = "ready" if isinstance(metadata, dict) else "undecodable"
     except Exception:  # written by another client, nested deeper than a decoder follows
         metadata, kind = {}, "undecodable"
+    render_key, render_version, render_data = row[14:17] if len(row) > 16 else (None, None, None)
+    if render_key is not None:
+        try:
+            data = orjson.loads(render_data)
+        except Exception:
+            data = None
+        if not isinstance(data, dict):
+            render_data, kind = {}, "undecodable"
+        else:
+            render_data = data
     context = DeliveryContext(
         delivery_id=delivery_id,
         notification_id=notification_id,
@@ -178,6 +188,9 @@ def _ready(row: tuple[Any, ...]) -> Claim:
         notification_key=key,
         recipient_identity=recipient,
         metadata=metadata if kind == "ready" else {},
+        render_key=render_key,
+        render_version=render_version,
+        render_data=render_data if render_key is not None and kind == "ready" else {},
     )
     return Claim(kind, channel, context)
 

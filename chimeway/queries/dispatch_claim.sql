@@ -26,7 +26,8 @@
 -- The deliveries' UPDATE is a compare-and-set on the status and orchestration state this
 -- statement read (re-checked against the newest row version if a concurrent transaction changed
 -- it): a row it skips comes back with `moved` NULL and a status that may be stale, and the caller
--- re-reads it. The metadata comes back as text and is decoded row by row by the caller, so one row
+-- re-reads it. The template a delivery names (render_key, render_version, render_data) comes back
+-- for the caller to render before the send. The metadata comes back as text and is decoded row by row by the caller, so one row
 -- that can't be decoded fails its own delivery, not the batch.
 WITH wanted AS (
     SELECT DISTINCT unnest(%(ids)s::uuid[]) AS id
@@ -35,6 +36,7 @@ current AS (
     SELECT d.id, d.status, d.orchestration_state, d.next_eligible_at, d.delay_fallback,
            d.notification_id, d.channel, n.read_at IS NOT NULL AS read, n.recipient_identity,
            n.metadata::text AS content, e.notification_key,
+           d.render_key, d.render_version, d.render_data::text AS render_data,
            (SELECT count(*) FROM {attempts} AS a WHERE a.delivery_id = d.id) AS attempts,
            d.status IN ('pending', 'failed')
                AND (d.orchestration_state = 'ready'
@@ -148,6 +150,7 @@ moved AS (
 SELECT c.id, c.status, m.status AS moved, c.orchestration_state, c.delay_fallback AND c.read AS read,
        c.notification_id, c.channel, c.recipient_identity, c.content, c.notification_key, c.attempts,
        m.suppression_reason, m.orchestration_state AS moved_orchestration,
-       extract(epoch FROM coalesce(m.next_eligible_at, c.next_eligible_at) - now())::float8 AS wait
+       extract(epoch FROM coalesce(m.next_eligible_at, c.next_eligible_at) - now())::float8 AS wait,
+       c.render_key, c.render_version, c.render_data
 FROM current AS c
 LEFT JOIN moved AS m ON m.id = c.id

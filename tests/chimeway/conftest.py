@@ -21,6 +21,8 @@ from chimeway.deliveries import AttemptOutcome
 from chimeway.dispatch import ChannelRoute, Dispatcher
 from chimeway.models import Event, Notification
 
+from .journey_fixtures import journey_dispatcher  # noqa: F401  (a fixture of the journey tests)
+
 SessionFactory = Callable[..., Session]
 TelemetryEvent = tuple[tuple[str, ...], Mapping[str, int | float], Mapping[str, Any]]
 
