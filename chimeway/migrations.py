@@ -26,6 +26,9 @@ CHIMEWAY = MigrationSet.from_package(
         "chimeway_notification_preferences",
         "chimeway_category_preferences",
         "chimeway_policy_settings",
+        "chimeway_digest_rules",
+        "chimeway_digest_buckets",
+        "chimeway_digest_memberships",
     ),
 )
 

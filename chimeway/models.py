@@ -111,6 +111,8 @@ class Delivery(Base):
     #: why it was deferred ("quiet_hours") and the facts that decided it
     planning_reason: Mapped[str | None]
     planning_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    #: a ``digested`` delivery's digest: the delivery that carried it (chimeway.digests)
+    digest_delivery_id: Mapped[uuid.UUID | None]
     tenant_id: Mapped[str] = mapped_column(server_default="default")
     actor_id: Mapped[str] = mapped_column(server_default="system")
     inserted_at: Mapped[datetime] = _created()

@@ -22,6 +22,11 @@ schema-qualified identifiers via :mod:`psycopg.sql`:
 ``{quiet_until}``              ``chimeway_quiet_until`` (a function)
 ``{cap_grant}``                ``chimeway_cap_grant`` (a function)
 ``{cap_record}``               ``chimeway_cap_record`` (a function)
+``{digest_rules}``             ``chimeway_digest_rules``
+``{digest_buckets}``           ``chimeway_digest_buckets``
+``{digest_memberships}``       ``chimeway_digest_memberships``
+``{digest_window_end}``        ``chimeway_digest_window_end`` (a function)
+``{digest_window_start}``      ``chimeway_digest_window_start`` (a function)
 ``{jobs}``                     pgqueue's ``jobs``, in the queue's schema
 ============================== ===============================================
 
@@ -53,6 +58,9 @@ TABLES: dict[str, str] = {
     "notification_preferences": "chimeway_notification_preferences",
     "category_preferences": "chimeway_category_preferences",
     "policy_settings": "chimeway_policy_settings",
+    "digest_rules": "chimeway_digest_rules",
+    "digest_buckets": "chimeway_digest_buckets",
+    "digest_memberships": "chimeway_digest_memberships",
 }
 
 #: placeholder → function name, for every function of Chimeway's a statement may call
@@ -62,6 +70,8 @@ FUNCTIONS: dict[str, str] = {
     "quiet_until": "chimeway_quiet_until",
     "cap_grant": "chimeway_cap_grant",
     "cap_record": "chimeway_cap_record",
+    "digest_window_end": "chimeway_digest_window_end",
+    "digest_window_start": "chimeway_digest_window_start",
 }
 
 

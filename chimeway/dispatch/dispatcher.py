@@ -8,7 +8,7 @@ import inspect
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Final
 
@@ -215,6 +215,11 @@ class Dispatcher:
             # records; their jobs' acks came later and are lost with them, so each such job runs
             # again and re-sends under the same idempotency key, as after a worker crash.
             await conn.execute("SET synchronous_commit = off")
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection to Chimeway's database from this event loop's pool, for the other jobs of
+        the worker process (the digest flush)."""
+        return self._connection()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
