@@ -147,7 +147,11 @@ def _digest_entries(
         }
         entries.append(TimelineEntry(membership.held_at, "digest_held", detail))
     if emission is not None:
-        detail = {"rule": emission.rule_key, "bucket_id": emission.bucket_id, "members": len(emission.member_ids)}
+        detail = {
+            "rule": emission.rule_key,
+            "bucket_id": emission.bucket_id,
+            "members": len(emission.member_ids),
+        }
         entries.append(TimelineEntry(emission.emitted_at, "digest_emitted", detail))
     return tuple(entries)
 
@@ -156,7 +160,8 @@ def _digest_why(delivery: Delivery, membership: DigestMembership | None) -> str 
     if membership is None:
         return None
     if delivery.status == "digested":
-        return f"digested: carried by digest delivery {membership.digest_delivery_id} (rule {membership.rule_key!r})"
+        digest, rule = membership.digest_delivery_id, membership.rule_key
+        return f"digested: carried by digest delivery {digest} (rule {rule!r})"
     if delivery.status == "pending" and delivery.orchestration_state == "digest_held":
         until = membership.window_ends_at.isoformat()
         return f"held for digest rule {membership.rule_key!r} until its window ends at {until}"
@@ -235,7 +240,11 @@ def _timeline(
                     "suppression_reason": delivery.suppression_reason,
                     "policy_checkpoint": delivery.metadata_.get("policy_checkpoint"),
                     **({"delivery_cap": meta["delivery_cap"]} if "delivery_cap" in meta else {}),
-                    **({"digest_delivery_id": delivery.digest_delivery_id} if delivery.digest_delivery_id else {}),
+                    **(
+                        {"digest_delivery_id": delivery.digest_delivery_id}
+                        if delivery.digest_delivery_id
+                        else {}
+                    ),
                 },
             )
         )

@@ -24,7 +24,9 @@ __all__ = [
     "Reason",
 ]
 
-DeliveryStatus = Literal["pending", "dispatched", "succeeded", "failed", "suppressed", "cancelled", "digested"]
+DeliveryStatus = Literal[
+    "pending", "dispatched", "succeeded", "failed", "suppressed", "cancelled", "digested"
+]
 STATUSES: Final[tuple[DeliveryStatus, ...]] = (
     "pending",
     "dispatched",

@@ -60,7 +60,9 @@ def _text(field: str, value: object, *, optional: bool = False) -> str | None:
     if not isinstance(value, str) or not value.strip():
         raise DigestRuleError(field, f"must be a non-blank string, got {value!r}")
     if "\x00" in value or len(value.strip()) > _MAX_TEXT:
-        raise DigestRuleError(field, f"must be at most {_MAX_TEXT} characters without NUL, got {value[:40]!r}")
+        raise DigestRuleError(
+            field, f"must be at most {_MAX_TEXT} characters without NUL, got {value[:40]!r}"
+        )
     return value.strip()
 
 
@@ -114,9 +116,13 @@ class DigestRule:
                 raise DigestRuleError("time_zone", "applies only to a daily window (daily_at)")
             return
         if not isinstance(daily_at, str) or not _DAILY_AT.match(daily_at):
-            raise DigestRuleError("daily_at", f"must be a local time 'HH:MM' (00:00..23:59), got {daily_at!r}")
+            raise DigestRuleError(
+                "daily_at", f"must be a local time 'HH:MM' (00:00..23:59), got {daily_at!r}"
+            )
         if not isinstance(zone, str) or not zone.strip():
-            raise DigestRuleError("time_zone", f"must be an IANA time zone name for a daily window, got {zone!r}")
+            raise DigestRuleError(
+                "time_zone", f"must be an IANA time zone name for a daily window, got {zone!r}"
+            )
         try:
             zoneinfo.ZoneInfo(zone)
         except (ValueError, zoneinfo.ZoneInfoNotFoundError):

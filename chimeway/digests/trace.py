@@ -58,6 +58,8 @@ def digest_facts(
     membership = DigestMembership(*held[0]) if held else None
     emission = None
     if emitted:
-        *head, members = emitted[0]
-        emission = DigestEmission(*head, member_ids=tuple(members))
+        bucket_id, rule_key, grouping_value, starts, ends, emitted_at, members = emitted[0]
+        emission = DigestEmission(
+            bucket_id, rule_key, grouping_value, starts, ends, emitted_at, member_ids=tuple(members)
+        )
     return membership, emission

@@ -90,7 +90,11 @@ def test_a_worker_killed_mid_flush_leaves_every_bucket_emitted_exactly_once(
         define_rule(session, DigestRule("hourly", "email", "comment_posted", window_minutes=60))
         for n in range(COMMENTS):
             trigger(
-                session, Comment(), {"watchers": WATCHERS, "n": n}, idempotency_key=f"c{n}", queue_schema=schema
+                session,
+                Comment(),
+                {"watchers": WATCHERS, "n": n},
+                idempotency_key=f"c{n}",
+                queue_schema=schema,
             )
         session.commit()
     engine.dispose()

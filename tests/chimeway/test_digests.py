@@ -77,9 +77,7 @@ def close_windows(session: Session) -> None:
 
 
 def statuses(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(Delivery.status, Delivery.orchestration_state, Delivery.channel)
-    ).all()
+    rows = session.execute(select(Delivery.status, Delivery.orchestration_state, Delivery.channel)).all()
     counts: dict[str, int] = {}
     for status, orchestration, channel in rows:
         key = f"{channel}:{status}:{orchestration}"
@@ -126,7 +124,9 @@ def test_an_overlapping_rule_is_refused_and_the_first_rule_stays(new_session: Se
         category = email_rule(rule_key="social", match_notification_key=None, match_category="social")
         define_rule(session, category)
         with pytest.raises(DigestRuleError, match="match_category: another rule already holds 'social'"):
-            define_rule(session, email_rule(rule_key="social2", match_notification_key=None, match_category="social"))
+            define_rule(
+                session, email_rule(rule_key="social2", match_notification_key=None, match_category="social")
+            )
         session.commit()
         assert [r.rule_key for r in list_rules(session)] == ["comments-hourly", "social"]
 
@@ -162,7 +162,8 @@ def test_matching_deliveries_are_held_in_one_bucket_per_recipient_without_a_disp
         flushes = [j for j in jobs if j.worker == DigestFlushWorker.name]
         dispatches = {j.args["delivery_id"] for j in jobs if j.worker != DigestFlushWorker.name}
         # one flush job per bucket, scheduled at its window's end; dispatch jobs only for in_app
-        assert len(flushes) == 2 and all(j.state == "scheduled" for j in flushes)
+        assert len(flushes) == 2
+        assert all(j.state == "scheduled" for j in flushes)
         in_app = session.scalars(select(Delivery.id).where(Delivery.channel == "in_app")).all()
         assert dispatches == {str(d) for d in in_app}
         assert sum(len(r.job_ids) for r in results) == 6
@@ -248,7 +249,9 @@ def test_a_flush_emits_one_digest_per_bucket_and_marks_the_members_digested(
         with psycopg.connect(dsn, autocommit=True) as conn:
             # a window still open: nothing happens, and the caller learns how long to wait
             early = flush_window(conn, first, schema=schema)
-            assert (early.buckets, early.digests) == (0, 0) and early.wait is not None and early.wait > 0
+            assert (early.buckets, early.digests) == (0, 0)
+            assert early.wait is not None
+            assert early.wait > 0
             close_windows(session)
             done = flush_window(conn, first, schema=schema)
             again = flush_window(conn, first, schema=schema)
@@ -259,7 +262,8 @@ def test_a_flush_emits_one_digest_per_bucket_and_marks_the_members_digested(
         digests = session.scalars(
             select(Delivery).where(Delivery.metadata_["notification_key"].astext == DIGEST_KEY)
         ).all()
-        assert len(digests) == 2 and {d.status for d in digests} == {"pending"}
+        assert len(digests) == 2
+        assert {d.status for d in digests} == {"pending"}
         members = session.scalars(select(Delivery).where(Delivery.status == "digested")).all()
         assert len(members) == 6
         assert {m.digest_delivery_id for m in members} == {d.id for d in digests}
@@ -285,10 +289,13 @@ def test_explain_shows_a_members_bucket_and_digest_and_a_digests_members(
         comment(session, schema, 2, [1])
         session.commit()
         member_id = next(
-            d for d in result.delivery_ids if session.get(Delivery, d).channel == "email"  # type: ignore[union-attr]
+            d
+            for d in result.delivery_ids
+            if session.get(Delivery, d).channel == "email"  # type: ignore[union-attr]
         )
         held = explain_delivery(session, member_id)
-        assert held.digest_membership is not None and held.digest_membership.flush_state == "pending"
+        assert held.digest_membership is not None
+        assert held.digest_membership.flush_state == "pending"
         assert held.why.startswith("held for digest rule 'comments-hourly' until its window ends at")
         assert "digest_held" in [e.event for e in held.timeline]
 
@@ -306,7 +313,8 @@ def test_explain_shows_a_members_bucket_and_digest_and_a_digests_members(
         assert digest_id is not None
         digest = explain_delivery(session, digest_id)
         assert digest.notification_key == DIGEST_KEY
-        assert digest.digest is not None and len(digest.digest.member_ids) == 2
+        assert digest.digest is not None
+        assert len(digest.digest.member_ids) == 2
         assert member_id in digest.digest.member_ids
         assert "digest_emitted" in [e.event for e in digest.timeline]
 
@@ -335,7 +343,8 @@ def test_a_delivery_for_a_bucket_flushed_meanwhile_is_sent_at_once(
         session.commit()
         email = next(d for d in late.delivery_ids if session.get(Delivery, d).channel == "email")  # type: ignore[union-attr]
         row = session.get(Delivery, email)
-        assert row is not None and (row.status, row.orchestration_state) == ("pending", "ready")
+        assert row is not None
+        assert (row.status, row.orchestration_state) == ("pending", "ready")
         jobs = pgqueue.all_jobs(session, schema=schema, limit=100)
         assert str(email) in {j.args.get("delivery_id") for j in jobs}
 

@@ -94,7 +94,9 @@ def test_transition_to_an_unknown_status_names_the_valid_ones(
         deliveries.transition_status(sa_session, delivery, "archived")  # type: ignore[arg-type]
 
 
-def test_only_a_digest_flush_marks_a_delivery_digested(sa_session: Session, make_delivery: MakeDelivery) -> None:
+def test_only_a_digest_flush_marks_a_delivery_digested(
+    sa_session: Session, make_delivery: MakeDelivery
+) -> None:
     delivery = deliveries.get_delivery(sa_session, make_delivery())
 
     with pytest.raises(InvalidTransition, match="can't go from 'pending' to 'digested'"):
