@@ -37,7 +37,9 @@ __all__ = [
     "FLUSH_QUEUE",
     "DigestFlushWorker",
     "FlushResult",
+    "aclose_windows",
     "aflush_window",
+    "close_windows",
     "flush_job",
     "flush_window",
 ]
@@ -139,6 +141,27 @@ async def aflush_window(
         cursor = await conn.execute(queries.digest_bucket_state, {"bucket_id": bucket_id})
         return FlushResult(wait=_waiting(await cursor.fetchall()))
     return result
+
+
+def close_windows(
+    conn: psycopg.Connection[Any], rule_key: str, *, schema: str = "public", queue_schema: str | None = None
+) -> int:
+    """End every open window of the rule ``rule_key`` now, so its buckets are flushed at once (an
+    operator sending digests early); returns how many buckets it closed. Runs in ``conn``'s
+    transaction (autocommit: on its own)."""
+    queries = queries_for(schema, queue_schema)
+    row = conn.execute(queries.digest_close_windows, {"rule_key": rule_key, "queue": FLUSH_QUEUE}).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def aclose_windows(
+    conn: psycopg.AsyncConnection[Any], rule_key: str, *, schema: str = "public", queue_schema: str | None = None
+) -> int:
+    """The async twin of :func:`close_windows`."""
+    queries = queries_for(schema, queue_schema)
+    cursor = await conn.execute(queries.digest_close_windows, {"rule_key": rule_key, "queue": FLUSH_QUEUE})
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 class DigestFlushWorker(
