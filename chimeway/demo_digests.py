@@ -24,7 +24,13 @@ from .trigger import trigger
 __all__ = ["RULE", "UPDATES", "WATCHERS", "close_digest_windows", "show_digest", "trigger_updates"]
 
 WATCHERS = ("user:900", "user:901", "user:902")
-UPDATES = (("apollo", "Ada"), ("apollo", "Grace"), ("gemini", "Linus"), ("apollo", "Barbara"), ("gemini", "Ken"))
+UPDATES = (
+    ("apollo", "Ada"),
+    ("apollo", "Grace"),
+    ("gemini", "Linus"),
+    ("apollo", "Barbara"),
+    ("gemini", "Ken"),
+)
 RULE = DigestRule(
     "project-updates-daily",
     "email",

@@ -155,7 +155,11 @@ def close_windows(
 
 
 async def aclose_windows(
-    conn: psycopg.AsyncConnection[Any], rule_key: str, *, schema: str = "public", queue_schema: str | None = None
+    conn: psycopg.AsyncConnection[Any],
+    rule_key: str,
+    *,
+    schema: str = "public",
+    queue_schema: str | None = None,
 ) -> int:
     """The async twin of :func:`close_windows`."""
     queries = queries_for(schema, queue_schema)
