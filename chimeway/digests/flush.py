@@ -29,6 +29,7 @@ import psycopg
 import pgqueue
 
 from ..dispatch import current_dispatcher, dispatch_job
+from ..planning import time_ordered_ids
 from ..store import queries_for
 
 __all__ = [
@@ -72,6 +73,20 @@ def _params(bucket_id: uuid.UUID, chunk: int) -> dict[str, Any]:
     return {"bucket_id": bucket_id, "limit": chunk}
 
 
+def _emit_params(ids: list[Any]) -> dict[str, Any]:
+    """The locked buckets with the ids of the rows each may get: time-ordered, like a fan-out's,
+    so a chunk's new index entries land side by side."""
+    fresh = [uuid.UUID(int=i) for i in time_ordered_ids(3 * len(ids))]
+    count = len(ids)
+    return {
+        "ids": ids,
+        "event_ids": fresh[:count],
+        "notification_ids": fresh[count : 2 * count],
+        "digest_ids": fresh[2 * count :],
+        "digest_key": DIGEST_KEY,
+    }
+
+
 def _check_chunk(chunk: int) -> int:
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
@@ -103,7 +118,7 @@ def flush_window(
             ids = [row[0] for row in conn.execute(queries.digest_flush_lock, params).fetchall()]
             if not ids:
                 break
-            rows = conn.execute(queries.digest_flush_emit, {"ids": ids, "digest_key": DIGEST_KEY}).fetchall()
+            rows = conn.execute(queries.digest_flush_emit, _emit_params(ids)).fetchall()
             if rows:
                 pgqueue.insert_all(conn, [dispatch_job(row[0]) for row in rows], schema=jobs_schema)
         result = result.plus(len(ids), rows)
@@ -132,7 +147,7 @@ async def aflush_window(
             ids = [row[0] for row in await cursor.fetchall()]
             if not ids:
                 break
-            cursor = await conn.execute(queries.digest_flush_emit, {"ids": ids, "digest_key": DIGEST_KEY})
+            cursor = await conn.execute(queries.digest_flush_emit, _emit_params(ids))
             rows = await cursor.fetchall()
             if rows:
                 await pgqueue.ainsert_all(conn, [dispatch_job(row[0]) for row in rows], schema=jobs_schema)
