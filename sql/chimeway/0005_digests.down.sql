@@ -4,7 +4,7 @@
 -- Applied with search_path set to the target schema.
 DROP FUNCTION IF EXISTS chimeway_digest_window_start(text, integer, text, timestamptz);
 DROP FUNCTION IF EXISTS chimeway_digest_window_end(text, integer, integer, integer, text, timestamptz);
-ALTER TABLE chimeway_deliveries DROP CONSTRAINT IF EXISTS chimeway_deliveries_digested_names_digest;
+ALTER TABLE chimeway_deliveries DROP CONSTRAINT IF EXISTS chimeway_deliveries_digest_only_when_digested;
 UPDATE chimeway_deliveries SET status = 'cancelled', suppression_reason = 'digested' WHERE status = 'digested';
 UPDATE chimeway_deliveries SET orchestration_state = 'ready' WHERE orchestration_state = 'digest_held';
 ALTER TABLE chimeway_deliveries DROP CONSTRAINT chimeway_deliveries_orchestration_state_known;

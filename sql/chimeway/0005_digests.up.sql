@@ -102,8 +102,9 @@ ALTER TABLE chimeway_deliveries DROP CONSTRAINT chimeway_deliveries_orchestratio
 ALTER TABLE chimeway_deliveries ADD CONSTRAINT chimeway_deliveries_orchestration_state_known CHECK (
     orchestration_state IN ('ready', 'deferred', 'digest_held')
 );
-ALTER TABLE chimeway_deliveries ADD CONSTRAINT chimeway_deliveries_digested_names_digest CHECK (
-    (status = 'digested') = (digest_delivery_id IS NOT NULL)
+-- only a digested row names a digest (the name goes, SET NULL, if the digest's rows are pruned)
+ALTER TABLE chimeway_deliveries ADD CONSTRAINT chimeway_deliveries_digest_only_when_digested CHECK (
+    digest_delivery_id IS NULL OR status = 'digested'
 );
 
 -- The end of the window that `at` falls in: the next multiple of `minutes` since the epoch

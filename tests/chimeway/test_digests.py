@@ -396,3 +396,57 @@ def test_two_concurrent_flushers_emit_each_bucket_once(
             {"k": DIGEST_KEY},
         )
         assert digest_count == 300
+
+
+# --- windows and pruning -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "minutes", "hour", "zone", "at", "ends", "starts"),
+    [
+        # fixed windows are aligned on the epoch
+        ("fixed", 60, None, None, "2026-03-28 10:30Z", "2026-03-28 11:00Z", "2026-03-28 10:00Z"),
+        ("fixed", 15, None, None, "2026-03-28 10:45Z", "2026-03-28 11:00Z", "2026-03-28 10:45Z"),
+        # 09:00 in Paris, across the spring change (UTC+1 → UTC+2 on the night of the 29th)
+        ("daily", None, 9, "Europe/Paris", "2026-03-28 10:00Z", "2026-03-29 07:00Z", "2026-03-28 08:00Z"),
+        ("daily", None, 9, "Europe/Paris", "2026-03-28 07:59Z", "2026-03-28 08:00Z", "2026-03-27 08:00Z"),
+    ],
+)
+def test_a_window_ends_on_its_boundary_in_its_time_zone(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    kind: str,
+    minutes: int | None,
+    hour: int | None,
+    zone: str | None,
+    at: str,
+    ends: str,
+    starts: str,
+) -> None:
+    row = conn.execute(
+        f'SELECT "{schema}".chimeway_digest_window_end(%(k)s, %(m)s, %(h)s, 0, %(z)s, %(at)s::timestamptz),'
+        f' "{schema}".chimeway_digest_window_start(%(k)s, %(m)s, %(z)s,'
+        f' "{schema}".chimeway_digest_window_end(%(k)s, %(m)s, %(h)s, 0, %(z)s, %(at)s::timestamptz)),'
+        " %(ends)s::timestamptz, %(starts)s::timestamptz",
+        {"k": kind, "m": minutes, "h": hour, "z": zone, "at": at, "ends": ends, "starts": starts},
+    ).fetchone()
+    assert row is not None
+    assert (row[0], row[1]) == (row[2], row[3])
+
+
+def test_deleting_a_flushed_digests_event_keeps_its_members_digested(
+    new_session: SessionFactory, schema: str, dsn: str
+) -> None:
+    with new_session() as session:
+        define_rule(session, email_rule())
+        session.commit()
+        comment(session, schema, 1, [1])
+        session.commit()
+        close_windows(session)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            flush_window(conn, bucket_ids(session)[0], schema=schema)
+        # pruning old history: the digest's event goes, with its notification and delivery
+        session.execute(text("DELETE FROM chimeway_events WHERE notification_key = :k"), {"k": DIGEST_KEY})
+        session.commit()
+        member = session.scalars(select(Delivery).where(Delivery.channel == "email")).one()
+        assert (member.status, member.digest_delivery_id) == ("digested", None)
