@@ -240,7 +240,6 @@ class DigestMembership(Base):
         ForeignKey(Delivery.id, ondelete="CASCADE"), primary_key=True
     )
     bucket_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(DigestBucket.id, ondelete="CASCADE"))
-    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(Notification.id, ondelete="CASCADE"))
     inserted_at: Mapped[datetime] = _created()
     resolved_at: Mapped[datetime | None]
     digest_delivery_id: Mapped[uuid.UUID | None]

@@ -38,7 +38,6 @@ def _params(plan: FanOut, payload: Mapping[str, Any]) -> dict[str, Any]:
         "rules": [plan.held[p] for p in positions],
         "recipients": [r.identity for r in recipients],
         "types": [r.type for r in recipients],
-        "notifications": [uuid.UUID(int=plan.notification_ids[plan.pair_recipient[p]]) for p in positions],
         "channels": [plan.pair_channel[p] for p in positions],
         # the trigger's params, validated and redacted: a rule's group_by reads its value here
         "payload": json.dumps(payload),

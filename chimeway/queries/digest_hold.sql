@@ -9,14 +9,14 @@
 -- Returns ('flush', bucket id, window end) for each bucket this statement created (its flush job
 -- is the caller's to insert) and ('release', delivery id, NULL) for each delivery not held.
 WITH held AS (
-    SELECT h.delivery_id, h.rule_id, h.recipient, h.recipient_type, h.notification_id, h.channel,
+    SELECT h.delivery_id, h.rule_id, h.recipient, h.recipient_type, h.channel,
            r.rule_key, r.window_kind, r.window_minutes, r.boundary_time_zone,
            coalesce(%(payload)s::jsonb ->> r.group_by, '') AS grouping_value,
            {digest_window_end}(r.window_kind, r.window_minutes, r.boundary_hour, r.boundary_minute,
                                r.boundary_time_zone, now()) AS ends
     FROM unnest(%(deliveries)s::uuid[], %(rules)s::uuid[], %(recipients)s::text[], %(types)s::text[],
-                %(notifications)s::uuid[], %(channels)s::text[])
-        AS h (delivery_id, rule_id, recipient, recipient_type, notification_id, channel)
+                %(channels)s::text[])
+        AS h (delivery_id, rule_id, recipient, recipient_type, channel)
     JOIN {digest_rules} AS r ON r.id = h.rule_id
 ),
 buckets AS (
@@ -43,8 +43,8 @@ filed AS (
          = (h.rule_id, h.recipient, h.channel, h.grouping_value, h.ends)
 ),
 members AS (
-    INSERT INTO {digest_memberships} (delivery_id, bucket_id, notification_id)
-    SELECT delivery_id, bucket_id, notification_id FROM filed
+    INSERT INTO {digest_memberships} (delivery_id, bucket_id)
+    SELECT delivery_id, bucket_id FROM filed
     RETURNING delivery_id
 ),
 marked AS (

@@ -76,11 +76,14 @@ CREATE INDEX chimeway_digest_buckets_pending_idx
     ON chimeway_digest_buckets (rule_id, window_ends_at, recipient_id, channel, grouping_value)
     WHERE flush_state = 'pending';
 
+-- explain: the bucket a digest delivery was emitted for
+CREATE INDEX chimeway_digest_buckets_digest_delivery_idx ON chimeway_digest_buckets (digest_delivery_id)
+    WHERE digest_delivery_id IS NOT NULL;
+
 -- One per held delivery (so a delivery is in one bucket only), resolved when the bucket flushes.
 CREATE TABLE chimeway_digest_memberships (
     delivery_id        uuid        PRIMARY KEY REFERENCES chimeway_deliveries (id) ON DELETE CASCADE,
     bucket_id          uuid        NOT NULL REFERENCES chimeway_digest_buckets (id) ON DELETE CASCADE,
-    notification_id    uuid        NOT NULL REFERENCES chimeway_notifications (id) ON DELETE CASCADE,
     inserted_at        timestamptz NOT NULL DEFAULT now(),
     resolved_at        timestamptz,
     digest_delivery_id uuid
