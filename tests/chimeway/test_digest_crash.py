@@ -60,6 +60,15 @@ def counts(db: psycopg.Connection[Any]) -> dict[str, int]:
     return dict(zip(("emitted", "pending", "digests", "digested", "digest_events"), row, strict=True))
 
 
+def sent_digests(db: psycopg.Connection[Any]) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM chimeway_deliveries WHERE metadata ->> 'notification_key' = %s"
+        " AND status = 'succeeded'",
+        (DIGEST_KEY,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def waiting_flushers(db: psycopg.Connection[Any]) -> int:
     """Backends blocked on a lock in the flush's lock statement."""
     row = db.execute(
@@ -132,6 +141,8 @@ def test_a_worker_killed_mid_flush_leaves_every_bucket_emitted_exactly_once(
     worker = start_worker(dsn, config)
     try:
         wait_until(lambda: counts(db)["pending"] == 0, timeout=120)
+        # and the digests go out like any delivery (the channel falls back to the logger adapter)
+        wait_until(lambda: sent_digests(db) == WATCHERS, timeout=120)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
