@@ -11,13 +11,16 @@
 WITH held AS (
     SELECT h.delivery_id, h.rule_id, h.recipient, h.recipient_type, h.channel,
            r.rule_key, r.window_kind, r.window_minutes, r.boundary_time_zone,
-           coalesce(%(payload)s::jsonb ->> r.group_by, '') AS grouping_value,
+           -- a long value is cut and suffixed with its md5: an index entry has a size limit
+           CASE WHEN length(g.value) > 200 THEN left(g.value, 160) || '~' || md5(g.value)
+                ELSE coalesce(g.value, '') END AS grouping_value,
            {digest_window_end}(r.window_kind, r.window_minutes, r.boundary_hour, r.boundary_minute,
                                r.boundary_time_zone, now()) AS ends
     FROM unnest(%(deliveries)s::uuid[], %(rules)s::uuid[], %(recipients)s::text[], %(types)s::text[],
                 %(channels)s::text[])
         AS h (delivery_id, rule_id, recipient, recipient_type, channel)
     JOIN {digest_rules} AS r ON r.id = h.rule_id
+    CROSS JOIN LATERAL (SELECT %(payload)s::jsonb ->> r.group_by AS value) AS g
 ),
 buckets AS (
     INSERT INTO {digest_buckets} AS b (

@@ -450,3 +450,21 @@ def test_deleting_a_flushed_digests_event_keeps_its_members_digested(
         session.commit()
         member = session.scalars(select(Delivery).where(Delivery.channel == "email")).one()
         assert (member.status, member.digest_delivery_id) == ("digested", None)
+
+
+def test_a_huge_group_value_still_groups_without_failing_the_trigger(
+    new_session: SessionFactory, schema: str
+) -> None:
+    with new_session() as session:
+        define_rule(session, email_rule(group_by="project"))
+        session.commit()
+        huge = "x" * 50_000
+        comment(session, schema, 1, [1], project=huge)
+        comment(session, schema, 2, [1], project=huge)
+        comment(session, schema, 3, [1], project=huge + "y")
+        session.commit()
+        values = session.scalars(
+            text("SELECT grouping_value FROM chimeway_digest_buckets ORDER BY member_count DESC")
+        ).all()
+        assert len(values) == 2 and all(len(v) <= 200 for v in values)
+        assert values[0] != values[1]
