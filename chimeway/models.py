@@ -232,7 +232,7 @@ class DigestBucket(Base):
 
 
 class DigestMembership(Base):
-    """A held delivery's place in its bucket, and the digest delivery that carried it."""
+    """A held delivery's place in its bucket (what became of it is on the delivery and the bucket)."""
 
     __tablename__ = "chimeway_digest_memberships"
 
@@ -241,5 +241,3 @@ class DigestMembership(Base):
     )
     bucket_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(DigestBucket.id, ondelete="CASCADE"))
     inserted_at: Mapped[datetime] = _created()
-    resolved_at: Mapped[datetime | None]
-    digest_delivery_id: Mapped[uuid.UUID | None]

@@ -3,8 +3,8 @@
 -- event (idempotency key 'chimeway-digest:<bucket id>', so even a bypass of the lock could not
 -- emit a bucket twice), the recipient's notification whose metadata is the message (a title, a
 -- body of the members' titles, the members' contents as items) and a pending delivery on the
--- bucket's channel. Members still held become 'digested' pointing at it, their memberships are
--- resolved, and the bucket is 'emitted' (or 'empty' when no member was left to carry). Returns the
+-- bucket's channel. Members still held become 'digested' pointing at it, and the bucket is
+-- 'emitted' (or 'empty' when no member was left to carry). Returns the
 -- digest deliveries (the caller inserts their dispatch jobs in the same transaction).
 -- The new rows' ids come from the caller with the bucket ids (`plan`), and the members found once
 -- (`packed`) are written by primary key: every write reaches the tables through their indexes
@@ -72,12 +72,6 @@ digested AS (
     SET status = 'digested', digest_delivery_id = m.digest_id, updated_at = now()
     FROM members AS m
     WHERE d.id = m.delivery_id AND d.status = 'pending' AND d.orchestration_state = 'digest_held'
-),
-resolved AS (
-    UPDATE {digest_memberships} AS ms
-    SET resolved_at = now(), digest_delivery_id = m.digest_id
-    FROM members AS m
-    WHERE ms.delivery_id = m.delivery_id
 ),
 flushed AS (
     -- packed has one row per emitted bucket (at most a chunk): the left join is a short scan

@@ -80,13 +80,13 @@ CREATE INDEX chimeway_digest_buckets_pending_idx
 CREATE INDEX chimeway_digest_buckets_digest_delivery_idx ON chimeway_digest_buckets (digest_delivery_id)
     WHERE digest_delivery_id IS NOT NULL;
 
--- One per held delivery (so a delivery is in one bucket only), resolved when the bucket flushes.
+-- One per held delivery (so a delivery is in one bucket only). Written once: what became of the
+-- member is on its delivery (digested, digest_delivery_id) and its bucket (emitted_at), so the
+-- flush writes no membership row.
 CREATE TABLE chimeway_digest_memberships (
     delivery_id        uuid        PRIMARY KEY REFERENCES chimeway_deliveries (id) ON DELETE CASCADE,
     bucket_id          uuid        NOT NULL REFERENCES chimeway_digest_buckets (id) ON DELETE CASCADE,
-    inserted_at        timestamptz NOT NULL DEFAULT now(),
-    resolved_at        timestamptz,
-    digest_delivery_id uuid
+    inserted_at        timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE INDEX chimeway_digest_memberships_bucket_idx ON chimeway_digest_memberships (bucket_id);
