@@ -254,8 +254,8 @@ def main() -> int:
         closed = demo_digests.close_digest_windows(found.dsn, SCHEMA)
         print(
             f"- digest rule {rule.rule_key!r} holds {len(demo_digests.UPDATES) * len(demo_digests.WATCHERS)} "
-            f"project-update emails per watcher and project until {rule.daily_at} {rule.time_zone}; "
-            f"closing its {closed} windows now sends one digest email per bucket"
+            f"project-update emails, a bucket per watcher and project, until {rule.daily_at} "
+            f"{rule.time_zone}; closing its {closed} windows now sends one digest email per bucket"
         )
         config = Path(tmp) / "chimeway.toml"
         config.write_text(
