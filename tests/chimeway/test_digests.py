@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import sql
 import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -469,3 +470,26 @@ def test_a_huge_group_value_still_groups_without_failing_the_trigger(
         assert len(values) == 2
         assert all(len(v) <= 200 for v in values)
         assert values[0] != values[1]
+
+
+def test_close_windows_ends_a_rules_open_windows_and_makes_their_flush_jobs_due(
+    new_session: SessionFactory, schema: str, dsn: str
+) -> None:
+    from chimeway.digests import close_windows
+
+    with new_session() as session:
+        define_rule(session, email_rule())
+        session.commit()
+        comment(session, schema, 1, [1, 2])
+        session.commit()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert close_windows(conn, "comments-hourly", schema=schema) == 2
+            assert close_windows(conn, "comments-hourly", schema=schema) == 0  # none open any more
+            due = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE worker = %s AND scheduled_at <= now()").format(
+                    sql.Identifier(schema, "jobs")
+                ),
+                (DigestFlushWorker.name,),
+            ).fetchone()
+            assert due == (2,)
+            assert flush_window(conn, bucket_ids(session)[0], schema=schema).digests == 2
