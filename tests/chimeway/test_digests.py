@@ -493,3 +493,35 @@ def test_close_windows_ends_a_rules_open_windows_and_makes_their_flush_jobs_due(
             ).fetchone()
             assert due == (2,)
             assert flush_window(conn, bucket_ids(session)[0], schema=schema).digests == 2
+
+
+@pytest.mark.anyio
+async def test_the_flush_job_snoozes_until_its_window_ends_then_flushes(
+    new_session: SessionFactory, schema: str, dsn: str
+) -> None:
+    from chimeway.dispatch import Dispatcher, configure
+    from pgqueue.testing import aperform_job
+
+    with new_session() as session:
+        define_rule(session, email_rule())
+        session.commit()
+        comment(session, schema, 1, [1])
+        session.commit()
+        bucket = str(bucket_ids(session)[0])
+    configure(Dispatcher(dsn, schema=schema))
+    try:
+        early = await aperform_job(DigestFlushWorker, {"bucket_id": bucket})
+        assert isinstance(early, pgqueue.Snooze) and 0 < early.seconds <= 3600
+        with new_session() as session:
+            close_windows(session)
+        assert await aperform_job(DigestFlushWorker, {"bucket_id": bucket}) is None
+        bad = await aperform_job(DigestFlushWorker, {"bucket_id": "not-a-uuid"})
+        assert isinstance(bad, pgqueue.Cancel)
+    finally:
+        configure(None)
+    with new_session() as session:
+        assert statuses(session) == {
+            "email:digested:digest_held": 1,
+            "email:pending:ready": 1,
+            "in_app:pending:ready": 1,
+        }
