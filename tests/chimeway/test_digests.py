@@ -511,7 +511,8 @@ async def test_the_flush_job_snoozes_until_its_window_ends_then_flushes(
     configure(Dispatcher(dsn, schema=schema))
     try:
         early = await aperform_job(DigestFlushWorker, {"bucket_id": bucket})
-        assert isinstance(early, pgqueue.Snooze) and 0 < early.seconds <= 3600
+        assert isinstance(early, pgqueue.Snooze)
+        assert 0 < early.seconds <= 3600
         with new_session() as session:
             close_windows(session)
         assert await aperform_job(DigestFlushWorker, {"bucket_id": bucket}) is None
