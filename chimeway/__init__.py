@@ -5,7 +5,8 @@ The names an application needs are importable from here::
     from chimeway import Notifier, Recipient, trigger, enqueue_in, explain_delivery
 
 The delivery state machine is :mod:`chimeway.deliveries`; adapters are in
-:mod:`chimeway.adapters`; the inbox is :mod:`chimeway.inbox`; the tables are created by
+:mod:`chimeway.adapters`; the inbox is :mod:`chimeway.inbox`; digests (one message per window
+instead of one per notification) are :mod:`chimeway.digests`; the tables are created by
 :mod:`chimeway.migrations` (or ``python -m chimeway migrate``).
 """
 

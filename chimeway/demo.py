@@ -2,10 +2,11 @@
 
 Migrates a fresh schema, starts a local webhook receiver that fails some requests on purpose,
 gives one recipient quiet hours that hold right now, triggers a few hundred notifications over a
-``webhook`` channel and a ``logger`` channel, runs the real worker process (``python -m
+``webhook`` channel and a ``logger`` channel, holds some emails for a daily digest and closes its
+window (:mod:`chimeway.demo_digests`), runs the real worker process (``python -m
 chimeway.worker``) until every delivery has ended or been deferred, then prints a summary by status
 and reason, the story of one delivery that needed a retry, the story of the deferred one, and one
-recipient's inbox.
+recipient's inbox and one digest email with the story of a member it carries.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from pgqueue.localdb import find_database
 
-from . import inbox, policy
+from . import demo_digests, inbox, policy
 from .config import Settings
 from .deliveries import explain_delivery, terminal_states
 from .migrations import migrate_all
@@ -127,6 +128,7 @@ def _trigger_all(sessions: Any) -> int:
                 queue_schema=SCHEMA,
             )
             planned += len(result.delivery_ids)
+        planned += demo_digests.trigger_updates(session, SCHEMA)
         session.commit()
     return planned
 
@@ -248,6 +250,13 @@ def main() -> int:
             f"{planned} deliveries (and two comments for {INBOX_OF}'s inbox)"
         )
         print(f"- {NIGHT_OWL} has quiet hours now in {NIGHT_OWL_ZONE}: their deliveries will be deferred")
+        rule = demo_digests.RULE
+        closed = demo_digests.close_digest_windows(found.dsn, SCHEMA)
+        print(
+            f"- digest rule {rule.rule_key!r} holds {len(demo_digests.UPDATES) * len(demo_digests.WATCHERS)} "
+            f"project-update emails, a bucket per watcher and project, until {rule.daily_at} "
+            f"{rule.time_zone}; closing its {closed} windows now sends one digest email per bucket"
+        )
         config = Path(tmp) / "chimeway.toml"
         config.write_text(
             f'schema = "{SCHEMA}"\nqueue_limit = 20\nretry_backoff = {RETRY_BACKOFF}\nrescue_window = 5\n'
@@ -282,6 +291,7 @@ def main() -> int:
         _summary(session)
         _explain_a_retry(session)
         _explain_the_deferred(session)
+        demo_digests.show_digest(session)
         _show_inbox(session)
     engine.dispose()
     print(f"\nDone in {time.monotonic() - started:.1f}s. Schema {SCHEMA!r} keeps the rows for a look.")

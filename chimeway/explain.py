@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .digests.trace import DigestEmission, DigestMembership, digest_facts
 from .errors import DeliveryNotFound, InvalidValue
 from .models import Delivery, DeliveryAttempt, Event, JourneyRun, JourneyTransition, Notification
 from .states import Reason
@@ -89,6 +90,10 @@ class Explanation:
     render_version: int | None = None
     #: the journey run that emitted it, with its transition log (chimeway.journeys)
     journey: JourneyTrace | None = None
+    #: the digest bucket it was held in and the digest delivery that carried it (a member)
+    digest_membership: DigestMembership | None = None
+    #: the bucket it was emitted for and the deliveries it carries (a digest delivery)
+    digest: DigestEmission | None = None
 
     @property
     def last_attempt(self) -> AttemptSummary | None:
@@ -123,20 +128,12 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
     )
     checkpoint = delivery.metadata_.get("policy_checkpoint")
     journey = _journey(session, delivery)
-    timeline = _timeline(event, notification, delivery, attempts)
-    if journey is not None:
-        timeline = tuple(
-            sorted(
-                (
-                    *timeline,
-                    *(
-                        TimelineEntry(at, f"journey_{reason}", {"step": step, "to_state": to, **context})
-                        for at, step, _from, to, reason, context in journey.transitions
-                    ),
-                ),
-                key=lambda entry: entry.at,
-            )
-        )
+    membership, emission = digest_facts(session, key)
+    timeline = (
+        _timeline(event, notification, delivery, attempts)
+        + _digest_entries(membership, emission)
+        + _journey_entries(journey)
+    )
     return Explanation(
         delivery_id=delivery.id,
         event_id=event.id,
@@ -149,8 +146,8 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
         suppression_reason=delivery.suppression_reason,
         policy_checkpoint=checkpoint if isinstance(checkpoint, str) else None,
         attempts=attempts,
-        timeline=timeline,
-        why=_why(delivery, checkpoint, attempts),
+        timeline=tuple(sorted(timeline, key=lambda entry: entry.at)),
+        why=_digest_why(delivery, membership) or _why(delivery, checkpoint, attempts),
         orchestration_state=delivery.orchestration_state,
         next_eligible_at=delivery.next_eligible_at,
         planning_reason=delivery.planning_reason,
@@ -159,6 +156,17 @@ def explain_delivery(session: Session, delivery_id: uuid.UUID | str) -> Explanat
         render_key=delivery.render_key,
         render_version=delivery.render_version,
         journey=journey,
+        digest_membership=membership,
+        digest=emission,
+    )
+
+
+def _journey_entries(journey: JourneyTrace | None) -> tuple[TimelineEntry, ...]:
+    if journey is None:
+        return ()
+    return tuple(
+        TimelineEntry(at, f"journey_{reason}", {"step": step, "to_state": to, **context})
+        for at, step, _from, to, reason, context in journey.transitions
     )
 
 
@@ -180,6 +188,40 @@ def _journey(session: Session, delivery: Delivery) -> JourneyTrace | None:
         run.terminal_reason,
         tuple((m.inserted_at, m.step, m.from_state, m.to_state, m.reason, dict(m.context)) for m in moves),
     )
+
+
+def _digest_entries(
+    membership: DigestMembership | None, emission: DigestEmission | None
+) -> tuple[TimelineEntry, ...]:
+    """A member's hold (its status entry tells the digesting), a digest's emission."""
+    entries = []
+    if membership is not None:
+        detail = {
+            "rule": membership.rule_key,
+            "bucket_id": membership.bucket_id,
+            "window_ends_at": membership.window_ends_at,
+        }
+        entries.append(TimelineEntry(membership.held_at, "digest_held", detail))
+    if emission is not None:
+        detail = {
+            "rule": emission.rule_key,
+            "bucket_id": emission.bucket_id,
+            "members": len(emission.member_ids),
+        }
+        entries.append(TimelineEntry(emission.emitted_at, "digest_emitted", detail))
+    return tuple(entries)
+
+
+def _digest_why(delivery: Delivery, membership: DigestMembership | None) -> str | None:
+    if membership is None:
+        return None
+    if delivery.status == "digested":
+        digest, rule = membership.digest_delivery_id, membership.rule_key
+        return f"digested: carried by digest delivery {digest} (rule {rule!r})"
+    if delivery.status == "pending" and delivery.orchestration_state == "digest_held":
+        until = membership.window_ends_at.isoformat()
+        return f"held for digest rule {membership.rule_key!r} until its window ends at {until}"
+    return None
 
 
 def _timeline(
@@ -254,6 +296,11 @@ def _timeline(
                     "suppression_reason": delivery.suppression_reason,
                     "policy_checkpoint": delivery.metadata_.get("policy_checkpoint"),
                     **({"delivery_cap": meta["delivery_cap"]} if "delivery_cap" in meta else {}),
+                    **(
+                        {"digest_delivery_id": delivery.digest_delivery_id}
+                        if delivery.digest_delivery_id
+                        else {}
+                    ),
                 },
             )
         )

@@ -29,6 +29,9 @@ CHIMEWAY = MigrationSet.from_package(
         "chimeway_journey_definitions",
         "chimeway_journey_runs",
         "chimeway_journey_transitions",
+        "chimeway_digest_rules",
+        "chimeway_digest_buckets",
+        "chimeway_digest_memberships",
     ),
 )
 

@@ -20,6 +20,9 @@ __all__ = [
     "CategoryPreference",
     "Delivery",
     "DeliveryAttempt",
+    "DigestBucket",
+    "DigestMembership",
+    "DigestRule",
     "Event",
     "Notification",
     "NotificationPreference",
@@ -111,6 +114,8 @@ class Delivery(Base):
     #: why it was deferred ("quiet_hours") and the facts that decided it
     planning_reason: Mapped[str | None]
     planning_context: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    #: a ``digested`` delivery's digest: the delivery that carried it (chimeway.digests)
+    digest_delivery_id: Mapped[uuid.UUID | None]
     tenant_id: Mapped[str] = mapped_column(server_default="default")
     actor_id: Mapped[str] = mapped_column(server_default="system")
     #: the template it is rendered with (key, version) and the data it is rendered from
@@ -241,4 +246,56 @@ class JourneyTransition(Base):
     to_state: Mapped[str]
     reason: Mapped[str]
     context: Mapped[dict[str, Any]]
+
+
+class DigestRule(Base):
+    """A digest rule's row; define rules through :func:`chimeway.digests.define_rule`."""
+
+    __tablename__ = "chimeway_digest_rules"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    rule_key: Mapped[str]
+    channel: Mapped[str]
+    match_notification_key: Mapped[str | None]
+    match_category: Mapped[str | None]
+    group_by: Mapped[str | None]
+    window_kind: Mapped[str]
+    window_minutes: Mapped[int | None] = mapped_column(Integer)
+    boundary_hour: Mapped[int | None] = mapped_column(Integer)
+    boundary_minute: Mapped[int | None] = mapped_column(Integer)
+    boundary_time_zone: Mapped[str | None]
+    inserted_at: Mapped[datetime] = _created()
+
+
+class DigestBucket(Base):
+    """The deliveries one rule holds for one recipient, group and window, until it is flushed."""
+
+    __tablename__ = "chimeway_digest_buckets"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    rule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(DigestRule.id, ondelete="CASCADE"))
+    recipient_id: Mapped[str]
+    recipient_type: Mapped[str]
+    channel: Mapped[str]
+    grouping_value: Mapped[str] = mapped_column(server_default="")
+    window_starts_at: Mapped[datetime]
+    window_ends_at: Mapped[datetime]
+    member_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    first_held_at: Mapped[datetime] = _created()
+    last_held_at: Mapped[datetime] = _created()
+    #: pending, then emitted (a digest delivery was made) or empty
+    flush_state: Mapped[str] = mapped_column(server_default="pending")
+    emitted_at: Mapped[datetime | None]
+    digest_delivery_id: Mapped[uuid.UUID | None]
+
+
+class DigestMembership(Base):
+    """A held delivery's place in its bucket (what became of it is on the delivery and the bucket)."""
+
+    __tablename__ = "chimeway_digest_memberships"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey(Delivery.id, ondelete="CASCADE"), primary_key=True
+    )
+    bucket_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(DigestBucket.id, ondelete="CASCADE"))
     inserted_at: Mapped[datetime] = _created()

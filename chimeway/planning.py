@@ -7,7 +7,8 @@ turns the notifier's answers into rows and the database's answers into the rest:
    the notifier builds the next recipients' content: the server ingests one block of rows while
    Python prepares the next, and COPY is the cheapest way in for the server.
 2. **Suppression**, decided in SQL for every (recipient, channel) pair at once
-   (``suppressed_at_planning.sql``): a channel opt-out, else a category opt-out.
+   (``suppressed_at_planning.sql``): a channel opt-out, else a category opt-out; else a digest
+   rule may hold the pair (it gets no dispatch job; :mod:`chimeway.digests.hold` files it).
 3. **Job ids**, reserved with pgqueue's own statement, which also wakes the queue at commit.
 4. **Deliveries**, ``pending`` or ``suppressed`` with their reason, then **dispatch jobs** for the
    pending ones, both with ``COPY`` (``copy_deliveries.sql``, pgqueue's ``copy_jobs``). A delayed
@@ -200,6 +201,8 @@ class FanOut:
         self.fallbacks: set[int] = set()
         #: delivery position → suppression reason
         self.reasons: dict[int, str] = {}
+        #: delivery position → the digest rule holding it (no dispatch job; see chimeway.digests)
+        self.held: dict[int, Any] = {}
         self.delivery_ids: list[int] = []
         self.job_ids: Sequence[int] = ()
         self._actors: list[str] = []
@@ -247,17 +250,26 @@ class FanOut:
         }
 
     def take_suppressions(self, rows: Sequence[Sequence[Any]]) -> None:
-        """Rows of (1-based pair position, reason); then every delivery gets its id."""
-        self.reasons = {int(position) - 1: str(reason) for position, reason in rows}
+        """Rows of (1-based pair position, reason or None, digest rule id or None): a reason
+        suppresses the pair, else the rule holds it (:mod:`chimeway.digests.hold`). Then every
+        delivery gets its id."""
+        self.reasons = {}
+        self.held = {}
+        for position, reason, rule_id in rows:
+            if reason is not None:
+                self.reasons[int(position) - 1] = str(reason)
+            else:
+                self.held[int(position) - 1] = rule_id
         self.delivery_ids = time_ordered_ids(len(self.pair_channel))
 
     @property
     def job_count(self) -> int:
-        """How many dispatch jobs are copied: one per pending delivery, delayed fallbacks aside."""
-        return len(self.pair_channel) - len(self.reasons) - len(self._pending_fallbacks())
+        """How many dispatch jobs are copied: one per pending delivery, delayed fallbacks and
+        deliveries a digest holds aside."""
+        return len(self.pair_channel) - len(self.reasons) - len(self.held) - len(self._pending_fallbacks())
 
     def _pending_fallbacks(self) -> list[int]:
-        return [p for p in sorted(self.fallbacks) if p not in self.reasons]
+        return [p for p in sorted(self.fallbacks) if p not in self.reasons and p not in self.held]
 
     # --- step 3: job ids ---------------------------------------------------------------------
 
@@ -308,8 +320,12 @@ class FanOut:
 
     def pending_delivery_ids(self) -> list[int]:
         """The pending deliveries whose jobs are copied (delayed fallbacks aside)."""
-        reasons, fallbacks = self.reasons, self.fallbacks
-        return [d for i, d in enumerate(self.delivery_ids) if i not in reasons and i not in fallbacks]
+        reasons, fallbacks, held = self.reasons, self.fallbacks, self.held
+        return [
+            d
+            for i, d in enumerate(self.delivery_ids)
+            if i not in reasons and i not in fallbacks and i not in held
+        ]
 
     def fallback_jobs(self, new_job: Callable[[uuid.UUID, float], NewJob]) -> list[NewJob]:
         """The dispatch jobs of the pending delayed fallbacks, scheduled ``fallback_delay`` out."""

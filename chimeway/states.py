@@ -24,7 +24,9 @@ __all__ = [
     "Reason",
 ]
 
-DeliveryStatus = Literal["pending", "dispatched", "succeeded", "failed", "suppressed", "cancelled"]
+DeliveryStatus = Literal[
+    "pending", "dispatched", "succeeded", "failed", "suppressed", "cancelled", "digested"
+]
 STATUSES: Final[tuple[DeliveryStatus, ...]] = (
     "pending",
     "dispatched",
@@ -32,10 +34,12 @@ STATUSES: Final[tuple[DeliveryStatus, ...]] = (
     "failed",
     "suppressed",
     "cancelled",
+    "digested",
 )
 
 #: States a delivery never leaves. ``failed`` is not one: it means a retry is expected.
-TERMINAL_STATES: Final[tuple[DeliveryStatus, ...]] = ("succeeded", "suppressed", "cancelled")
+#: ``digested``: a digest delivery carried it (:mod:`chimeway.digests`; only its flush sets it).
+TERMINAL_STATES: Final[tuple[DeliveryStatus, ...]] = ("succeeded", "suppressed", "cancelled", "digested")
 
 #: The moves :func:`chimeway.deliveries.transition_status` allows (Elixir Chimeway 1.0's table).
 #: ``failed → cancelled`` is only :func:`~chimeway.deliveries.exhaust_delivery`'s to make, and
@@ -49,6 +53,7 @@ TRANSITIONS: Final = MappingProxyType(
         "succeeded": (),
         "suppressed": (),
         "cancelled": (),
+        "digested": (),
     }
 )
 

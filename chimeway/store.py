@@ -25,6 +25,11 @@ schema-qualified identifiers via :mod:`psycopg.sql`:
 ``{journey_definitions}``      ``chimeway_journey_definitions``
 ``{journey_runs}``             ``chimeway_journey_runs``
 ``{journey_transitions}``      ``chimeway_journey_transitions``
+``{digest_rules}``             ``chimeway_digest_rules``
+``{digest_buckets}``           ``chimeway_digest_buckets``
+``{digest_memberships}``       ``chimeway_digest_memberships``
+``{digest_window_end}``        ``chimeway_digest_window_end`` (a function)
+``{digest_window_start}``      ``chimeway_digest_window_start`` (a function)
 ``{jobs}``                     pgqueue's ``jobs``, in the queue's schema
 ============================== ===============================================
 
@@ -59,6 +64,9 @@ TABLES: dict[str, str] = {
     "journey_definitions": "chimeway_journey_definitions",
     "journey_runs": "chimeway_journey_runs",
     "journey_transitions": "chimeway_journey_transitions",
+    "digest_rules": "chimeway_digest_rules",
+    "digest_buckets": "chimeway_digest_buckets",
+    "digest_memberships": "chimeway_digest_memberships",
 }
 
 #: placeholder → function name, for every function of Chimeway's a statement may call
@@ -68,6 +76,8 @@ FUNCTIONS: dict[str, str] = {
     "quiet_until": "chimeway_quiet_until",
     "cap_grant": "chimeway_cap_grant",
     "cap_record": "chimeway_cap_record",
+    "digest_window_end": "chimeway_digest_window_end",
+    "digest_window_start": "chimeway_digest_window_start",
 }
 
 

@@ -7,7 +7,8 @@ also when the two triggers race: the unique index on the key decides.
 The event is one ORM statement; the rest is written set-wise whatever the number of recipients
 (:mod:`chimeway.planning`): the notifications streamed with ``COPY`` while the notifier builds
 them, one statement deciding every planning-time suppression, then the deliveries and their
-dispatch jobs with ``COPY``. One event to 100,000 recipients commits in seconds.
+dispatch jobs with ``COPY``. One event to 100,000 recipients commits in seconds. Deliveries a
+digest rule holds get no dispatch job: :mod:`chimeway.digests.hold` files them in their buckets.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pgqueue.store import queries_for as queue_queries_for
 from pgqueue.targets import async_writer, sync_writer
 
 from . import telemetry
+from .digests.hold import ahold, hold
 from .dispatch import dispatch_job
 from .errors import ChimewayError
 from .journeys.definition import Journey
@@ -458,6 +460,7 @@ def trigger(
     with call.plan_span(event) as span, sync_writer(session) as writer:
         queries = _queries(writer, mapped)
         _write(writer, connection.begin_nested, plan, queries, queue_schema, session)
+        hold(writer, session, plan, call.payload, queries, queue_schema)
         if start is not None:
             identities = [r.identity for r in plan.recipients]
             start_runs(writer, queries, start, plan.notification_ids, identities, session, queue_schema)
@@ -492,6 +495,7 @@ async def atrigger(
         async with async_writer(session) as writer:
             queries = await _aqueries(writer, mapped)
             await _awrite(writer, connection.begin_nested, plan, queries, queue_schema, session)
+            await ahold(writer, session, plan, call.payload, queries, queue_schema)
             if start is not None:
                 identities = [r.identity for r in plan.recipients]
                 await astart_runs(

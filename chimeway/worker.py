@@ -35,6 +35,7 @@ from pgqueue.telemetry import JsonFormatter
 
 from .adapters import resolve_adapter
 from .config import ConfigError, Settings, load_settings
+from .digests import FLUSH_QUEUE
 from .dispatch import QUEUE, ChannelRoute, Dispatcher, configure
 from .migrations import migrate_all
 from .recovery import Recovery
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 EXIT_CONFIG = 2
+# A window's first flush job flushes the whole window; the others find it done. Two at a time
+# keep one window's flush from holding back the next, without piling up waits on the same locks.
+_FLUSH_LIMIT = 2
 
 
 def engine_for(settings: Settings, pool_size: int) -> Engine:
@@ -144,8 +148,9 @@ def build_runtime(
 
 
 def queues_for(settings: Settings) -> dict[str, Any]:
-    """The dispatch queue, and one paced queue per provider account with limits."""
-    queues: dict[str, Any] = {QUEUE: settings.queue_limit}
+    """The dispatch queue, the digest flush queue, and one paced queue per provider account with
+    limits."""
+    queues: dict[str, Any] = {QUEUE: settings.queue_limit, FLUSH_QUEUE: _FLUSH_LIMIT}
     for channel in settings.channels.values():
         if channel.limits is not None:
             queues[channel.limits.queue] = channel.limits.queue_config(settings.queue_limit)

@@ -222,6 +222,11 @@ class Dispatcher:
             # again and re-sends under the same idempotency key, as after a worker crash.
             await conn.execute("SET synchronous_commit = off")
 
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection to Chimeway's database from this event loop's pool, for the other jobs of
+        the worker process (the digest flush)."""
+        return self._connection()
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         pool = self._given_pool or self._pools.get(asyncio.get_running_loop())

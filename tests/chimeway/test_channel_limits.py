@@ -47,6 +47,7 @@ def test_channel_limits_become_paced_queues_shared_by_account() -> None:
     assert settings.channels["push"].limits is None
     assert queues_for(settings) == {
         "chimeway_delivery": 50,
+        "chimeway_digest": 2,
         "chimeway_delivery.twilio": {"limit": 3, "global_limit": 3, "rate_limit": 10, "rate_period": 2.0},
         "chimeway_delivery.email": {"limit": 20, "global_limit": 20},
     }

@@ -65,8 +65,8 @@ def test_the_models_have_exactly_the_tables_and_columns_of_the_sql(sa_engine: En
 @pytest.mark.parametrize(
     ("column", "value", "constraint"),
     [
-        ("status", "digested", "chimeway_deliveries_status_known"),
-        ("orchestration_state", "digest_held", "chimeway_deliveries_orchestration_state_known"),
+        ("status", "archived", "chimeway_deliveries_status_known"),
+        ("orchestration_state", "paused", "chimeway_deliveries_orchestration_state_known"),
         ("suppression_reason", "bounced", "chimeway_deliveries_reason_only_when_ended"),
     ],
 )

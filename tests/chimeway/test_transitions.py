@@ -13,8 +13,8 @@ from chimeway.errors import InvalidTransition, InvalidValue
 from .conftest import MakeDelivery, SessionFactory
 
 
-def test_terminal_states_are_succeeded_suppressed_and_cancelled() -> None:
-    assert deliveries.terminal_states() == ("succeeded", "suppressed", "cancelled")
+def test_terminal_states_are_succeeded_suppressed_cancelled_and_digested() -> None:
+    assert deliveries.terminal_states() == ("succeeded", "suppressed", "cancelled", "digested")
 
 
 @pytest.mark.parametrize(
@@ -90,8 +90,17 @@ def test_transition_to_an_unknown_status_names_the_valid_ones(
 ) -> None:
     delivery = deliveries.get_delivery(sa_session, make_delivery())
 
-    with pytest.raises(InvalidValue, match=r"status must be one of 'pending', .*got 'digested'"):
-        deliveries.transition_status(sa_session, delivery, "digested")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValue, match=r"status must be one of 'pending', .*got 'archived'"):
+        deliveries.transition_status(sa_session, delivery, "archived")  # type: ignore[arg-type]
+
+
+def test_only_a_digest_flush_marks_a_delivery_digested(
+    sa_session: Session, make_delivery: MakeDelivery
+) -> None:
+    delivery = deliveries.get_delivery(sa_session, make_delivery())
+
+    with pytest.raises(InvalidTransition, match="can't go from 'pending' to 'digested'"):
+        deliveries.transition_status(sa_session, delivery, "digested")
 
 
 def test_transition_from_a_stale_view_loses_the_compare_and_set_and_shows_the_winner(
