@@ -246,6 +246,7 @@ class JourneyTransition(Base):
     to_state: Mapped[str]
     reason: Mapped[str]
     context: Mapped[dict[str, Any]]
+    inserted_at: Mapped[datetime] = _created()
 
 
 class DigestRule(Base):

@@ -223,8 +223,9 @@ class Dispatcher:
             await conn.execute("SET synchronous_commit = off")
 
     def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
-        """A connection to Chimeway's database from this event loop's pool, for the other jobs of
-        the worker process (the digest flush)."""
+        """A connection in autocommit to Chimeway's tables, from this loop's pool when the
+        dispatcher is open in it, else a new one: for the worker's other jobs (digest flushes,
+        journey moves) that ride beside the dispatch queue."""
         return self._connection()
 
     @asynccontextmanager
@@ -240,11 +241,6 @@ class Dispatcher:
             yield conn
         finally:
             await conn.close()
-
-    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
-        """A connection in autocommit to Chimeway's tables: from this loop's pool when the
-        dispatcher is open in it, else a new one (for work that rides on the dispatch queue)."""
-        return self._connection()
 
     # -- the batched path --------------------------------------------------------------------------
 
