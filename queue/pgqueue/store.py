@@ -123,6 +123,10 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         queues=sql.Identifier(schema, "pgqueue_queues"),
         limit_state=sql.Identifier(schema, "pgqueue_limit_state"),
         cron=sql.Identifier(schema, "pgqueue_cron"),
+        claim=sql.Identifier(schema, "pgqueue_claim"),
+        prunable=sql.Identifier(schema, "pgqueue_prunable"),
+        due=sql.Identifier(schema, "pgqueue_due"),
+        orphans=sql.Identifier(schema, "pgqueue_orphans"),
         **extra,
     )
     return composed.as_string(None)
