@@ -6,7 +6,8 @@ claim without fixed plan settings reads the whole backlog. At each point:
 
 - **fetch latency**: 100 fetch statements (claim 100, rolled back), p50 and p99;
 - **drain**: a node at queue limit 100 works off a fixed sample (default 20,000 jobs) of the
-  backlog, timed from resume to the poll that sees the sample completed;
+  backlog, timed from resume to the poll that sees the sample completed; each poll (every 20 ms)
+  inserts as many new jobs as have completed, so the backlog keeps its size throughout;
 
 then the table is analyzed and the point is measured again. Points: ``--available`` jobs waiting,
 and ``--completed`` finished-but-unpruned rows beside 20,000 waiting.
@@ -26,6 +27,7 @@ would with a 10 s naptime, so the run doesn't depend on the server's autovacuum 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import threading
@@ -108,8 +110,18 @@ def _fetch_latency(dsn: str, fetches: int = 100, demand: int = 100) -> dict[str,
     return {"p50_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99) - 1]}
 
 
-async def _drain(dsn: str, sample: int, *, processes: int = 0, limit: int = 100) -> float:
-    """Jobs/s for a node at ``limit`` working off ``sample`` jobs of the backlog."""
+_TOP_UP = sql.SQL(
+    "INSERT INTO {} (queue, worker, args, priority) SELECT %s, 'bench.AsyncNoop', '{{}}', 0"
+    " FROM generate_series(1, %s)"
+).format(JOBS)
+
+
+async def _drain(
+    dsn: str, sample: int, *, processes: int = 0, limit: int = 100, top_up: bool = True
+) -> float:
+    """Jobs/s for a node at ``limit`` working off ``sample`` jobs of the backlog. With ``top_up``
+    every completed job is replaced by a new one at each poll, so the backlog stays at its size
+    (a 10,000-job point can be drained for 20,000 jobs; the inserts cost every point alike)."""
     runtime = Runtime(
         dsn,
         schema=SCHEMA,
@@ -123,10 +135,14 @@ async def _drain(dsn: str, sample: int, *, processes: int = 0, limit: int = 100)
         since = (await (await conn.execute("SELECT now()")).fetchone() or [None])[0]
         started = time.perf_counter()
         runtime.running_queues()[QUEUE].resume()
+        topped = 0
         while True:
             row = await (await conn.execute(done, (since,))).fetchone()
             if row is not None and row[0] >= sample:
                 return sample / (time.perf_counter() - started)
+            if top_up and row is not None and row[0] > topped:
+                await conn.execute(_TOP_UP, (QUEUE, row[0] - topped))
+                topped = row[0]
             if time.perf_counter() - started > 900:
                 raise RuntimeError(f"the drain did not reach {sample} in 900 s ({row})")
             await anyio.sleep(0.02)
@@ -171,12 +187,12 @@ def measure_processes(dsn: str, counts: Sequence[int], jobs: int) -> list[dict[s
     for n in counts:
         _reset(dsn)
         _fill(dsn, available=jobs, worker="bench.SyncNoop")
-        rate = anyio.run(lambda: _drain(dsn, jobs, processes=n))
+        rate = anyio.run(functools.partial(_drain, dsn, jobs, processes=n, top_up=False))
         with psycopg.connect(dsn) as conn:
             check = conn.execute(
-                sql.SQL("SELECT count(*), max(attempt), count(*) FILTER (WHERE state <> 'completed') FROM {}").format(
-                    JOBS
-                )
+                sql.SQL(
+                    "SELECT count(*), max(attempt), count(*) FILTER (WHERE state <> 'completed') FROM {}"
+                ).format(JOBS)
             ).fetchone()
         assert check is not None
         if check[1] != 1 or check[2] != 0:
@@ -187,7 +203,9 @@ def measure_processes(dsn: str, counts: Sequence[int], jobs: int) -> list[dict[s
 
 
 def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    row = conn.execute("SELECT pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)", [f"{SCHEMA}.jobs"] * 2)
+    row = conn.execute(
+        "SELECT pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)", [f"{SCHEMA}.jobs"] * 2
+    )
     values = row.fetchone()
     assert values is not None
     return {"table_bytes": int(values[0]), "index_bytes": int(values[1])}
@@ -293,7 +311,9 @@ def measure_pinned_xmin(dsn: str, *, hold: float, window: float = 5.0) -> dict[s
         async with runtime, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             pin = await psycopg.AsyncConnection.connect(dsn)
             started = time.perf_counter()
-            count = sql.SQL("SELECT count(*) FROM {} WHERE state = 'completed' AND completed_at >= %s").format(JOBS)
+            count = sql.SQL(
+                "SELECT count(*) FROM {} WHERE state = 'completed' AND completed_at >= %s"
+            ).format(JOBS)
             for phase, seconds in phases:
                 if phase == "held":
                     await pin.execute("SELECT txid_current()")  # an xid: vacuum can't remove newer dead rows
@@ -356,48 +376,63 @@ def _markdown(result: dict[str, Any]) -> str:
     for p in result["points"]:
         ns, an = p["no_stats"], p["analyzed"]
         lines.append(
-            f"| {p['available']:,} | {p['completed']:,} | {ns['drain_jobs_s']:,.0f}/s | {an['drain_jobs_s']:,.0f}/s | "
-            f"{ns['p50_ms']:.2f} / {ns['p99_ms']:.2f} ms | {an['p50_ms']:.2f} / {an['p99_ms']:.2f} ms | "
+            f"| {p['available']:,} | {p['completed']:,} "
+            f"| {ns['drain_jobs_s']:,.0f}/s | {an['drain_jobs_s']:,.0f}/s "
+            f"| {ns['p50_ms']:.2f} / {ns['p99_ms']:.2f} ms | {an['p50_ms']:.2f} / {an['p99_ms']:.2f} ms | "
             f"{ns['inline_claim_p50_ms']:.1f} / {an['inline_claim_p50_ms']:.1f} ms |"
         )
-    lines += ["", "Targets against the first row, per condition: drain ≥ 80 %, fetch p99 ≤ 2×.", ""]
+    lines += ["", "Targets against the first row, per condition: drain ≥ 80 %, fetch p99 ≤ 2x.", ""]
     for p in result["points"][1:]:
         for condition in ("no_stats", "analyzed"):
             drain = p[condition]["drain_jobs_s"] / base[condition]["drain_jobs_s"]
             p99 = p[condition]["p99_ms"] / base[condition]["p99_ms"]
             verdict = "met" if drain >= 0.8 and p99 <= 2 else "missed"
             lines.append(
-                f"- {p['available']:,} available, {p['completed']:,} completed, {condition}: drain {drain:.0%}, "
-                f"fetch p99 {p99:.2f}× — {verdict}"
+                f"- {p['available']:,} available, {p['completed']:,} completed, {condition}: "
+                f"drain {drain:.0%}, "
+                f"fetch p99 {p99:.2f}x — {verdict}"
             )
     lines += ["", "| Worker processes | Jobs | Jobs/s | Max attempt |", "|---|---|---|---|"]
-    lines += [f"| {r['processes']} | {r['jobs']:,} | {r['jobs_s']:,.0f} | {r['max_attempt']} |" for r in result["processes"]]
+    lines += [
+        f"| {r['processes']} | {r['jobs']:,} | {r['jobs_s']:,.0f} | {r['max_attempt']} |"
+        for r in result["processes"]
+    ]
     if result.get("prune"):
         pr = result["prune"]
-        mb = 1024 * 1024
+
+        def size(key: str) -> str:
+            mb = 1024 * 1024
+            return f"{pr[key]['table_bytes'] / mb:,.0f} + {pr[key]['index_bytes'] / mb:,.0f} MB"
+
         lines += [
             "",
-            f"Pruning {pr['deleted']:,} completed jobs in batches of 10,000: {pr['rows_s']:,.0f} rows/s, longest batch "
-            f"{pr['longest_batch_ms']:.0f} ms; table + indexes {pr['before']['table_bytes'] / mb:,.0f} + "
-            f"{pr['before']['index_bytes'] / mb:,.0f} MB before, {pr['after_prune']['table_bytes'] / mb:,.0f} + "
-            f"{pr['after_prune']['index_bytes'] / mb:,.0f} MB after, {pr['after_vacuum']['table_bytes'] / mb:,.0f} + "
-            f"{pr['after_vacuum']['index_bytes'] / mb:,.0f} MB after VACUUM. A fetch loop beside it: longest fetch "
-            f"{pr['fetch_during_max_ms']:.1f} ms (p99 {pr['fetch_during_p99_ms']:.1f} ms) vs "
+            f"Pruning {pr['deleted']:,} completed jobs in batches of 10,000: {pr['rows_s']:,.0f} rows/s, "
+            f"longest batch {pr['longest_batch_ms']:.0f} ms; table + indexes {size('before')} before, "
+            f"{size('after_prune')} after, {size('after_vacuum')} after VACUUM. A fetch loop beside it: "
+            f"longest fetch {pr['fetch_during_max_ms']:.1f} ms (p99 {pr['fetch_during_p99_ms']:.1f} ms) vs "
             f"{pr['fetch_baseline_max_ms']:.1f} ms before.",
         ]
     if result.get("pinned"):
         pin = result["pinned"]
         lines += [
             "",
-            f"Idle in transaction for {pin['hold_s']:.0f} s under steady load: {pin['baseline_jobs_s']:,.0f} jobs/s "
-            f"before, {pin['held_first_jobs_s']:,.0f} → {pin['held_last_jobs_s']:,.0f} jobs/s while held, peak "
+            f"Idle in transaction for {pin['hold_s']:.0f} s under steady load: "
+            f"{pin['baseline_jobs_s']:,.0f} jobs/s before, "
+            f"{pin['held_first_jobs_s']:,.0f} → {pin['held_last_jobs_s']:,.0f} jobs/s while held, peak "
             f"{pin['peak_dead_tuples']:,} dead tuples; back to 90 % of the baseline "
-            + (f"{pin['recovered_after_s']:.0f} s after release." if pin["recovered_after_s"] is not None else "not within the run."),
+            + (
+                f"{pin['recovered_after_s']:.0f} s after release."
+                if pin["recovered_after_s"] is not None
+                else "not within the run."
+            ),
             "",
             "| t (s) | Phase | Jobs/s | Dead tuples |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {s['t_s']} | {s['phase']} | {s['jobs_s']:,.0f} | {s['dead_tuples']:,} |" for s in pin["samples"]]
+        lines += [
+            f"| {s['t_s']} | {s['phase']} | {s['jobs_s']:,.0f} | {s['dead_tuples']:,} |"
+            for s in pin["samples"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -411,7 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, help="seconds the idle transaction is held (0: skip)")
     args = parser.parse_args(argv)
     ints = lambda text: [int(x) for x in text.split(",") if x and int(x) > 0]  # noqa: E731
-    available = ints(args.available or ("10000,100000,1000000,10000000" if args.full else "10000,100000,1000000"))
+    available = ints(
+        args.available or ("10000,100000,1000000,10000000" if args.full else "10000,100000,1000000")
+    )
     completed = ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
     hold = args.hold if args.hold is not None else (600.0 if args.full else 60.0)
     dsn = find_database().dsn
@@ -419,8 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {"mode": "full" if args.full else "quick", "sample": args.sample}
     result["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["points"] = [measure_point(dsn, available=n, completed=0, sample=args.sample) for n in available]
-    result["points"] += [measure_point(dsn, available=BESIDE, completed=n, sample=args.sample // 2) for n in completed]
-    result["prune"] = measure_prune(dsn, max(completed), reuse=completed[-1] == max(completed)) if completed else None
+    result["points"] += [
+        measure_point(dsn, available=BESIDE, completed=n, sample=args.sample // 2) for n in completed
+    ]
+    result["prune"] = (
+        measure_prune(dsn, max(completed), reuse=completed[-1] == max(completed)) if completed else None
+    )
     result["processes"] = measure_processes(dsn, ints(args.processes), args.sample // 2)
     result["pinned"] = measure_pinned_xmin(dsn, hold=hold) if hold > 0 else None
     result["elapsed_s"] = time.perf_counter() - started

@@ -107,7 +107,8 @@ def test_claim_walks_the_fetch_index_in_order_without_statistics(
         ).format(jobs)
     ).fetchall()
     plan = "\n".join(r[0] for r in rows)
-    assert "Bitmap Heap Scan" in plan and "Sort" in plan, plan
+    assert "Bitmap Heap Scan" in plan, plan
+    assert "Sort" in plan, plan
     plans.clear()
 
     params = fetch_params([], queue="default", demand=100, node="n", producer=PRODUCER)
@@ -116,7 +117,8 @@ def test_claim_walks_the_fetch_index_in_order_without_statistics(
 
     plan = nested_plan(plans, "FOR UPDATE SKIP LOCKED")
     assert "Index Scan using jobs_fetch_idx" in plan, plan
-    assert "Sort" not in plan and "Bitmap" not in plan, plan
+    assert "Sort" not in plan, plan
+    assert "Bitmap" not in plan, plan
     # Every row it touched was one it claimed: the walk stopped after `demand` rows.
     assert "rows=100 loops=1" in plan.split("Index Scan using jobs_fetch_idx")[1].splitlines()[0], plan
     assert acked == 0
@@ -128,25 +130,31 @@ def test_claim_walks_the_fetch_index_in_order_without_statistics(
     ).fetchall()
     assert [j.id for j in jobs] == [r[0] for r in expected]
     first = conn.execute(
-        sql.SQL(
-            "SELECT min(priority) FROM {} WHERE state = 'available'"
-        ).format(sql.Identifier(unanalyzed, "jobs"))
+        sql.SQL("SELECT min(priority) FROM {} WHERE state = 'available'").format(
+            sql.Identifier(unanalyzed, "jobs")
+        )
     ).fetchone()
-    assert first is not None and all(j.priority <= first[0] for j in jobs)
+    assert first is not None
+    assert all(j.priority <= first[0] for j in jobs)
 
 
 def test_concurrent_claims_skip_each_others_rows(dsn: str, unanalyzed: str) -> None:
     statement = queries_for(unanalyzed).fetch_jobs
     with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
         _, held = fetch_result(
-            first.execute(statement, fetch_params([], queue="default", demand=50, node="a", producer=PRODUCER))
-        .fetchall())
+            first.execute(
+                statement, fetch_params([], queue="default", demand=50, node="a", producer=PRODUCER)
+            ).fetchall()
+        )
         _, other = fetch_result(
-            second.execute(statement, fetch_params([], queue="default", demand=50, node="b", producer=PRODUCER))
-        .fetchall())
+            second.execute(
+                statement, fetch_params([], queue="default", demand=50, node="b", producer=PRODUCER)
+            ).fetchall()
+        )
         second.commit()
         first.commit()
-    assert len(held) == 50 and len(other) == 50
+    assert len(held) == 50
+    assert len(other) == 50
     assert not {j.id for j in held} & {j.id for j in other}
     # The second claim took the next 50 in order, not some arbitrary rows past the locked ones.
     assert max(j.priority for j in held) <= min(j.priority for j in other)
@@ -159,10 +167,12 @@ def test_pruner_reads_each_finished_index_without_statistics(
 
     deleted = conn.execute(queries_for(unanalyzed).prune_jobs, {"max_age": 60, "limit": 1000}).fetchall()
 
-    assert len(deleted) == 1000 and {r[2] for r in deleted} == {"completed"}
+    assert len(deleted) == 1000
+    assert {r[2] for r in deleted} == {"completed"}
     plan = nested_plan(plans, "completed_at <")
     assert "Index Scan using jobs_completed_idx" in plan, plan
-    assert "Bitmap" not in plan and "Seq Scan" not in plan, plan
+    assert "Bitmap" not in plan, plan
+    assert "Seq Scan" not in plan, plan
 
 
 def test_stager_and_lifeline_walk_their_indexes_without_statistics(
@@ -182,10 +192,13 @@ def test_stager_and_lifeline_walk_their_indexes_without_statistics(
         ).fetchall()
         conn.rollback()
 
-        assert len(staged) == limit and len(rescued) == limit
+        assert len(staged) == limit
+        assert len(rescued) == limit
         for index, marker in (("jobs_stage_idx", "retryable"), ("jobs_executing_idx", "heartbeat_window")):
             plan = nested_plan(plans, marker)
             assert f"Index Scan using {index}" in plan, plan
-            assert "Sort" not in plan and "Bitmap" not in plan and "Seq Scan on jobs" not in plan, plan
+            assert "Sort" not in plan, plan
+            assert "Bitmap" not in plan, plan
+            assert "Seq Scan on jobs" not in plan, plan
             scan = plan.split(f"Index Scan using {index}")[1].splitlines()[0]
             assert f"rows={limit} loops=1" in scan, plan
