@@ -1,4 +1,5 @@
-"""The workers ``benchmarks.processes`` runs: a CPU-bound sync job and a no-op sync job."""
+"""The workers ``benchmarks.processes`` and ``benchmarks.cost_curve`` run: a CPU-bound sync job and
+no-op sync and async jobs."""
 
 from __future__ import annotations
 
@@ -19,4 +20,11 @@ class SyncNoop(pgqueue.Worker, queue="bench_cpu", name="bench.SyncNoop"):
     """Does nothing: what is left to measure is the hand-off to a thread or a process."""
 
     def perform(self, job: pgqueue.Job) -> None:
+        return None
+
+
+class AsyncNoop(pgqueue.Worker, queue="bench_cost", name="bench.AsyncNoop"):
+    """Does nothing, asynchronously: the cost curve (``benchmarks.cost_curve``) measures the queue."""
+
+    async def perform(self, job: pgqueue.Job) -> None:
         return None

@@ -155,6 +155,10 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         workflow_signals=sql.Identifier(schema, "pgqueue_workflow_signals"),
         workflow_release=sql.Identifier(schema, "pgqueue_workflow_release"),
         signal_function=sql.Identifier(schema, "pgqueue_signal"),
+        claim=sql.Identifier(schema, "pgqueue_claim"),
+        prunable=sql.Identifier(schema, "pgqueue_prunable"),
+        due=sql.Identifier(schema, "pgqueue_due"),
+        orphans=sql.Identifier(schema, "pgqueue_orphans"),
         **extra,
     )
     return composed.as_string(None)

@@ -10,7 +10,10 @@
 -- lost it. Snoozes roll the attempt back and count themselves in meta.snoozed.
 --
 -- The claim's CTE is an optimisation fence: it picks and locks exactly the ids to claim, skipping
--- rows another producer holds, so the UPDATE can never touch more rows than the LIMIT.
+-- rows another producer holds, so the UPDATE can never touch more rows than the LIMIT. The pick is
+-- the function pgqueue_claim (migration 0007): it walks the fetch index in order under plan
+-- settings that rule out a bitmap scan plus sort, the plan an unanalyzed table otherwise gets and
+-- that reads the whole backlog for every claim.
 --
 -- With async_commit (the runtime's default, see Runtime's synchronous_acks) the transaction's
 -- commit doesn't wait for its WAL flush. Claims and acks are then the only writes a PostgreSQL
@@ -24,12 +27,7 @@ WITH commit_mode AS (
 ),
 {acks_part}
 claimed AS (
-    SELECT id
-    FROM {jobs}
-    WHERE state = 'available' AND queue = %(queue)s
-    ORDER BY priority, scheduled_at, id
-    LIMIT %(demand)s
-    FOR UPDATE SKIP LOCKED
+    SELECT id FROM {claim}(%(queue)s::text, %(demand)s::integer) AS id
 ),
 fetched AS (
     UPDATE {jobs} AS j

@@ -2,21 +2,10 @@
 -- the rescue_after backstop) go back to `available`, or to `discarded` when out of attempts.
 -- attempted_by[2] is the uuid of the producer that claimed the job. A producer registers before it
 -- fetches, so a job whose producer row is missing or stale is an orphan. meta.rescued counts it.
+-- The pick is pgqueue_orphans (migration 0007): the executing index walked in order, whatever the
+-- planner's statistics say.
 WITH orphans AS (
-    SELECT j.id
-    FROM {jobs} AS j
-    WHERE j.state = 'executing'
-      AND (
-          NOT EXISTS (
-              SELECT 1 FROM {producers} AS p
-              WHERE p.uuid::text = j.attempted_by[2]
-                AND p.updated_at > now() - make_interval(secs => %(window)s)
-          )
-          OR j.attempted_at < now() - make_interval(secs => %(rescue_after)s)
-      )
-    ORDER BY j.attempted_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    SELECT id FROM {orphans}(%(window)s::float8, %(rescue_after)s::float8, %(limit)s::integer) AS id
 ),
 rescued AS (
     UPDATE {jobs} AS j

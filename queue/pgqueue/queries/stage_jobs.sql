@@ -1,15 +1,9 @@
 -- Make due scheduled and retryable jobs available (oldest first, at most `limit`), and wake
 -- each queue that received one. `queue` narrows it to one queue (NULL: every queue);
--- `until` stages jobs due by then instead of by now().
+-- `until` stages jobs due by then instead of by now(). The pick is pgqueue_due (migration 0007):
+-- the staging index walked in order, whatever the planner's statistics say.
 WITH due AS (
-    SELECT j.id
-    FROM {jobs} AS j
-    WHERE j.state IN ('scheduled', 'retryable')
-      AND j.scheduled_at <= coalesce(%(until)s::timestamptz, now())
-      AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
-    ORDER BY j.scheduled_at, j.id
-    LIMIT %(limit)s
-    FOR UPDATE OF j SKIP LOCKED
+    SELECT id FROM {due}(%(until)s::timestamptz, %(queue)s::text, %(limit)s::integer) AS id
 ),
 staged AS (
     UPDATE {jobs} AS j

@@ -1,0 +1,481 @@
+"""W5, the cost curve: how the drain and the fetch move as the jobs table grows.
+
+Each backlog is built in SQL (``generate_series``), vacuumed but never analyzed, with autovacuum
+disabled on the table: the planner knows the table's size and nothing else, the state in which a
+claim without fixed plan settings reads the whole backlog. At each point:
+
+- **fetch latency**: 100 fetch statements (claim 100, rolled back), p50 and p99;
+- **drain**: a node at queue limit 100 works off a fixed sample (default 20,000 jobs) of the
+  backlog, timed from resume to the poll that sees the sample completed; each poll (every 20 ms)
+  inserts as many new jobs as have completed, so the backlog keeps its size throughout;
+
+then the table is analyzed and the point is measured again. Points: ``--available`` jobs waiting,
+and ``--completed`` finished-but-unpruned rows beside 20,000 waiting.
+
+Also measured: the drain with 1, 2, 4, 8 worker processes on one queue (sync no-op jobs, each job
+run exactly once: one attempt each); pruning the largest completed backlog (rows/s, table and index
+size before and after, and the longest fetch while the pruner runs next to a fetch loop); and an
+``idle in transaction`` session holding back the xmin horizon under steady load (throughput and
+dead tuples every 5 s, before, during and after; the table is vacuumed every 10 s, as autovacuum
+would with a 10 s naptime, so the run doesn't depend on the server's autovacuum settings).
+
+    python -m benchmarks.cost_curve                      # 10k, 100k, 1M; 1M completed; 60 s hold
+    python -m benchmarks.cost_curve --full               # adds 10M available and 10M completed; 600 s hold
+    python -m benchmarks.cost_curve --available 10000,100000 --completed 0 --hold 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import sql
+
+from pgqueue.executor import fetch_params
+from pgqueue.localdb import find_database
+from pgqueue.migrate import migrate
+from pgqueue.runtime import Runtime
+from pgqueue.store import queries_for
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCHEMA = "bench_cost"
+QUEUE = "bench_cost"
+WORKERS = "benchmarks.cpu_worker"
+BESIDE = 20_000  # waiting jobs beside a completed backlog
+VACUUM_EVERY = 10.0  # seconds between the pinned-xmin run's VACUUMs
+PRODUCER = "00000000-0000-0000-0000-000000000000"
+JOBS = sql.Identifier(SCHEMA, "jobs")
+
+
+def _reset(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    with psycopg.connect(dsn) as conn:
+        migrate(conn, SCHEMA)
+        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(JOBS))
+
+
+def _fill(dsn: str, *, available: int, completed: int = 0, worker: str = "bench.AsyncNoop") -> float:
+    """Insert the backlog in SQL and vacuum it without analyzing; seconds taken."""
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if completed:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (queue, worker, args, state, attempt, attempted_at, completed_at)"
+                    " SELECT %s, %s, '{{}}', 'completed', 1, now() - interval '2 days',"
+                    " now() - interval '2 days' FROM generate_series(1, %s)"
+                ).format(JOBS),
+                (QUEUE, worker, completed),
+            )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (queue, worker, args, priority)"
+                " SELECT %s, %s, jsonb_build_object('seq', g), 0 FROM generate_series(1, %s) AS g"
+            ).format(JOBS),
+            (QUEUE, worker, available),
+        )
+        conn.execute(sql.SQL("VACUUM {}").format(JOBS))
+    return time.perf_counter() - started
+
+
+def _analyze(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("ANALYZE {}").format(JOBS))
+
+
+def _fetch_latency(dsn: str, fetches: int = 100, demand: int = 100) -> dict[str, float]:
+    statement = queries_for(SCHEMA).fetch_jobs
+    params = fetch_params([], queue=QUEUE, demand=demand, node="bench", producer=PRODUCER)
+    times: list[float] = []
+    with psycopg.connect(dsn) as conn:
+        for _ in range(fetches):
+            started = time.perf_counter()
+            rows = conn.execute(statement, params).fetchall()
+            times.append((time.perf_counter() - started) * 1000)
+            conn.rollback()
+            if len(rows) < demand:
+                raise RuntimeError(f"a fetch claimed {len(rows)} of {demand}: the backlog is too small")
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99) - 1]}
+
+
+_TOP_UP = sql.SQL(
+    "INSERT INTO {} (queue, worker, args, priority) SELECT %s, 'bench.AsyncNoop', '{{}}', 0"
+    " FROM generate_series(1, %s)"
+).format(JOBS)
+
+
+async def _drain(
+    dsn: str, sample: int, *, processes: int = 0, limit: int = 100, top_up: bool = True
+) -> float:
+    """Jobs/s for a node at ``limit`` working off ``sample`` jobs of the backlog. With ``top_up``
+    every completed job is replaced by a new one at each poll, so the backlog stays at its size
+    (a 10,000-job point can be drained for 20,000 jobs; the inserts cost every point alike)."""
+    runtime = Runtime(
+        dsn,
+        schema=SCHEMA,
+        queues={QUEUE: {"limit": limit, "paused": True}},
+        workers=[WORKERS],
+        processes=processes,
+        plugins=[],
+    )
+    done = sql.SQL("SELECT count(*) FROM {} WHERE state = 'completed' AND completed_at >= %s").format(JOBS)
+    async with runtime, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        since = (await (await conn.execute("SELECT now()")).fetchone() or [None])[0]
+        started = time.perf_counter()
+        runtime.running_queues()[QUEUE].resume()
+        topped = 0
+        while True:
+            row = await (await conn.execute(done, (since,))).fetchone()
+            if row is not None and row[0] >= sample:
+                return sample / (time.perf_counter() - started)
+            if top_up and row is not None and row[0] > topped:
+                await conn.execute(_TOP_UP, (QUEUE, row[0] - topped))
+                topped = row[0]
+            if time.perf_counter() - started > 900:
+                raise RuntimeError(f"the drain did not reach {sample} in 900 s ({row})")
+            await anyio.sleep(0.02)
+
+
+# The claim as fetch_jobs.sql wrote it before migration 0007, timed beside it for comparison.
+_INLINE_CLAIM = sql.SQL(
+    "SELECT id FROM {} WHERE state = 'available' AND queue = %s"
+    " ORDER BY priority, scheduled_at, id LIMIT 100 FOR UPDATE SKIP LOCKED"
+).format(JOBS)
+
+
+def _inline_claim_ms(dsn: str, runs: int = 3) -> float:
+    times = []
+    with psycopg.connect(dsn) as conn:
+        for _ in range(runs):
+            started = time.perf_counter()
+            conn.execute(_INLINE_CLAIM, (QUEUE,)).fetchall()
+            times.append((time.perf_counter() - started) * 1000)
+            conn.rollback()
+    return statistics.median(times)
+
+
+def measure_point(dsn: str, *, available: int, completed: int, sample: int) -> dict[str, Any]:
+    _reset(dsn)
+    point: dict[str, Any] = {"available": available, "completed": completed}
+    point["build_s"] = _fill(dsn, available=available, completed=completed)
+    for condition in ("no_stats", "analyzed"):
+        if condition == "analyzed":
+            _analyze(dsn)
+        point[condition] = {
+            **_fetch_latency(dsn),
+            "inline_claim_p50_ms": _inline_claim_ms(dsn),
+            "drain_jobs_s": anyio.run(_drain, dsn, sample),
+        }
+        print(f"  {available:>10,} available {completed:>10,} completed  {condition:>8}: {point[condition]}")
+    return point
+
+
+def measure_processes(dsn: str, counts: Sequence[int], jobs: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in counts:
+        _reset(dsn)
+        _fill(dsn, available=jobs, worker="bench.SyncNoop")
+        rate = anyio.run(functools.partial(_drain, dsn, jobs, processes=n, top_up=False))
+        with psycopg.connect(dsn) as conn:
+            check = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), max(attempt), count(*) FILTER (WHERE state <> 'completed') FROM {}"
+                ).format(JOBS)
+            ).fetchone()
+        assert check is not None
+        if check[1] != 1 or check[2] != 0:
+            raise RuntimeError(f"{n} processes: {check[2]} jobs not completed, max attempt {check[1]}")
+        rows.append({"processes": n, "jobs": jobs, "jobs_s": rate, "max_attempt": check[1]})
+        print(f"  {n} processes: {rate:,.0f} jobs/s, every job run once")
+    return rows
+
+
+def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)", [f"{SCHEMA}.jobs"] * 2
+    )
+    values = row.fetchone()
+    assert values is not None
+    return {"table_bytes": int(values[0]), "index_bytes": int(values[1])}
+
+
+class _FetchProbe(threading.Thread):
+    """Fetches (claim 10, rolled back) in a loop, recording each one's latency."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.stop, self.times = dsn, threading.Event(), list[float]()
+
+    def run(self) -> None:
+        statement = queries_for(SCHEMA).fetch_jobs
+        params = fetch_params([], queue=QUEUE, demand=10, node="probe", producer=PRODUCER)
+        with psycopg.connect(self.dsn) as conn:
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                conn.execute(statement, params).fetchall()
+                self.times.append((time.perf_counter() - started) * 1000)
+                conn.rollback()
+                time.sleep(0.005)
+
+
+def measure_prune(dsn: str, completed: int, *, reuse: bool) -> dict[str, Any]:
+    """``reuse``: the table still holds the last point's completed backlog; top up the waiting jobs."""
+    if reuse:
+        _fill(dsn, available=BESIDE)
+    else:
+        _reset(dsn)
+        _fill(dsn, available=BESIDE, completed=completed)
+    statement = queries_for(SCHEMA).prune_jobs
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        before = _sizes(conn)
+        probe = _FetchProbe(dsn)
+        probe.start()
+        time.sleep(2)
+        baseline = list(probe.times)
+        started, deleted, batches, longest_batch = time.perf_counter(), 0, 0, 0.0
+        while True:
+            batch_started = time.perf_counter()
+            n = len(conn.execute(statement, {"max_age": 60, "limit": 10_000}).fetchall())
+            longest_batch = max(longest_batch, time.perf_counter() - batch_started)
+            deleted, batches = deleted + n, batches + 1
+            if n == 0:
+                break
+        elapsed = time.perf_counter() - started
+        probe.stop.set()
+        probe.join()
+        during = probe.times[len(baseline) :]
+        after = _sizes(conn)
+        conn.execute(sql.SQL("VACUUM {}").format(JOBS))
+        vacuumed = _sizes(conn)
+    result = {
+        "completed": completed,
+        "deleted": deleted,
+        "batches": batches,
+        "rows_s": deleted / elapsed,
+        "longest_batch_ms": longest_batch * 1000,
+        "before": before,
+        "after_prune": after,
+        "after_vacuum": vacuumed,
+        "fetch_baseline_max_ms": max(baseline),
+        "fetch_during_max_ms": max(during),
+        "fetch_during_p99_ms": sorted(during)[int(len(during) * 0.99) - 1],
+        "fetches_during": len(during),
+    }
+    print(f"  prune: {result}")
+    return result
+
+
+def measure_pinned_xmin(dsn: str, *, hold: float, window: float = 5.0) -> dict[str, Any]:
+    """Steady load (the backlog topped up to 20,000) while one session sits idle in transaction."""
+    _reset(dsn)
+    _fill(dsn, available=BESIDE)
+    top_up = sql.SQL(
+        "INSERT INTO {} (queue, worker, args) SELECT %s, 'bench.AsyncNoop', '{{}}'"
+        " FROM generate_series(1, greatest(0, %s - (SELECT count(*) FROM {} WHERE state = 'available')))"
+    ).format(JOBS, JOBS)
+    stop = threading.Event()
+
+    def feed() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute(top_up, (QUEUE, BESIDE))
+                time.sleep(0.2)
+
+    def vacuum() -> None:
+        # What autovacuum would do with a 10 s naptime (the benchmark server may run with it off).
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not stop.wait(VACUUM_EVERY):
+                conn.execute(sql.SQL("VACUUM {}").format(JOBS))
+
+    samples: list[dict[str, Any]] = []
+    phases = (("before", 30.0), ("held", hold), ("after", max(90.0, hold / 2)))
+    feeder = threading.Thread(target=feed, daemon=True)
+    vacuumer = threading.Thread(target=vacuum, daemon=True)
+    feeder.start()
+    vacuumer.start()
+
+    async def run() -> None:
+        runtime = Runtime(dsn, schema=SCHEMA, queues={QUEUE: 100}, workers=[WORKERS], plugins=[])
+        async with runtime, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            pin = await psycopg.AsyncConnection.connect(dsn)
+            started = time.perf_counter()
+            count = sql.SQL(
+                "SELECT count(*) FROM {} WHERE state = 'completed' AND completed_at >= %s"
+            ).format(JOBS)
+            for phase, seconds in phases:
+                if phase == "held":
+                    await pin.execute("SELECT txid_current()")  # an xid: vacuum can't remove newer dead rows
+                if phase == "after":
+                    await pin.rollback()
+                phase_end = time.perf_counter() + seconds
+                while time.perf_counter() < phase_end:
+                    since = (await (await conn.execute("SELECT now()")).fetchone() or [None])[0]
+                    await anyio.sleep(window)
+                    done = await (await conn.execute(count, (since,))).fetchone()
+                    dead = await (
+                        await conn.execute(
+                            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass",
+                            [f"{SCHEMA}.jobs"],
+                        )
+                    ).fetchone()
+                    samples.append(
+                        {
+                            "t_s": round(time.perf_counter() - started, 1),
+                            "phase": phase,
+                            "jobs_s": (done or [0])[0] / window,
+                            "dead_tuples": (dead or [0])[0],
+                        }
+                    )
+                    print(f"  {samples[-1]}")
+            await pin.close()
+
+    anyio.run(run)
+    stop.set()
+    feeder.join()
+    vacuumer.join()
+    base = statistics.mean(s["jobs_s"] for s in samples if s["phase"] == "before")
+    held = [s["jobs_s"] for s in samples if s["phase"] == "held"]
+    after = [s for s in samples if s["phase"] == "after"]
+    release_t = after[0]["t_s"] - window if after else 0.0
+    recovered = next((s["t_s"] - release_t for s in after if s["jobs_s"] >= 0.9 * base), None)
+    return {
+        "hold_s": hold,
+        "baseline_jobs_s": base,
+        "held_first_jobs_s": held[0] if held else None,
+        "held_last_jobs_s": held[-1] if held else None,
+        "recovered_after_s": recovered,
+        "peak_dead_tuples": max(s["dead_tuples"] for s in samples),
+        "samples": samples,
+    }
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# W5: the cost curve ({result['mode']} mode)",
+        "",
+        f"Run on {result['at']}, sample {result['sample']:,} jobs per drain, queue limit 100, one node; "
+        "fetch = claim 100 (rolled back), 100 times. No stats = vacuumed, never analyzed, autovacuum off.",
+        "",
+        "| Available | Completed beside | Drain, no stats | Drain, analyzed | Fetch p50/p99, no stats | "
+        "Fetch p50/p99, analyzed | Pre-0007 inline claim p50, no stats / analyzed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = result["points"][0]
+    for p in result["points"]:
+        ns, an = p["no_stats"], p["analyzed"]
+        lines.append(
+            f"| {p['available']:,} | {p['completed']:,} "
+            f"| {ns['drain_jobs_s']:,.0f}/s | {an['drain_jobs_s']:,.0f}/s "
+            f"| {ns['p50_ms']:.2f} / {ns['p99_ms']:.2f} ms | {an['p50_ms']:.2f} / {an['p99_ms']:.2f} ms | "
+            f"{ns['inline_claim_p50_ms']:.1f} / {an['inline_claim_p50_ms']:.1f} ms |"
+        )
+    lines += ["", "Targets against the first row, per condition: drain ≥ 80 %, fetch p99 ≤ 2x.", ""]
+    for p in result["points"][1:]:
+        for condition in ("no_stats", "analyzed"):
+            drain = p[condition]["drain_jobs_s"] / base[condition]["drain_jobs_s"]
+            p99 = p[condition]["p99_ms"] / base[condition]["p99_ms"]
+            verdict = "met" if drain >= 0.8 and p99 <= 2 else "missed"
+            lines.append(
+                f"- {p['available']:,} available, {p['completed']:,} completed, {condition}: "
+                f"drain {drain:.0%}, "
+                f"fetch p99 {p99:.2f}x — {verdict}"
+            )
+    lines += ["", "| Worker processes | Jobs | Jobs/s | Max attempt |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['processes']} | {r['jobs']:,} | {r['jobs_s']:,.0f} | {r['max_attempt']} |"
+        for r in result["processes"]
+    ]
+    if result.get("prune"):
+        pr = result["prune"]
+
+        def size(key: str) -> str:
+            mb = 1024 * 1024
+            return f"{pr[key]['table_bytes'] / mb:,.0f} + {pr[key]['index_bytes'] / mb:,.0f} MB"
+
+        lines += [
+            "",
+            f"Pruning {pr['deleted']:,} completed jobs in batches of 10,000: {pr['rows_s']:,.0f} rows/s, "
+            f"longest batch {pr['longest_batch_ms']:.0f} ms; table + indexes {size('before')} before, "
+            f"{size('after_prune')} after, {size('after_vacuum')} after VACUUM. A fetch loop beside it: "
+            f"longest fetch {pr['fetch_during_max_ms']:.1f} ms (p99 {pr['fetch_during_p99_ms']:.1f} ms) vs "
+            f"{pr['fetch_baseline_max_ms']:.1f} ms before.",
+        ]
+    if result.get("pinned"):
+        pin = result["pinned"]
+        lines += [
+            "",
+            f"Idle in transaction for {pin['hold_s']:.0f} s under steady load: "
+            f"{pin['baseline_jobs_s']:,.0f} jobs/s before, "
+            f"{pin['held_first_jobs_s']:,.0f} → {pin['held_last_jobs_s']:,.0f} jobs/s while held, peak "
+            f"{pin['peak_dead_tuples']:,} dead tuples; back to 90 % of the baseline "
+            + (
+                f"{pin['recovered_after_s']:.0f} s after release."
+                if pin["recovered_after_s"] is not None
+                else "not within the run."
+            ),
+            "",
+            "| t (s) | Phase | Jobs/s | Dead tuples |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s['t_s']} | {s['phase']} | {s['jobs_s']:,.0f} | {s['dead_tuples']:,} |"
+            for s in pin["samples"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cost_curve")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--available", help="comma-separated backlog sizes")
+    parser.add_argument("--completed", help="comma-separated completed backlogs beside 20,000 waiting")
+    parser.add_argument("--sample", type=int, default=20_000)
+    parser.add_argument("--processes", default="1,2,4,8")
+    parser.add_argument("--hold", type=float, help="seconds the idle transaction is held (0: skip)")
+    args = parser.parse_args(argv)
+    ints = lambda text: [int(x) for x in text.split(",") if x and int(x) > 0]  # noqa: E731
+    available = ints(
+        args.available or ("10000,100000,1000000,10000000" if args.full else "10000,100000,1000000")
+    )
+    completed = ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
+    hold = args.hold if args.hold is not None else (600.0 if args.full else 60.0)
+    dsn = find_database().dsn
+    started = time.perf_counter()
+    result: dict[str, Any] = {"mode": "full" if args.full else "quick", "sample": args.sample}
+    result["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    result["points"] = [measure_point(dsn, available=n, completed=0, sample=args.sample) for n in available]
+    result["points"] += [
+        measure_point(dsn, available=BESIDE, completed=n, sample=args.sample // 2) for n in completed
+    ]
+    result["prune"] = (
+        measure_prune(dsn, max(completed), reuse=completed[-1] == max(completed)) if completed else None
+    )
+    result["processes"] = measure_processes(dsn, ints(args.processes), args.sample // 2)
+    result["pinned"] = measure_pinned_xmin(dsn, hold=hold) if hold > 0 else None
+    result["elapsed_s"] = time.perf_counter() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    markdown = _markdown(result)
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"cost-{stamp}-{result['mode']}", f"cost-latest-{result['mode']}"):
+        (RESULTS / f"{name}.md").write_text(markdown)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
