@@ -82,6 +82,7 @@ class Producer:
         self._drained = anyio.Event()
         self._held_back = False
         self._retry_in = 0.0
+        self._contended = False
         self.fetched = 0
 
     @property
@@ -266,11 +267,22 @@ class Producer:
             period_us=round((config.rate_period or 1.0) * 1_000_000),
             slots=RATE_SLOTS,
         )
-        statement = self.queries.fetch_partitioned if config.partitioned else self.queries.fetch_limited
         async with self.pool.connection() as conn:
-            return await self._fetch_limited(conn, statement, params)
+            if config.partitioned:
+                return await self._fetch_locked(conn, self.queries.fetch_partitioned, params)
+            # One statement, exact unless an admission on another node committed while it ran
+            # (see fetch_limited.sql); then, with nothing admitted, again behind the lock.
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute(self.queries.fetch_limited, params)
+            claim = await self._read_limited(cursor)
+            if not self._contended:
+                return claim
+            acked, jobs, undecodable = claim
+            params["acks"] = "[]"  # they landed with the first statement
+            _, jobs, undecodable_locked = await self._fetch_locked(conn, self.queries.fetch_limited, params)
+            return acked, jobs, undecodable + undecodable_locked
 
-    async def _fetch_limited(
+    async def _fetch_locked(
         self, conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
     ) -> Claim:
         # Two statements, one transaction, sent together: the lock on the queue's admission row,
@@ -280,12 +292,16 @@ class Producer:
             await cursor.execute(self.queries.limited_plan)
             await cursor.execute(self.queries.lock_limits, {"queue": self.queue})
             await cursor.execute(statement, params)
+        return await self._read_limited(cursor)
+
+    async def _read_limited(self, cursor: psycopg.AsyncCursor[Any]) -> Claim:
         first = await cursor.fetchone()
         await cursor.scroll(0, mode="absolute")
         retry_in = first[1] if first is not None else None
+        self._contended = bool(first[2]) if first is not None else False
         self._held_back = retry_in is not None
         self._retry_in = float(retry_in or 0.0)
-        return await read_claim(cursor, offset=2)
+        return await read_claim(cursor, offset=3)
 
     async def _execute(self, job: Job, running: _Running) -> None:
         try:

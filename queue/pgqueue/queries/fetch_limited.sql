@@ -1,10 +1,15 @@
 -- The fetch of a queue with a global and/or rate limit (see fetch_jobs.sql for the acks and the
--- claim). Runs in a transaction after lock_limits.sql has locked the queue's admission row, so its
--- snapshot sees every earlier admission, on any node:
+-- claim), usually one statement on its own:
 --   running  = jobs of the queue executing now, less those acked by this very statement;
 --   admitted = at most min(demand, global_limit - running) jobs, in priority, scheduled_at, id
 --              order, whose weights (meta.weight, 1 by default, at most rate_limit) fit in what
 --              the rate window has left.
+-- Exactness across nodes: the statement locks the queue's admission row, and every admission
+-- writes that row. The count of executing jobs comes from the statement's snapshot, taken before
+-- the lock wait; it is exact if no admission committed since, that is if the row locked (its
+-- newest version) is the row the snapshot sees. Otherwise it admits nothing and says `contended`,
+-- and the producer runs it again after lock_limits.sql in one transaction, whose fetch snapshot
+-- is taken with the lock held (and which creates the row the first time).
 -- The rate limit is a sliding window kept as `slots` of 1/%(slots)s of the period: an admission at
 -- time t counts the units started in every slot that overlaps [t - period, t], so no window of one
 -- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
@@ -17,10 +22,25 @@ WITH commit_mode AS (
     SELECT CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) END AS setting
 ),
 {acks_part}
-state AS (
-    SELECT greatest(clock_timestamp(), s.last_start) AS t, s.slots, s.units
+seen AS (
+    -- The admission row as the snapshot sees it.
+    SELECT s.xmin::text AS version
     FROM {limit_state} AS s
     WHERE s.queue = %(queue)s AND s.partition_key = ''
+),
+locked AS (
+    -- Its newest version, locked until commit (behind any admission in flight on another node).
+    SELECT s.xmin::text AS version, s.last_start, s.slots, s.units
+    FROM {limit_state} AS s
+    WHERE s.queue = %(queue)s AND s.partition_key = ''
+    FOR UPDATE
+),
+exact AS (
+    SELECT EXISTS (SELECT 1 FROM locked JOIN seen USING (version)) AS ok
+),
+state AS (
+    SELECT greatest(clock_timestamp(), s.last_start) AS t, s.slots, s.units
+    FROM locked AS s
 ),
 slot AS (
     SELECT st.t,
@@ -46,9 +66,11 @@ running AS (
           LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
 ),
 room AS (
-    SELECT greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s))) AS jobs,
+    SELECT CASE WHEN exact.ok
+                THEN greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s)))
+                ELSE 0 END AS jobs,
            coalesce(%(rate_limit)s - used.units, 2147483647) AS units
-    FROM running, used
+    FROM running, used, exact
 ),
 candidates AS (
     SELECT j.id, j.priority, j.scheduled_at,
@@ -85,8 +107,9 @@ fetched AS (
               j.attempted_by, j.completed_at, j.cancelled_at, j.discarded_at
 ),
 stamped AS (
-    -- Record the admission: the new time floor and, for a rate limit, the units in this slot
-    -- (slots older than the window are dropped).
+    -- Record the admission (a new row version, which the next fetch on any node checks against its
+    -- snapshot): the new time floor and, for a rate limit, the units in this slot (slots older
+    -- than the window are dropped). A fetch that admits nothing writes nothing.
     UPDATE {limit_state} AS s
     SET last_start = slot.t,
         (slots, units) = (
@@ -99,8 +122,6 @@ stamped AS (
                   GROUP BY o.s) AS k)
     FROM slot
     WHERE s.queue = %(queue)s AND s.partition_key = '' AND EXISTS (SELECT 1 FROM claimed)
-      -- A global limit alone keeps no state: its fetch only locks the row, writing nothing.
-      AND %(rate_limit)s::integer IS NOT NULL
     RETURNING 1
 ),
 waiting AS (
@@ -126,6 +147,8 @@ SELECT (SELECT count(*) FROM acked) AS acked,
                                   WHERE o.s >= slot.cur - %(slots)s) / 1000000.0)
            END
        END::float8 AS retry_in,
+       -- The snapshot missed an admission (or the row is new): nothing admitted, run it locked.
+       NOT (SELECT ok FROM exact) AS contended,
        f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true
