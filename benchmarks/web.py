@@ -5,6 +5,7 @@ last day, a backlog of available jobs across queues, failures with errors, sched
 retryable jobs, a few executing, plus 100,000 Chimeway deliveries. Every page is then requested
 in-process through the ASGI app (no network, no browser: the time is the app's, database
 included), sequentially, and its latency reported as p50 / p99. The issue's target is 200 ms.
+The app runs with ``counts_seconds=0``, so no request reuses another's counts.
 
     python -m benchmarks.web [--full] [--rows N]
 
@@ -161,7 +162,9 @@ def _pages(dsn: str) -> list[tuple[str, str]]:
 
 
 async def _measure(dsn: str, samples: int) -> list[dict[str, Any]]:
-    app = create_app(dsn, schema=SCHEMA, token=TOKEN, extensions=[chimeway.web.extension()])
+    # counts_seconds=0: every request counts afresh, as a lone operator's page does (its polls are
+    # further apart than the shared second); the time measured is never a cache hit.
+    app = create_app(dsn, schema=SCHEMA, token=TOKEN, extensions=[chimeway.web.extension()], counts_seconds=0)
     transport = httpx.ASGITransport(app=app)
     headers = {"authorization": f"Bearer {TOKEN}"}
     results = []
