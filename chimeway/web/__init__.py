@@ -152,6 +152,8 @@ class ChimewayPages:
                                 "cursor_id": cursor_id,
                                 "limit": _PAGE + 1,
                             },
+                            # never on a generic plan: the best one depends on status and channel
+                            prepare=False,
                         )
                     ).fetchall()
             by_channel: dict[str, dict[str, int]] = found["summary"]

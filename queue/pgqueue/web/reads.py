@@ -107,13 +107,18 @@ class Reads:
         self.queries = queries_for(schema)
         #: the counts by queue and state, read at most once per ``counts_seconds`` (see Recent)
         self.counts = Recent(self._read_counts, counts_seconds)
+        self._minutes = Recent(self._read_throughput, counts_seconds)
 
     async def _read_counts(self) -> StateCounts:
         return StateCounts.from_rows(await self._fetch(self.queries.web_state_counts, count_params()))
 
     async def _fetch(self, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        # Never prepared: a filtered list's best plan depends on its values (a rare state reads its
+        # index, a common one the primary key), and a server-side prepared statement ends up on a
+        # generic plan after a few runs (measured: an args search went from 60 ms to 800 ms).
         async with self.pool.connection() as conn:
-            rows: list[tuple[Any, ...]] = await (await conn.execute(statement, params or {})).fetchall()
+            cursor = await conn.execute(statement, params or {}, prepare=False)
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
         return rows
 
     async def jobs(
@@ -168,6 +173,10 @@ class Reads:
         return _producers(producer_rows), leader_row[0] if leader_row else None
 
     async def throughput(self) -> list[Minute]:
+        """Finished jobs per minute over the last hour (shared like the counts)."""
+        return await self._minutes.get()
+
+    async def _read_throughput(self) -> list[Minute]:
         rows = await self._fetch(self.queries.web_throughput)
         return [
             Minute(at, int(done), int(failed), _float(run), _float(wait))
