@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--counts-seconds",
         type=float,
         default=0.0,
-        help="the app's counts_seconds (default 0: no request reuses another's counts; the app's own default is 1)",
+        help="the app's counts_seconds (default 0: nothing reused; the app's own default is 1)",
     )
     args = parser.parse_args(argv)
     samples = 100 if args.full else 20
@@ -237,7 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in (f"web-{stamp}-{mode}", f"web-latest-{mode}"):
         (RESULTS / f"{name}.md").write_text(markdown)
         (RESULTS / f"{name}.json").write_text(
-            json.dumps({"mode": mode, "rows": args.rows, "samples": samples, "pages": results}, indent=2)
+            json.dumps(
+                {
+                    "mode": mode,
+                    "rows": args.rows,
+                    "samples": samples,
+                    "counts_seconds": args.counts_seconds,
+                    "pages": results,
+                },
+                indent=2,
+            )
         )
     return 0
 
