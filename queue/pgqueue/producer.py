@@ -261,6 +261,8 @@ class Producer:
                 await cursor.execute(self.queries.fetch_jobs, params)
                 return await read_claim(cursor)
         params.update(
+            # this producer's jobs still performing (see fetch_limited.sql's `running`)
+            running=len(self.running),
             global_limit=config.global_limit,
             rate_limit=config.rate_limit,
             rate_period=config.rate_period,

@@ -24,9 +24,17 @@ from tests.helpers import wait_until
 QUEUE = "limited"
 
 
-def _params(demand: int, *, global_limit: int | None = 2, rate_limit: int | None = None) -> dict[str, Any]:
-    params = fetch_params([], queue=QUEUE, demand=demand, node="test-node", producer="p-1")
+def _params(
+    demand: int,
+    *,
+    global_limit: int | None = 2,
+    rate_limit: int | None = None,
+    producer: str = "p-1",
+    running: int = 0,
+) -> dict[str, Any]:
+    params = fetch_params([], queue=QUEUE, demand=demand, node="test-node", producer=producer)
     params.update(
+        running=running,
         global_limit=global_limit,
         rate_limit=rate_limit,
         rate_period=1.0 if rate_limit is not None else None,
@@ -110,8 +118,8 @@ def test_an_uncontended_fetch_admits_in_one_statement_and_writes_the_admission_r
         _fetch_locked(conn, queries, _params(1, global_limit=3))
         before = _admission_version(conn, backlog)
 
-        # When the single statement runs with nobody else admitting
-        retry_in, contended, claimed = _fetch(conn, queries, _params(5, global_limit=3))
+        # When the single statement runs with nobody else admitting (its first job still running)
+        retry_in, contended, claimed = _fetch(conn, queries, _params(5, global_limit=3, running=1))
 
         # Then it admits up to the limit, and the admission wrote a new version of the row
         assert not contended
@@ -122,9 +130,28 @@ def test_an_uncontended_fetch_admits_in_one_statement_and_writes_the_admission_r
 
         # And a fetch held back entirely admits nothing and leaves the row as it was
         after = _admission_version(conn, backlog)
-        retry_in, contended, claimed = _fetch(conn, queries, _params(5, global_limit=3))
+        retry_in, contended, claimed = _fetch(conn, queries, _params(5, global_limit=3, running=3))
         assert (contended, claimed, retry_in) == (False, [], 0)
         assert _admission_version(conn, backlog) == after
+
+
+def test_a_producer_counts_its_own_jobs_and_the_database_counts_the_others(dsn: str, backlog: str) -> None:
+    queries = queries_for(backlog)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Given producer p-1 holding the whole global limit of 2
+        _, _, claimed = _fetch_locked(conn, queries, _params(5, producer="p-1"))
+        assert len(claimed) == 2
+        # When another producer fetches, it counts p-1's two executing rows: nothing for it
+        _, _, claimed = _fetch(conn, queries, _params(5, producer="p-2"))
+        assert claimed == []
+        # And p-1, while both its jobs still perform, gets nothing either
+        _, _, claimed = _fetch(conn, queries, _params(5, producer="p-1", running=2))
+        assert claimed == []
+        # But once they have finished (their acks not landed yet: still executing rows), p-1 may
+        # start two more: what runs at once never exceeds the limit
+        _, _, claimed = _fetch(conn, queries, _params(5, producer="p-1", running=0))
+        assert len(claimed) == 2
+        assert _executing(conn, backlog) == 4
 
 
 def test_a_fetch_whose_snapshot_missed_an_admission_admits_nothing(dsn: str, backlog: str) -> None:
@@ -146,7 +173,7 @@ def test_a_fetch_whose_snapshot_missed_an_admission_admits_nothing(dsn: str, bac
         pid = second.info.backend_pid
 
         def fetch() -> None:
-            outcome["result"] = _fetch(second, queries, _params(5))
+            outcome["result"] = _fetch(second, queries, _params(5, producer="p-2"))
 
         racer = threading.Thread(target=fetch)
         racer.start()
@@ -161,7 +188,7 @@ def test_a_fetch_whose_snapshot_missed_an_admission_admits_nothing(dsn: str, bac
         assert (contended, claimed) == (True, [])
         assert _executing(observer, backlog) == 2
         # And the locked run sees the first node's admissions: the limit is reached
-        retry_in, contended, claimed = _fetch_locked(second, queries, _params(5))
+        retry_in, contended, claimed = _fetch_locked(second, queries, _params(5, producer="p-2"))
         assert (contended, claimed, retry_in) == (False, [], 0)
         assert _executing(observer, backlog) == 2
 

@@ -1,6 +1,7 @@
 -- The fetch of a queue with a global and/or rate limit (see fetch_jobs.sql for the acks and the
 -- claim), usually one statement on its own:
---   running  = jobs of the queue executing now, less those acked by this very statement;
+--   running  = jobs of the queue executing now: this producer's as it counts them, the others' as
+--              the snapshot sees them, less those acked by this very statement;
 --   admitted = at most min(demand, global_limit - running) jobs, in priority, scheduled_at, id
 --              order, whose weights (meta.weight, 1 by default, at most rate_limit) fit in what
 --              the rate window has left.
@@ -54,13 +55,17 @@ used AS (
     WHERE o.s >= slot.cur - %(slots)s
 ),
 running AS (
-    -- An ordered walk of the executing index, stopped at the limit: a plain index scan skips the
-    -- entries of jobs that stopped executing since the last vacuum (marked dead on first sight),
-    -- where a bitmap scan would visit the heap for each of them.
-    SELECT count(*) AS n
+    -- This producer's own jobs are counted by the producer (%(running)s: those still performing;
+    -- one that has finished no longer runs, whether or not its ack has landed yet), so acks in
+    -- flight from its completer don't shrink its claims. Everyone else's by an ordered walk of the
+    -- executing index, stopped at the limit: a plain index scan skips the entries of jobs that
+    -- stopped executing since the last vacuum (marked dead on first sight), where a bitmap scan
+    -- would visit the heap for each of them.
+    SELECT %(running)s::integer + count(*) AS n
     FROM (SELECT j.id
           FROM {jobs} AS j
           WHERE j.state = 'executing' AND j.queue = %(queue)s
+            AND j.attempted_by[2] IS DISTINCT FROM %(producer)s::text
             AND j.id NOT IN (SELECT id FROM acked)
           ORDER BY j.attempted_at
           LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
