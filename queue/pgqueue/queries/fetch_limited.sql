@@ -130,16 +130,19 @@ stamped AS (
     RETURNING 1
 ),
 waiting AS (
-    -- A job left waiting although there was demand: a limit held it back.
-    -- The next job in the fetch index's order (not EXISTS, which drops the order and lets the
-    -- planner pick a sequential scan that first passes every finished job).
-    SELECT (
-        SELECT j.id FROM {jobs} AS j
-        WHERE j.state = 'available' AND j.queue = %(queue)s
-          AND j.id NOT IN (SELECT id FROM claimed)
-        ORDER BY j.priority, j.scheduled_at, j.id
-        LIMIT 1
-    ) IS NOT NULL AS blocked
+    -- A job left waiting although there was demand: a limit held it back. Looked for only when a
+    -- limit cut the claim short; otherwise the claim got all it asked for, or all there was. The
+    -- next job in the fetch index's order (not EXISTS, which drops the order and lets the planner
+    -- pick a sequential scan that first passes every finished job).
+    SELECT CASE WHEN (SELECT count(*) FROM claimed) < %(demand)s
+                     AND ((SELECT jobs FROM room) < %(demand)s
+                          OR (SELECT count(*) FROM claimed) < (SELECT count(*) FROM candidates))
+                THEN (SELECT j.id FROM {jobs} AS j
+                      WHERE j.state = 'available' AND j.queue = %(queue)s
+                        AND j.id NOT IN (SELECT id FROM claimed)
+                      ORDER BY j.priority, j.scheduled_at, j.id
+                      LIMIT 1) IS NOT NULL
+                ELSE false END AS blocked
 )
 SELECT (SELECT count(*) FROM acked) AS acked,
        -- NULL: no limit held a job back. Else seconds until the rate window frees a unit (the
