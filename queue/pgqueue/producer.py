@@ -39,6 +39,8 @@ _log = logging.getLogger("pgqueue.producer")
 RATE_SLOTS = 40
 #: how soon a producer whose jobs a cluster-wide limit held back tries again, at most
 _LIMITED_RETRY = 0.05
+#: seconds a producer whose single-statement fetch was contended fetches behind the lock instead
+_LOCKED_AFTER_CONTENTION = 1.0
 
 
 class _Running(Cancellation):
@@ -83,6 +85,8 @@ class Producer:
         self._held_back = False
         self._retry_in = 0.0
         self._contended = False
+        self._locked_until = 0.0
+        self._row_seen = False
         self.fetched = 0
 
     @property
@@ -272,13 +276,21 @@ class Producer:
         async with self.pool.connection() as conn:
             if config.partitioned:
                 return await self._fetch_locked(conn, self.queries.fetch_partitioned, params)
+            if self.clock.monotonic() < self._locked_until:
+                # Other nodes admit to this queue too: the single statement would mostly be
+                # contended and cost a second round trip; lock first for a while.
+                return await self._fetch_locked(conn, self.queries.fetch_limited, params)
             # One statement, exact unless an admission on another node committed while it ran
             # (see fetch_limited.sql); then, with nothing admitted, again behind the lock.
             cursor = conn.cursor(row_factory=tuple_row)
             await cursor.execute(self.queries.fetch_limited, params)
             claim = await self._read_limited(cursor)
             if not self._contended:
+                self._row_seen = True
                 return claim
+            if self._row_seen:  # (the first fetch of a queue is contended: its row is created)
+                self._locked_until = self.clock.monotonic() + _LOCKED_AFTER_CONTENTION
+            self._row_seen = True
             acked, jobs, undecodable = claim
             params["acks"] = "[]"  # they landed with the first statement
             _, jobs, undecodable_locked = await self._fetch_locked(conn, self.queries.fetch_limited, params)
