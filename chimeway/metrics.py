@@ -69,9 +69,10 @@ class DeliveryMetrics:
 
 class DeliveryCollector(Collector):
     """``chimeway_deliveries{channel, status}`` read at each scrape; a failed read is logged.
-    Scrapes less than ``cache_seconds`` apart share one read."""
+    Scrapes less than ``cache_seconds`` apart (the dashboard passes its ``counts_seconds``) share
+    one read."""
 
-    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 1.0) -> None:
+    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 0.0) -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
         self._connection = ScrapeConnection(dsn, cache_seconds)

@@ -7,8 +7,8 @@ Two sources, one registry:
   exception class, and jobs the lifeline rescued.
 * :class:`QueueCollector` reads the database at scrape time, in one statement: jobs by queue and
   state (exact up to a bound per state, estimated beyond, see :mod:`pgqueue.counts`), executing
-  jobs by queue and node, and the age of each queue's oldest available job. Scrapes closer
-  together than ``cache_seconds`` share one read.
+  jobs by queue and node, and the age of each queue's oldest available job. Given a
+  ``cache_seconds``, scrapes closer together than that share one read.
 
 :func:`registry` builds both into a fresh ``CollectorRegistry``; :func:`serve` exposes one on a
 port (``python -m pgqueue start --metrics-port``), and the dashboard serves ``/metrics``.
@@ -134,10 +134,11 @@ class ScrapeConnection:
 class QueueCollector(Collector):
     """Gauges read from the database at each scrape; a failed read is logged, not raised.
 
-    Scrapes less than ``cache_seconds`` apart (several Prometheus servers, a dashboard polled by
-    hand) reuse the last read rather than counting again."""
+    Scrapes less than ``cache_seconds`` apart (the dashboard's ``/metrics`` passes its
+    ``counts_seconds``) reuse the last read rather than counting again; by default every scrape
+    reads, so the gauges agree with the counters served beside them."""
 
-    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 1.0) -> None:
+    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 0.0) -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
         self._connection = ScrapeConnection(dsn, cache_seconds)
