@@ -14,12 +14,13 @@ database's clock (``attempted_at``, ``completed_at`` and the marks the workers w
    queue (``global_limit = 2`` per tenant): how long each tenant waits for its first job to start,
    against the same backlog in an unpartitioned queue.
 
-    python -m benchmarks.flow [--full]
+    python -m benchmarks.flow [--full] [--only drain|exactness|fairness] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -180,6 +181,16 @@ def drain_cost(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -
         )
         log(f"drain round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items()))
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    # Each round's limited drain against that round's unlimited one: steadier than the ratio of
+    # medians when the machine's load drifts between rounds.
+    paired = {
+        name: statistics.median(v / u for v, u in zip(rates[name], rates["unlimited"], strict=True))
+        for name in ("global_limit", "rate_limit")
+    }
+    log(
+        "drain fraction of unlimited, median of per-round ratios: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in paired.items())
+    )
     return {
         "jobs": mode.drain_jobs,
         "rounds": mode.drain_rounds,
@@ -189,6 +200,7 @@ def drain_cost(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -
         "fraction_of_unlimited": {
             name: medians[name] / medians["unlimited"] for name in ("global_limit", "rate_limit")
         },
+        "fraction_of_unlimited_per_round_median": paired,
     }
 
 
@@ -385,8 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=["drain", "exactness", "fairness"], help="one part only (not saved)"
     )
+    parser.add_argument("--rounds", type=int, help="interleaved drain rounds (default: 2 quick, 3 full)")
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be 1 or more")
+        mode = dataclasses.replace(mode, drain_rounds=args.rounds)
     dsn = find_database().dsn
 
     def log(message: str) -> None:

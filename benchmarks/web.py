@@ -5,8 +5,10 @@ last day, a backlog of available jobs across queues, failures with errors, sched
 retryable jobs, a few executing, plus 100,000 Chimeway deliveries. Every page is then requested
 in-process through the ASGI app (no network, no browser: the time is the app's, database
 included), sequentially, and its latency reported as p50 / p99. The issue's target is 200 ms.
+The app runs with ``counts_seconds=0`` unless told otherwise, so no request reuses another's
+counts (``--counts-seconds 1`` measures the app's default sharing).
 
-    python -m benchmarks.web [--full] [--rows N]
+    python -m benchmarks.web [--full] [--rows N] [--counts-seconds S]
 
 Quick mode takes 20 samples per page, ``--full`` 100. The data set is kept between runs (schema
 ``bench_web``) and rebuilt only when its size differs.
@@ -160,8 +162,12 @@ def _pages(dsn: str) -> list[tuple[str, str]]:
     return pages
 
 
-async def _measure(dsn: str, samples: int) -> list[dict[str, Any]]:
-    app = create_app(dsn, schema=SCHEMA, token=TOKEN, extensions=[chimeway.web.extension()])
+async def _measure(dsn: str, samples: int, counts_seconds: float) -> list[dict[str, Any]]:
+    # counts_seconds=0 (the default here): every request counts afresh, as a lone operator's page
+    # does (its polls are further apart than the shared second); no time measured is a cache hit.
+    app = create_app(
+        dsn, schema=SCHEMA, token=TOKEN, extensions=[chimeway.web.extension()], counts_seconds=counts_seconds
+    )
     transport = httpx.ASGITransport(app=app)
     headers = {"authorization": f"Bearer {TOKEN}"}
     results = []
@@ -197,19 +203,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.web")
     parser.add_argument("--full", action="store_true", help="100 samples per page (default 20)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="jobs in the table (default 1,000,000)")
+    parser.add_argument(
+        "--counts-seconds",
+        type=float,
+        default=0.0,
+        help="the app's counts_seconds (default 0: nothing reused; the app's own default is 1)",
+    )
     args = parser.parse_args(argv)
     samples = 100 if args.full else 20
     dsn = find_database().dsn
     _prepare(dsn, args.rows)
     print(f"dashboard pages with {args.rows:,} jobs, {samples} sequential samples each:")
-    results = asyncio.run(_measure(dsn, samples))
+    results = asyncio.run(_measure(dsn, samples, args.counts_seconds))
     mode = "full" if args.full else "quick"
     over = [r["page"] for r in results if r["p99_ms"] > TARGET_MS]
     lines = [
         f"# Dashboard pages with {args.rows:,} jobs ({mode} mode)",
         "",
         f"Run on {datetime.now(UTC).isoformat(timespec='seconds')}: each page requested {samples} times "
-        "in-process (ASGI, database included, no network), after 3 warm-up requests. Target: 200 ms.",
+        "in-process (ASGI, database included, no network), after 3 warm-up requests, with "
+        f"counts_seconds={args.counts_seconds:g}. Target: 200 ms.",
         "",
         "| Page | p50 ms | p99 ms | HTML bytes |",
         "|---|---|---|---|",
@@ -224,7 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in (f"web-{stamp}-{mode}", f"web-latest-{mode}"):
         (RESULTS / f"{name}.md").write_text(markdown)
         (RESULTS / f"{name}.json").write_text(
-            json.dumps({"mode": mode, "rows": args.rows, "samples": samples, "pages": results}, indent=2)
+            json.dumps(
+                {
+                    "mode": mode,
+                    "rows": args.rows,
+                    "samples": samples,
+                    "counts_seconds": args.counts_seconds,
+                    "pages": results,
+                },
+                indent=2,
+            )
         )
     return 0
 

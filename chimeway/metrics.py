@@ -68,12 +68,14 @@ class DeliveryMetrics:
 
 
 class DeliveryCollector(Collector):
-    """``chimeway_deliveries{channel, status}`` read at each scrape; a failed read is logged."""
+    """``chimeway_deliveries{channel, status}`` read at each scrape; a failed read is logged.
+    Scrapes less than ``cache_seconds`` apart (the dashboard passes its ``counts_seconds``) share
+    one read."""
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 0.0) -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
-        self._connection = ScrapeConnection(dsn)
+        self._connection = ScrapeConnection(dsn, cache_seconds)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(

@@ -127,7 +127,7 @@ def fetch_result(rows: Sequence[Sequence[Any]], offset: int = 1) -> tuple[int, l
     """The result of ``queries/fetch_jobs.sql``: how many acks passed the fence, and the jobs
     claimed. It always has a row: with nothing claimed, one whose job columns are NULL.
 
-    ``offset``: how many columns precede the job's (``fetch_limited.sql`` adds a second)."""
+    ``offset``: how many columns precede the job's (``fetch_limited.sql`` adds two)."""
     acked = int(rows[0][0])
     if rows[0][offset] is None:
         return acked, []

@@ -5,9 +5,10 @@ Two sources, one registry:
 * :class:`JobMetrics` counts what this process does, from telemetry events: finished attempts
   by queue, worker and outcome, their duration, the attempt a job finished on, errors by
   exception class, and jobs the lifeline rescued.
-* :class:`QueueCollector` reads the database at scrape time: jobs by queue and state, executing
-  jobs by queue and node, and the age of each queue's oldest available job. A scrape opens a
-  short connection, so it costs nothing between scrapes.
+* :class:`QueueCollector` reads the database at scrape time, in one statement: jobs by queue and
+  state (exact up to a bound per state, estimated beyond, see :mod:`pgqueue.counts`), executing
+  jobs by queue and node, and the age of each queue's oldest available job. Given a
+  ``cache_seconds``, scrapes closer together than that share one read.
 
 :func:`registry` builds both into a fresh ``CollectorRegistry``; :func:`serve` exposes one on a
 port (``python -m pgqueue start --metrics-port``), and the dashboard serves ``/metrics``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,14 +28,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import telemetry
+from .counts import COUNT_EXACT_UP_TO, LIVE_COUNT_EXACT_UP_TO, count_params
 from .lifecycle import describe_error
 from .store import queries_for
 
-__all__ = ["COUNT_EXACT_UP_TO", "JobMetrics", "QueueCollector", "ScrapeConnection", "registry", "serve"]
+__all__ = ["JobMetrics", "QueueCollector", "ScrapeConnection", "registry", "serve"]
 
 _log = logging.getLogger("pgqueue.metrics")
-#: a finished state larger than this is reported as a lower bound (see queries/web_state_counts.sql)
-COUNT_EXACT_UP_TO = 100_000
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _ATTEMPT_BUCKETS = (1, 2, 3, 5, 10, 20, 50)
 
@@ -98,41 +99,60 @@ class JobMetrics:
 
 
 class ScrapeConnection:
-    """One connection kept between scrapes: opened on first use, reopened after an error."""
+    """One connection kept between scrapes: opened on first use, reopened after an error.
 
-    def __init__(self, dsn: str) -> None:
+    The same statements fetched again less than ``cache_seconds`` later return the last rows:
+    scrapes close together (several Prometheus servers, a page refreshed by hand) count once."""
+
+    def __init__(self, dsn: str, cache_seconds: float = 0.0) -> None:
         self.dsn = dsn
+        self.cache_seconds = cache_seconds
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self._last: tuple[float, Any, list[list[tuple[Any, ...]]]] | None = None
 
     def fetch(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[list[tuple[Any, ...]]]:
         """The rows of each statement, in order (autocommit: each reads its own snapshot)."""
+        key = [(statement, dict(params)) for statement, params in statements]
         with self._lock:
+            last = self._last
+            if last is not None and last[1] == key and time.monotonic() - last[0] < self.cache_seconds:
+                return last[2]
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(self.dsn, connect_timeout=5, autocommit=True)
+            started = time.monotonic()
             try:
-                return [self._conn.execute(statement, params).fetchall() for statement, params in statements]
+                rows = [self._conn.execute(statement, params).fetchall() for statement, params in statements]
             except psycopg.Error:
                 self._conn.close()
                 self._conn = None
                 raise
+            self._last = (started, key, rows)
+            return rows
 
 
 class QueueCollector(Collector):
-    """Gauges read from the database at each scrape; a failed read is logged, not raised."""
+    """Gauges read from the database at each scrape; a failed read is logged, not raised.
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    Scrapes less than ``cache_seconds`` apart (the dashboard's ``/metrics`` passes its
+    ``counts_seconds``) reuse the last read rather than counting again; by default every scrape
+    reads, so the gauges agree with the counters served beside them."""
+
+    def __init__(self, dsn: str, schema: str = "public", cache_seconds: float = 0.0) -> None:
         self.dsn = dsn
         self.queries = queries_for(schema)
-        self._connection = ScrapeConnection(dsn)
+        self._connection = ScrapeConnection(dsn, cache_seconds)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily(
-            "pgqueue_queue_jobs", "Jobs in the table, by queue and state.", labels=["queue", "state"]
+            "pgqueue_queue_jobs",
+            "Jobs in the table, by queue and state (states within their bound for an exact count).",
+            labels=["queue", "state"],
         )
-        at_least = GaugeMetricFamily(
-            "pgqueue_queue_jobs_at_least",
-            f"Finished states holding at least {COUNT_EXACT_UP_TO} jobs (counted no further).",
+        estimated = GaugeMetricFamily(
+            "pgqueue_queue_jobs_estimated",
+            f"Jobs of a state too large to count exactly (over {COUNT_EXACT_UP_TO} finished or "
+            f"{LIVE_COUNT_EXACT_UP_TO} unfinished jobs), estimated from the planner's statistics.",
             labels=["state"],
         )
         executing = GaugeMetricFamily(
@@ -145,29 +165,23 @@ class QueueCollector(Collector):
         )
         up = GaugeMetricFamily("pgqueue_database_up", "Whether the last scrape could read the database.")
         try:
-            counts, running, ages = self._connection.fetch(
-                [
-                    (self.queries.web_state_counts, {"exact_up_to": COUNT_EXACT_UP_TO}),
-                    (self.queries.web_executing_by_node, {}),
-                    (self.queries.metrics_oldest_available, {}),
-                ]
-            )
+            (rows,) = self._connection.fetch([(self.queries.metrics_queue, count_params())])
         except psycopg.Error as exc:
             _log.warning("pgqueue metrics: cannot read the queue (%s)", describe_error(exc, self.dsn))
             up.add_metric([], 0)
             yield up
             return
-        for queue, state, count, _exact in counts:
-            if queue is None:
-                at_least.add_metric([state], count)
-            else:
-                jobs.add_metric([queue, state], count)
-        for queue, node, count in running:
-            executing.add_metric([queue, node], count)
-        for queue, age in ages:
-            oldest.add_metric([queue], max(float(age), 0.0))
+        for kind, queue, label, value in rows:
+            if kind == "jobs" and queue is None:
+                estimated.add_metric([label], value)
+            elif kind == "jobs":
+                jobs.add_metric([queue, label], value)
+            elif kind == "executing":
+                executing.add_metric([queue, label], value)
+            elif kind == "oldest" and value is not None:
+                oldest.add_metric([queue], max(float(value), 0.0))
         up.add_metric([], 1)
-        yield from (jobs, at_least, executing, oldest, up)
+        yield from (jobs, estimated, executing, oldest, up)
 
 
 def registry(

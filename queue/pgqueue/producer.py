@@ -39,6 +39,8 @@ _log = logging.getLogger("pgqueue.producer")
 RATE_SLOTS = 40
 #: how soon a producer whose jobs a cluster-wide limit held back tries again, at most
 _LIMITED_RETRY = 0.05
+#: seconds a producer whose single-statement fetch was contended fetches behind the lock instead
+_LOCKED_AFTER_CONTENTION = 1.0
 
 
 class _Running(Cancellation):
@@ -82,6 +84,9 @@ class Producer:
         self._drained = anyio.Event()
         self._held_back = False
         self._retry_in = 0.0
+        self._contended = False
+        self._locked_until = 0.0
+        self._row_seen = False
         self.fetched = 0
 
     @property
@@ -260,19 +265,42 @@ class Producer:
                 await cursor.execute(ack_statement(self.queries, "fetch_jobs", acks), params)
                 return await read_claim(cursor)
         params.update(
+            # this producer's jobs still performing (see fetch_limited.sql's `running`)
+            running=len(self.running),
             global_limit=config.global_limit,
             rate_limit=config.rate_limit,
             rate_period=config.rate_period,
             period_us=round((config.rate_period or 1.0) * 1_000_000),
             slots=RATE_SLOTS,
         )
+        # (the batched variant when an ack is for a batch member: see ack_statement)
         statement = ack_statement(
             self.queries, "fetch_partitioned" if config.partitioned else "fetch_limited", acks
         )
         async with self.pool.connection() as conn:
-            return await self._fetch_limited(conn, statement, params)
+            if config.partitioned:
+                return await self._fetch_locked(conn, statement, params)
+            if self.clock.monotonic() < self._locked_until:
+                # Other nodes admit to this queue too: the single statement would mostly be
+                # contended and cost a second round trip; lock first for a while.
+                return await self._fetch_locked(conn, statement, params)
+            # One statement, exact unless an admission on another node committed while it ran
+            # (see fetch_limited.sql); then, with nothing admitted, again behind the lock.
+            cursor = conn.cursor(row_factory=tuple_row)
+            await cursor.execute(statement, params)
+            claim = await self._read_limited(cursor)
+            if not self._contended:
+                self._row_seen = True
+                return claim
+            if self._row_seen:  # (the first fetch of a queue is contended: its row is created)
+                self._locked_until = self.clock.monotonic() + _LOCKED_AFTER_CONTENTION
+            self._row_seen = True
+            acked, jobs, undecodable = claim
+            params["acks"] = "[]"  # they landed with the first statement
+            _, jobs, undecodable_locked = await self._fetch_locked(conn, self.queries.fetch_limited, params)
+            return acked, jobs, undecodable + undecodable_locked
 
-    async def _fetch_limited(
+    async def _fetch_locked(
         self, conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
     ) -> Claim:
         # Two statements, one transaction, sent together: the lock on the queue's admission row,
@@ -282,12 +310,16 @@ class Producer:
             await cursor.execute(self.queries.limited_plan)
             await cursor.execute(self.queries.lock_limits, {"queue": self.queue})
             await cursor.execute(statement, params)
+        return await self._read_limited(cursor)
+
+    async def _read_limited(self, cursor: psycopg.AsyncCursor[Any]) -> Claim:
         first = await cursor.fetchone()
         await cursor.scroll(0, mode="absolute")
         retry_in = first[1] if first is not None else None
+        self._contended = bool(first[2]) if first is not None else False
         self._held_back = retry_in is not None
         self._retry_in = float(retry_in or 0.0)
-        return await read_claim(cursor, offset=2)
+        return await read_claim(cursor, offset=3)
 
     async def _execute(self, job: Job, running: _Running) -> None:
         try:

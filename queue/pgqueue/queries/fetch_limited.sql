@@ -1,10 +1,16 @@
 -- The fetch of a queue with a global and/or rate limit (see fetch_jobs.sql for the acks and the
--- claim). Runs in a transaction after lock_limits.sql has locked the queue's admission row, so its
--- snapshot sees every earlier admission, on any node:
---   running  = jobs of the queue executing now, less those acked by this very statement;
+-- claim), usually one statement on its own:
+--   running  = jobs of the queue executing now: this producer's as it counts them, the others' as
+--              the snapshot sees them, less those acked by this very statement;
 --   admitted = at most min(demand, global_limit - running) jobs, in priority, scheduled_at, id
 --              order, whose weights (meta.weight, 1 by default, at most rate_limit) fit in what
 --              the rate window has left.
+-- Exactness across nodes: the statement locks the queue's admission row, and every admission
+-- writes that row. The count of executing jobs comes from the statement's snapshot, taken before
+-- the lock wait; it is exact if no admission committed since, that is if the row locked (its
+-- newest version) is the row the snapshot sees. Otherwise it admits nothing and says `contended`,
+-- and the producer runs it again after lock_limits.sql in one transaction, whose fetch snapshot
+-- is taken with the lock held (and which creates the row the first time).
 -- The rate limit is a sliding window kept as `slots` of 1/%(slots)s of the period: an admission at
 -- time t counts the units started in every slot that overlaps [t - period, t], so no window of one
 -- period ever holds more than rate_limit units. Slots are numbered in whole microseconds by integer
@@ -17,10 +23,25 @@ WITH commit_mode AS (
     SELECT CASE WHEN %(async_commit)s THEN set_config('synchronous_commit', 'off', true) END AS setting
 ),
 {acks_part}
-state AS (
-    SELECT greatest(clock_timestamp(), s.last_start) AS t, s.slots, s.units
+seen AS (
+    -- The admission row as the snapshot sees it.
+    SELECT s.xmin::text AS version
     FROM {limit_state} AS s
     WHERE s.queue = %(queue)s AND s.partition_key = ''
+),
+locked AS (
+    -- Its newest version, locked until commit (behind any admission in flight on another node).
+    SELECT s.xmin::text AS version, s.last_start, s.slots, s.units
+    FROM {limit_state} AS s
+    WHERE s.queue = %(queue)s AND s.partition_key = ''
+    FOR UPDATE
+),
+exact AS (
+    SELECT EXISTS (SELECT 1 FROM locked JOIN seen USING (version)) AS ok
+),
+state AS (
+    SELECT greatest(clock_timestamp(), s.last_start) AS t, s.slots, s.units
+    FROM locked AS s
 ),
 slot AS (
     SELECT st.t,
@@ -34,21 +55,27 @@ used AS (
     WHERE o.s >= slot.cur - %(slots)s
 ),
 running AS (
-    -- An ordered walk of the executing index, stopped at the limit: a plain index scan skips the
-    -- entries of jobs that stopped executing since the last vacuum (marked dead on first sight),
-    -- where a bitmap scan would visit the heap for each of them.
-    SELECT count(*) AS n
+    -- This producer's own jobs are counted by the producer (%(running)s: those still performing;
+    -- one that has finished no longer runs, whether or not its ack has landed yet), so acks in
+    -- flight from its completer don't shrink its claims. Everyone else's by an ordered walk of the
+    -- executing index, stopped at the limit: a plain index scan skips the entries of jobs that
+    -- stopped executing since the last vacuum (marked dead on first sight), where a bitmap scan
+    -- would visit the heap for each of them.
+    SELECT %(running)s::integer + count(*) AS n
     FROM (SELECT j.id
           FROM {jobs} AS j
           WHERE j.state = 'executing' AND j.queue = %(queue)s
+            AND j.attempted_by[2] IS DISTINCT FROM %(producer)s::text
             AND j.id NOT IN (SELECT id FROM acked)
           ORDER BY j.attempted_at
           LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
 ),
 room AS (
-    SELECT greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s))) AS jobs,
+    SELECT CASE WHEN exact.ok
+                THEN greatest(0, least(%(demand)s, coalesce(%(global_limit)s - running.n, %(demand)s)))
+                ELSE 0 END AS jobs,
            coalesce(%(rate_limit)s - used.units, 2147483647) AS units
-    FROM running, used
+    FROM running, used, exact
 ),
 candidates AS (
     SELECT j.id, j.priority, j.scheduled_at,
@@ -68,6 +95,9 @@ claimed AS (
     FROM (SELECT id, weight, sum(weight) OVER (ORDER BY priority, scheduled_at, id) AS total
           FROM candidates) AS c
     WHERE c.total <= (SELECT units FROM room)
+    -- Never more than demand; said again here so the planner knows how few rows follow: left to
+    -- guess a tenth of the queue, it claims them with a hash join over a scan of the whole table.
+    LIMIT %(demand)s
 ),
 fetched AS (
     UPDATE {jobs} AS j
@@ -82,8 +112,9 @@ fetched AS (
               j.attempted_by, j.completed_at, j.cancelled_at, j.discarded_at
 ),
 stamped AS (
-    -- Record the admission: the new time floor and, for a rate limit, the units in this slot
-    -- (slots older than the window are dropped).
+    -- Record the admission (a new row version, which the next fetch on any node checks against its
+    -- snapshot): the new time floor and, for a rate limit, the units in this slot (slots older
+    -- than the window are dropped). A fetch that admits nothing writes nothing.
     UPDATE {limit_state} AS s
     SET last_start = slot.t,
         (slots, units) = (
@@ -96,17 +127,22 @@ stamped AS (
                   GROUP BY o.s) AS k)
     FROM slot
     WHERE s.queue = %(queue)s AND s.partition_key = '' AND EXISTS (SELECT 1 FROM claimed)
-      -- A global limit alone keeps no state: its fetch only locks the row, writing nothing.
-      AND %(rate_limit)s::integer IS NOT NULL
     RETURNING 1
 ),
 waiting AS (
-    -- A job left waiting although there was demand: a limit held it back.
-    SELECT EXISTS (
-        SELECT 1 FROM {jobs} AS j
-        WHERE j.state = 'available' AND j.queue = %(queue)s
-          AND j.id NOT IN (SELECT id FROM claimed)
-    ) AS blocked
+    -- A job left waiting although there was demand: a limit held it back. Looked for only when a
+    -- limit cut the claim short; otherwise the claim got all it asked for, or all there was. The
+    -- next job in the fetch index's order (not EXISTS, which drops the order and lets the planner
+    -- pick a sequential scan that first passes every finished job).
+    SELECT CASE WHEN (SELECT count(*) FROM claimed) < %(demand)s
+                     AND ((SELECT jobs FROM room) < %(demand)s
+                          OR (SELECT count(*) FROM claimed) < (SELECT count(*) FROM candidates))
+                THEN (SELECT j.id FROM {jobs} AS j
+                      WHERE j.state = 'available' AND j.queue = %(queue)s
+                        AND j.id NOT IN (SELECT id FROM claimed)
+                      ORDER BY j.priority, j.scheduled_at, j.id
+                      LIMIT 1) IS NOT NULL
+                ELSE false END AS blocked
 )
 SELECT (SELECT landed FROM acks_landed) AS acked,
        -- NULL: no limit held a job back. Else seconds until the rate window frees a unit (the
@@ -119,6 +155,8 @@ SELECT (SELECT landed FROM acks_landed) AS acked,
                                   WHERE o.s >= slot.cur - %(slots)s) / 1000000.0)
            END
        END::float8 AS retry_in,
+       -- The snapshot missed an admission (or the row is new): nothing admitted, run it locked.
+       NOT (SELECT ok FROM exact) AS contended,
        f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true

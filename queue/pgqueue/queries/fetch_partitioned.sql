@@ -178,6 +178,8 @@ waiting AS (
 )
 SELECT (SELECT landed FROM acks_landed) AS acked,
        CASE WHEN (SELECT any_left AND taken < %(demand)s FROM waiting) THEN 0 END::float8 AS retry_in,
+       -- Always run after lock_limits.sql, so never contended (the column fetch_limited.sql has).
+       false AS contended,
        f.*
 FROM commit_mode
 LEFT JOIN fetched AS f ON true

@@ -48,13 +48,15 @@ def create_app(
     secret: bytes | None = None,
     redact: Redactor = default_redact,
     extensions: Sequence[Extension] = (),
+    counts_seconds: float = 1.0,
 ) -> Starlette:
     """The dashboard for the queue in ``schema``, reading through ``pool`` (or a pool on ``dsn``).
 
     Authentication is required: a ``token`` (16+ characters), ``basic_auth`` (``"user:password"``)
     or an ``authenticate(connection)`` callable returning the user's name or None. ``read_only``
     hides and refuses every action. ``secret`` signs session cookies (default: random per
-    process). ``redact`` cleans args and meta before they are shown.
+    process). ``redact`` cleans args and meta before they are shown. ``counts_seconds``: how long
+    the counts by state are reused across pages, live-count polls and tabs (0: count every time).
     """
     validate_schema_name(schema)
     if (dsn is None) == (pool is None):
@@ -70,7 +72,18 @@ def create_app(
     )
     own_pool = pool is None
     the_pool = pool or AsyncConnectionPool(dsn or "", min_size=1, max_size=4, open=False)
-    dashboard = Dashboard(the_pool, schema, credentials, Sessions(secret), read_only, redact, extensions)
+    if isinstance(counts_seconds, bool) or not isinstance(counts_seconds, (int, float)) or counts_seconds < 0:
+        raise ValueError(f"counts_seconds must be a number of seconds, 0 or more, got {counts_seconds!r}")
+    dashboard = Dashboard(
+        the_pool,
+        schema,
+        credentials,
+        Sessions(secret),
+        read_only,
+        redact,
+        extensions,
+        counts_seconds=float(counts_seconds),
+    )
     # Mounted inside another app, this app's lifespan never runs: its own pool opens on first use.
     dashboard.opens_pool = own_pool
 

@@ -87,13 +87,15 @@ class Dashboard:
     extensions: Sequence[Extension] = ()
     #: whether the dashboard opens (and closes) the pool itself
     opens_pool: bool = False
+    #: how long counts by state (and an extension's summaries) may be reused; 0: read every time
+    counts_seconds: float = 1.0
     reads: Reads = field(init=False)
     env: Environment = field(init=False)
     _opening: anyio.Lock = field(init=False, default_factory=anyio.Lock)
     _opened: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.reads = Reads(self.pool, self.schema)
+        self.reads = Reads(self.pool, self.schema, self.counts_seconds)
         loaders: list[Any] = [
             FileSystemLoader(str(d)) for e in self.extensions if (d := e.template_dir()) is not None
         ]

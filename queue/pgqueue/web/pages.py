@@ -109,7 +109,7 @@ def _metrics_registry(dashboard: Dashboard) -> Any:
     registry = CollectorRegistry()
     conninfo = dashboard.pool.conninfo
     if isinstance(conninfo, str):
-        registry.register(QueueCollector(conninfo, dashboard.schema))
+        registry.register(QueueCollector(conninfo, dashboard.schema, dashboard.counts_seconds))
     for extension in dashboard.extensions:
         for collector in extension.collectors(dashboard):
             registry.register(collector)
@@ -125,7 +125,9 @@ def routes(dashboard: Dashboard) -> list[Route]:
             group.start_soon(overview_soon.run)
             group.start_soon(minutes_soon.run)
         overview, minutes = overview_soon.value, minutes_soon.value
-        names = sorted(set(overview.counts) | {p.queue for p in overview.producers} | set(overview.executing))
+        names = sorted(
+            set(overview.counts.exact) | {p.queue for p in overview.producers} | set(overview.executing)
+        )
         by_queue: dict[str, list[Any]] = {}
         for producer in overview.producers:
             by_queue.setdefault(producer.queue, []).append(producer)
@@ -184,9 +186,9 @@ def routes(dashboard: Dashboard) -> list[Route]:
         return dashboard.render(request, "batches.html", {"title": "Batches", "batches": found})
 
     async def counts(request: Request) -> Response:
-        overview = await dashboard.reads.overview()
+        state_counts = await dashboard.reads.counts.get()
         return JSONResponse(
-            {"totals": overview.totals(), "at_least": sorted(overview.at_least), "leader": overview.leader},
+            {"totals": state_counts.totals(), "estimated": sorted(state_counts.estimated)},
             headers={"Cache-Control": "no-store"},
         )
 

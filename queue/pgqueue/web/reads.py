@@ -14,12 +14,13 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from ..batches import BatchProgress
+from ..counts import StateCounts, count_params
 from ..job import Job
 from ..manage import aget_job
 from ..store import JobFilter, filtered, queries_for
+from .recent import Recent
 
 __all__ = [
-    "COUNT_EXACT_UP_TO",
     "JobPage",
     "JobRow",
     "Minute",
@@ -28,8 +29,6 @@ __all__ = [
     "Reads",
 ]
 
-#: a finished state with more rows than this is shown as "at least" this many
-COUNT_EXACT_UP_TO = 100_000
 _MAX_ID = 2**63 - 1
 
 
@@ -78,25 +77,17 @@ class Producer:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """Counts per queue and state, plus finished states too large to count per queue."""
+    """Counts per queue and state (estimated for states too large to count), executing jobs per
+    node, the producers and the leader."""
 
-    #: queue → state → count
-    counts: dict[str, dict[str, int]]
-    #: state → lower bound, for finished states holding at least COUNT_EXACT_UP_TO jobs
-    at_least: dict[str, int]
+    counts: StateCounts
     #: queue → node → executing jobs
     executing: dict[str, dict[str, int]]
     producers: list[Producer]
     leader: str | None
 
     def totals(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for states in self.counts.values():
-            for state, count in states.items():
-                totals[state] = totals.get(state, 0) + count
-        for state, count in self.at_least.items():
-            totals[state] = totals.get(state, 0) + count
-        return totals
+        return self.counts.totals()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +102,24 @@ class Minute:
 class Reads:
     """The dashboard's queries for one schema, on one pool."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], schema: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], schema: str, counts_seconds: float = 1.0) -> None:
         self.pool = pool
         self.schema = schema
         self.queries = queries_for(schema)
+        #: the counts by queue and state, read at most once per ``counts_seconds`` (see Recent)
+        self.counts = Recent(self._read_counts, counts_seconds)
+        self._minutes = Recent(self._read_throughput, counts_seconds)
+
+    async def _read_counts(self) -> StateCounts:
+        return StateCounts.from_rows(await self._fetch(self.queries.web_state_counts, count_params()))
 
     async def _fetch(self, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        # Never prepared: a filtered list's best plan depends on its values (a rare state reads its
+        # index, a common one the primary key), and a server-side prepared statement ends up on a
+        # generic plan after a few runs (measured: an args search went from 60 ms to 800 ms).
         async with self.pool.connection() as conn:
-            rows: list[tuple[Any, ...]] = await (await conn.execute(statement, params or {})).fetchall()
+            cursor = await conn.execute(statement, params or {}, prepare=False)
+            rows: list[tuple[Any, ...]] = await cursor.fetchall()
         return rows
 
     async def jobs(
@@ -151,28 +152,17 @@ class Reads:
         return str(rows[0][0]) if rows else None
 
     async def overview(self) -> Overview:
+        counts = await self.counts.get()
         async with self.pool.connection() as conn:
-            counts_rows = await (
-                await conn.execute(self.queries.web_state_counts, {"exact_up_to": COUNT_EXACT_UP_TO})
-            ).fetchall()
             executing_rows = await (await conn.execute(self.queries.web_executing_by_node)).fetchall()
             producer_rows = await (await conn.execute(self.queries.web_producers)).fetchall()
             leader_row = await (
                 await conn.execute(self.queries.leader_current, {"name": "pgqueue"})
             ).fetchone()
-        counts: dict[str, dict[str, int]] = {}
-        at_least: dict[str, int] = {}
-        for queue, state, count, _exact in counts_rows:
-            if queue is None:
-                at_least[state] = int(count)
-            else:
-                counts.setdefault(queue, {})[state] = int(count)
         executing: dict[str, dict[str, int]] = {}
         for queue, node, count in executing_rows:
             executing.setdefault(queue, {})[node] = int(count)
-        return Overview(
-            counts, at_least, executing, _producers(producer_rows), leader_row[0] if leader_row else None
-        )
+        return Overview(counts, executing, _producers(producer_rows), leader_row[0] if leader_row else None)
 
     async def nodes(self) -> tuple[list[Producer], str | None]:
         """Every producer row and the leader (no job counts: the nodes page needs none)."""
@@ -188,6 +178,10 @@ class Reads:
         return [BatchProgress(*row) for row in await self._fetch(self.queries.web_batches, {"limit": limit})]
 
     async def throughput(self) -> list[Minute]:
+        """Finished jobs per minute over the last hour (shared like the counts)."""
+        return await self._minutes.get()
+
+    async def _read_throughput(self) -> list[Minute]:
         rows = await self._fetch(self.queries.web_throughput)
         return [
             Minute(at, int(done), int(failed), _float(run), _float(wait))

@@ -16,8 +16,8 @@
         live.textContent = parts.join(" · ");
         document.querySelectorAll("[data-count]").forEach(function (el) {
           var state = el.getAttribute("data-count");
-          var atLeast = (data.at_least || []).indexOf(state) >= 0;
-          el.textContent = (atLeast ? "≥ " : "") + (totals[state] || 0);
+          var estimated = (data.estimated || []).indexOf(state) >= 0;
+          el.textContent = (estimated ? "≈ " : "") + (totals[state] || 0);
         });
       })
       .catch(function () { /* the next tick tries again */ });
