@@ -103,10 +103,16 @@ def empty_schema(dsn: str, _leftover_schemas: list[str]) -> Iterator[str]:
 
 
 @pytest.fixture
-def schema(dsn: str, empty_schema: str) -> str:
-    """A fresh schema with every component migrated into it."""
+def components() -> list[migrations.MigrationSet]:
+    """What ``schema`` migrates: every component here; the queue's own suites override it."""
+    return _component_sets()
+
+
+@pytest.fixture
+def schema(dsn: str, empty_schema: str, components: list[migrations.MigrationSet]) -> str:
+    """A fresh schema with ``components`` migrated into it."""
     with psycopg.connect(dsn) as conn:
-        for component in _component_sets():
+        for component in components:
             migrations.migrate(conn, empty_schema, component)
     return empty_schema
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from psycopg import sql
@@ -142,25 +143,33 @@ def test_trace_stops_at_its_limit_and_says_so(
 
 
 def test_unknown_and_malformed_ids_and_bad_usage_are_one_line_and_an_exit_code(dsn: str, schema: str) -> None:
-    missing = _run("explain", str(uuid.uuid4()), "--schema", schema, dsn=dsn)
+    # Six independent processes, started together (each spends most of its time importing).
+    calls = {
+        "missing": (("explain", str(uuid.uuid4()), "--schema", schema), dsn),
+        "no_event": (("trace", str(uuid.uuid4()), "--schema", schema), dsn),
+        "malformed": (("explain", "not-a-uuid", "--schema", schema), dsn),
+        "unknown": (("frobnicate",), dsn),
+        "no_db": (("migrate",), None),
+        "bad_schema": (("migrate", "--schema", "bad%schema"), dsn),
+    }
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {name: pool.submit(_run, *args, dsn=given) for name, (args, given) in calls.items()}
+        done = {name: future.result() for name, future in futures.items()}
+    missing = done["missing"]
     assert (missing.returncode, missing.stderr.count("\n")) == (1, 1)
     assert "no delivery with id" in missing.stderr
-    no_event = _run("trace", str(uuid.uuid4()), "--schema", schema, dsn=dsn)
-    assert no_event.returncode == 1
-    assert "no event with id" in no_event.stderr
-    malformed = _run("explain", "not-a-uuid", "--schema", schema, dsn=dsn)
-    assert malformed.returncode == 2
-    assert "delivery_id must be a UUID, got 'not-a-uuid'" in malformed.stderr
-    unknown = _run("frobnicate", dsn=dsn)
+    assert done["no_event"].returncode == 1
+    assert "no event with id" in done["no_event"].stderr
+    assert done["malformed"].returncode == 2
+    assert "delivery_id must be a UUID, got 'not-a-uuid'" in done["malformed"].stderr
+    unknown = done["unknown"]
     assert unknown.returncode == 2
     assert "invalid choice" in unknown.stderr
     assert "Traceback" not in unknown.stderr
-    no_db = _run("migrate")
-    assert no_db.returncode == 2
-    assert "DATABASE_URL" in no_db.stderr
-    bad_schema = _run("migrate", "--schema", "bad%schema", dsn=dsn)
-    assert bad_schema.returncode == 2
-    assert bad_schema.stderr.count("\n") == 1
+    assert done["no_db"].returncode == 2
+    assert "DATABASE_URL" in done["no_db"].stderr
+    assert done["bad_schema"].returncode == 2
+    assert done["bad_schema"].stderr.count("\n") == 1
 
 
 def test_an_unmigrated_schema_and_an_unreachable_database_say_what_to_do(dsn: str, empty_schema: str) -> None:

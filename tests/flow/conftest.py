@@ -15,11 +15,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from pgqueue import migrate as migrations
 from tests.flow.workers import DSN_VARIABLE, MARKS_DDL, SCHEMA_VARIABLE
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 Launch = Callable[[str, dict[str, Any]], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def components() -> list[migrations.MigrationSet]:
+    """Flow control is the queue's: its tables only."""
+    return [migrations.PGQUEUE]
 
 
 @pytest.fixture
