@@ -169,7 +169,7 @@ def wake_up_latency(dsn: str, mode: Mode) -> dict[str, Any]:
 def _drain(dsn: str, tree: Path, schema: str, jobs: int) -> float:
     jobs_table = sql.Identifier(schema, "jobs")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("TRUNCATE {}").format(jobs_table))
+        conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(jobs_table))
         conn.execute(
             sql.SQL(
                 "INSERT INTO {} (worker, queue, args) SELECT 'bench.ResultsNoop', 'bench', "
