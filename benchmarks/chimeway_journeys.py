@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from benchmarks.chimeway_e2e import bench_dsn
 from chimeway.journeys import Journey, Step
 from chimeway.migrations import migrate_all
 
+RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMA = "bench_journeys"
 DEADLINE = 900.0
 JOURNEY = Journey("bench_journey", 1, [Step(1, "in_app"), Step(2, "email"), Step(3, "sms")])
@@ -109,6 +111,7 @@ def measure(dsn: str, count: int, journey: bool) -> dict[str, float]:
         session.commit()
     triggered = time.perf_counter()
     engine.dispose()
+    commits_before = _commits(dsn)
     worker = subprocess.Popen(
         [sys.executable, "-m", "chimeway.worker", "--config", str(config), "--log-level", "warning"],
         env={**os.environ, "DATABASE_URL": dsn},
@@ -125,33 +128,126 @@ def measure(dsn: str, count: int, journey: bool) -> dict[str, float]:
     finally:
         worker.terminate()
         worker.wait(60)
+    commits = _commits(dsn, settle=True) - commits_before
     return {
         "trigger_s": triggered - started,
         "end_to_end_s": finished - started,
         "deliveries_per_s": 3 * count / (finished - started),
+        "transactions_per_delivery": commits / (3 * count),
     }
+
+
+def _commits(dsn: str, settle: bool = False) -> int:
+    """Transactions committed in this database so far (the server flushes its counters about once
+    a second: ``settle`` waits for that)."""
+    if settle:
+        time.sleep(1.5)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _dsn(database: str | None) -> str:
+    """The benchmark's database: ``chimeway_bench`` by default, else ``database`` (created when missing)."""
+    dsn = bench_dsn()
+    if database is None:
+        return dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--database", default=None, help="a database of its own (default: chimeway_bench)")
     args = parser.parse_args(argv)
-    dsn = bench_dsn()
+    dsn = _dsn(args.database)
+    now = datetime.now(UTC)
+    load_before = [round(v, 2) for v in os.getloadavg()]
     runs: dict[str, list[dict[str, float]]] = {"journey": [], "independent": []}
     for _ in range(args.repeats):  # interleaved, so both see the same machine
         runs["journey"].append(measure(dsn, args.count, journey=True))
         runs["independent"].append(measure(dsn, args.count, journey=False))
+    load_after = [round(v, 2) for v in os.getloadavg()]
     summary = {
         name: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for name, results in runs.items()
     }
-    ratio = summary["journey"]["end_to_end_s"] / summary["independent"]["end_to_end_s"]
-    print(json.dumps({"count": args.count, "repeats": args.repeats, **summary, "ratio": ratio}, indent=2))
-    print(
-        f"{args.count} notifications x 3 steps: journey {summary['journey']['end_to_end_s']:.1f} s, "
-        f"independent {summary['independent']['end_to_end_s']:.1f} s (x{ratio:.2f})"
-    )
+    ratios = [
+        j["end_to_end_s"] / i["end_to_end_s"]
+        for j, i in zip(runs["journey"], runs["independent"], strict=True)
+    ]
+    ratio = statistics.median(ratios)
+    report = {
+        "count": args.count,
+        "repeats": args.repeats,
+        "load_average": {"start": load_before, "end": load_after},
+        "cpu_cores": os.cpu_count(),
+        **summary,
+        "ratio": ratio,
+        "ratios": ratios,
+        "runs": runs,
+    }
+    print(json.dumps(report, indent=2))
+    markdown = _markdown(now, args.count, args.repeats, summary, runs, ratios, (load_before, load_after))
+    print(markdown)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    for name in (f"chimeway-journeys-{stamp}", "chimeway-journeys-latest"):
+        (RESULTS / f"{name}.md").write_text(markdown)
+        (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+
+
+def _markdown(
+    now: datetime,
+    count: int,
+    repeats: int,
+    summary: Mapping[str, Mapping[str, float]],
+    runs: Mapping[str, Sequence[Mapping[str, float]]],
+    ratios: Sequence[float],
+    load: tuple[Sequence[float], Sequence[float]],
+) -> str:
+    def cell(name: str, key: str, digits: int) -> str:
+        values = [r[key] for r in runs[name]]
+        spread = f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})" if len(values) > 1 else ""
+        return f"{summary[name][key]:,.{digits}f}{spread}"
+
+    lines = [
+        "# W4j: Chimeway journeys against independent deliveries",
+        "",
+        f"Run on {now.isoformat(timespec='seconds')}; {count:,} notifications, 3 steps each (`in_app` → "
+        "`email` → `sms`, no wait, no condition) against the same 3 channels planned at once; "
+        f"{repeats} repeat(s), interleaved, one `python -m chimeway.worker` at its defaults (logger "
+        f"adapter); median (min-max). Load average {load[0][0]} at start, {load[1][0]} at the end, "
+        f"on {os.cpu_count()} cores.",
+        "",
+        "| Plan | Trigger s | End to end s | Deliveries/s | Server transactions per delivery |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("journey", "independent"):
+        lines.append(
+            f"| {name} | {cell(name, 'trigger_s', 2)} | {cell(name, 'end_to_end_s', 1)} | "
+            f"{cell(name, 'deliveries_per_s', 0)} | {cell(name, 'transactions_per_delivery', 2)} |"
+        )
+    lines += [
+        "",
+        f"Journey ÷ independent, end to end: **x{statistics.median(ratios):.2f}** (per repeat: "
+        + ", ".join(f"x{r:.2f}" for r in ratios)
+        + ").",
+        "",
+        "End to end: from the trigger's call until the last run completed (journey) or the last "
+        "delivery succeeded (independent). Server transactions: `pg_stat_database.xact_commit` of "
+        "the benchmark's database from the worker's start to the end (the benchmark's own polling "
+        "included), over the 3N deliveries.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

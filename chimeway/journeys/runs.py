@@ -1,6 +1,8 @@
-"""How a run moves: one transaction per move, under the run's row lock, from rows alone.
+"""How a run moves, from rows alone: the decisions, with no I/O (:mod:`chimeway.journeys.moves`
+runs them, for many runs per transaction).
 
-:func:`advance` is what a run's job does. It locks the run, and:
+A run's job asks for one move of the run for one of its steps (:func:`walk`); under the run's row
+lock:
 
 * a run that has ended, or has moved past the job's step, is left alone (a job of a move already
   made: after a crash, or a signal that moved it first);
@@ -19,24 +21,26 @@ wait is already over is taken in the same transaction. Every move appends a tran
 A delivery, a job and the run's move commit together or not at all, and each move checks the
 state it starts from, so a worker killed anywhere emits no step twice and loses none: the job is
 rescued and re-runs the move, or finds it made.
+
+:func:`walk` is a generator: it yields each delivery it plans (:class:`Emit`) and is sent back
+what planning made of it (status and reason, or None when the notification already has a
+delivery on that channel), so the planning of many runs' steps is one statement. Moves, the
+transitions and the jobs to insert accumulate on the :class:`Move`.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
-import psycopg
-
 import pgqueue
 
-from ..store import Queries
 from .definition import Step
 
-__all__ = ["JobFactories", "advance", "outcome_of"]
+__all__ = ["Emit", "JobFactories", "Move", "Transition", "Walk", "outcome_of", "walk"]
 
 
 class JobFactories(NamedTuple):
@@ -45,6 +49,34 @@ class JobFactories(NamedTuple):
     step_job: Callable[[uuid.UUID, int, float], pgqueue.NewJob]
     dispatch_job: Callable[[uuid.UUID, uuid.UUID, int], pgqueue.NewJob]
 
+
+class Emit(NamedTuple):
+    """A step's delivery to plan (``journey_emit.sql``)."""
+
+    delivery_id: uuid.UUID
+    run_id: uuid.UUID
+    step: int
+    channel: str
+    render_key: str | None
+    render_version: int | None
+
+
+class Transition(NamedTuple):
+    """One line of a run's transition log."""
+
+    run_id: uuid.UUID
+    step: int
+    delivery_id: uuid.UUID | None
+    from_state: str
+    to_state: str
+    reason: str
+    context: str
+
+
+#: what planning made of an :class:`Emit`: (status, suppression reason), or None (channel taken)
+Emitted = tuple[str, str | None] | None
+#: a move in progress: yields the deliveries it plans, returns the job's result
+Walk = Generator[Emit, Emitted, Any]
 
 _CANCELLED: Final = {
     "bounced": "bounced",
@@ -66,10 +98,10 @@ def outcome_of(status: str, reason: str | None) -> str | None:
     return None
 
 
-class _Move:
-    """The locked run and what this transaction does to it."""
+class Move:
+    """A locked run (a row of ``journey_lock_runs.sql``) and what this transaction does to it."""
 
-    def __init__(self, run_id: uuid.UUID, row: Sequence[Any], queue_schema: str, jobs: JobFactories) -> None:
+    def __init__(self, run_id: uuid.UUID, row: Sequence[Any], jobs: JobFactories) -> None:
         (
             state,
             current,
@@ -85,7 +117,6 @@ class _Move:
             now,
         ) = row
         self.run_id = run_id
-        self.queue_schema = queue_schema
         self.jobs = jobs
         self.state: str = state
         self.current: int = current
@@ -97,6 +128,11 @@ class _Move:
         self.payload: Mapping[str, Any] = json.loads(payload)
         self.delivery = (d_id, d_status, d_reason) if d_id is not None else None
         self.now: datetime = now
+        #: what the run's row becomes (its last move's due_in and terminal reason)
+        self.due_in = 0.0
+        self.terminal_reason: str | None = None
+        self.log: list[Transition] = []
+        self.new_jobs: list[pgqueue.NewJob] = []
 
     def step(self, order: int) -> Step:
         return next(s for s in self.steps if s.order == order)
@@ -115,7 +151,7 @@ class _Move:
             target = earlier[-1]
         return self.outcomes.get(str(target.order))
 
-    def due_in(self, step: Step) -> tuple[float, str | None]:
+    def due_in_for(self, step: Step) -> tuple[float, str | None]:
         """Seconds until ``step`` may go (its delay, and its wait_until timestamp), and an error
         when the timestamp in the trigger params is unusable."""
         due = float(step.delay)
@@ -134,71 +170,43 @@ class _Move:
             due = max(due, (at - self.now).total_seconds())
         return max(due, 0.0), None
 
-
-async def _log(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    move: _Move,
-    *,
-    to_state: str,
-    step: int,
-    reason: str,
-    from_state: str | None = None,
-    log_step: int | None = None,
-    due_in: float = 0.0,
-    terminal_reason: str | None = None,
-    delivery_id: uuid.UUID | None = None,
-    context: Mapping[str, Any] | None = None,
-) -> None:
-    await conn.execute(
-        queries.journey_move,
-        {
-            "run_id": move.run_id,
-            "to_state": to_state,
-            "from_state": from_state if from_state is not None else move.state,
-            "step": step,
-            "log_step": log_step if log_step is not None else step,
-            "outcomes": json.dumps(move.outcomes),
-            "due_in": due_in,
-            "terminal_reason": terminal_reason,
-            "delivery_id": delivery_id,
-            "reason": reason,
-            "context": json.dumps(context or {}),
-        },
-    )
-    move.state = to_state
-    move.current = step
+    def record(
+        self,
+        *,
+        to_state: str,
+        step: int,
+        reason: str,
+        due_in: float = 0.0,
+        terminal_reason: str | None = None,
+        delivery_id: uuid.UUID | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One move: the run's new state and its line in the transition log."""
+        self.log.append(
+            Transition(
+                self.run_id, step, delivery_id, self.state, to_state, reason, json.dumps(context or {})
+            )
+        )
+        self.state = to_state
+        self.current = step
+        self.due_in = self.wait = due_in
+        self.terminal_reason = terminal_reason
 
 
-async def advance(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    run_id: uuid.UUID,
-    step: int,
-    *,
-    queue_schema: str,
-    jobs: JobFactories,
-) -> Any:
-    """One move of run ``run_id`` for its step ``step``; returns the job's result. ``conn`` is in
-    autocommit: the move is one transaction of its own."""
-    async with conn.transaction():
-        cursor = await conn.execute(queries.journey_lock_run, {"run_id": run_id})
-        row = await cursor.fetchone()
-        if row is None:
-            return pgqueue.Cancel(f"journey run {run_id} not found")
-        move = _Move(run_id, row, queue_schema, jobs)
-        if move.state in ("completed", "ended") or move.current != step:
+def walk(move: Move, step: int) -> Walk:
+    """One move of the run for its step ``step``; returns the job's result."""
+    if move.state in ("completed", "ended") or move.current != step:
+        return None
+    if move.state == "sending":
+        if not _settle(move):
             return None
-        if move.state == "sending":
-            if not await _settle(conn, queries, move):
-                return None
-        elif move.wait > 0:
-            return pgqueue.Snooze(move.wait + 0.05)
-        await _take_due_steps(conn, queries, move)
+    elif move.wait > 0:
+        return pgqueue.Snooze(move.wait + 0.05)
+    yield from _take_due_steps(move)
     return None
 
 
-async def _settle(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _Move) -> bool:
+def _settle(move: Move) -> bool:
     """Store the sending step's outcome if it is known; False while it isn't (or when only a
     temporary failure is known and the next step doesn't ask for one)."""
     if move.delivery is None:
@@ -212,40 +220,26 @@ async def _settle(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _M
         if following is None or "temporary_failure" not in following.when:
             return False
     move.outcomes[str(move.current)] = outcome
-    await _log(
-        conn,
-        queries,
-        move,
+    move.record(
         to_state="waiting",
         step=move.current,
         reason="step_settled",
         delivery_id=delivery_id,
         context={"outcome": outcome},
     )
-    return await _to_next(conn, queries, move)
+    return _to_next(move)
 
 
-async def _to_next(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _Move) -> bool:
+def _to_next(move: Move) -> bool:
     """Move past the current step: complete the run, or wait for the next step. True when the
     next step is due now (the caller takes it in this transaction)."""
     following = move.next_step(move.current)
     if following is None:
-        await _log(
-            conn,
-            queries,
-            move,
-            to_state="completed",
-            step=move.current,
-            reason="completed",
-            terminal_reason="completed",
-        )
+        move.record(to_state="completed", step=move.current, reason="completed", terminal_reason="completed")
         return False
-    due_in, error = move.due_in(following)
+    due_in, error = move.due_in_for(following)
     if error is not None:
-        await _log(
-            conn,
-            queries,
-            move,
+        move.record(
             to_state="ended",
             step=following.order,
             reason="invalid_wait",
@@ -253,10 +247,7 @@ async def _to_next(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _
             context={"error": error},
         )
         return False
-    await _log(
-        conn,
-        queries,
-        move,
+    move.record(
         to_state="waiting",
         step=following.order,
         reason="waiting",
@@ -264,56 +255,44 @@ async def _to_next(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _
         context={"due_in": round(due_in, 3)},
     )
     if due_in > 0:
-        job = move.jobs.step_job(move.run_id, following.order, due_in)
-        await pgqueue.ainsert(conn, job, schema=move.queue_schema)
+        move.new_jobs.append(move.jobs.step_job(move.run_id, following.order, due_in))
         return False
     return True
 
 
-async def _take_due_steps(conn: psycopg.AsyncConnection[Any], queries: Queries, move: _Move) -> None:
+def _take_due_steps(move: Move) -> Walk:
     """Take the current step (its wait is over), and every following one that is due at once."""
     while move.state == "waiting":
         step = move.step(move.current)
         if move.stop_when_read and move.read:
-            await _log(
-                conn, queries, move, to_state="ended", step=step.order, reason="read", terminal_reason="read"
-            )
+            move.record(to_state="ended", step=step.order, reason="read", terminal_reason="read")
             return
         looked_at = move.looked_at(step)
         if step.when and looked_at not in step.when:
             move.outcomes[str(step.order)] = "skipped"
-            await _log(
-                conn,
-                queries,
-                move,
+            move.record(
                 to_state="waiting",
                 step=step.order,
                 reason="step_skipped",
                 context={"looked_at": looked_at, "when": sorted(step.when)},
             )
-            if not await _to_next(conn, queries, move):
+            if not _to_next(move):
                 return
             continue
         delivery_id = uuid.uuid4()
-        cursor = await conn.execute(
-            queries.journey_emit,
-            {
-                "id": delivery_id,
-                "run_id": move.run_id,
-                "step": step.order,
-                "channel": step.channel,
-                "render_key": step.template[0] if step.template else None,
-                "render_version": step.template[1] if step.template else None,
-            },
+        template = step.template
+        emitted = yield Emit(
+            delivery_id,
+            move.run_id,
+            step.order,
+            step.channel,
+            template[0] if template else None,
+            template[1] if template else None,
         )
-        emitted = await cursor.fetchone()
         if emitted is None:
             # The planner's key: this notification already has a delivery on the channel, made
             # outside the journey.
-            await _log(
-                conn,
-                queries,
-                move,
+            move.record(
                 to_state="ended",
                 step=step.order,
                 reason="channel_taken",
@@ -321,21 +300,17 @@ async def _take_due_steps(conn: psycopg.AsyncConnection[Any], queries: Queries, 
                 context={"channel": step.channel},
             )
             return
-        _, status, reason = emitted
-        await _log(
-            conn,
-            queries,
-            move,
+        status, reason = emitted
+        move.record(
             to_state="sending",
             step=step.order,
             reason="step_emitted",
             delivery_id=delivery_id,
             context={"channel": step.channel, "status": status},
         )
-        if status == "pending":
-            job = move.jobs.dispatch_job(delivery_id, move.run_id, step.order)
-            await pgqueue.ainsert(conn, job, schema=move.queue_schema)
-            return
         move.delivery = (delivery_id, status, reason)
-        if not await _settle(conn, queries, move):
+        if status == "pending":
+            move.new_jobs.append(move.jobs.dispatch_job(delivery_id, move.run_id, step.order))
+            return
+        if not _settle(move):
             return

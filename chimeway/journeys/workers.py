@@ -3,24 +3,49 @@ jobs (:class:`JourneyDispatchWorker`), both on the dispatch queue, run by ``chim
 
 A step job carries only the run id and the step's order; it is scheduled for the end of the
 step's wait (a pgqueue scheduled job: nothing polls runs). A journey delivery's dispatch job is the
-dispatch worker's, plus the run and step: once its delivery has an outcome (or a first temporary
-failure) it makes the run's next move itself. A worker killed after the delivery's record but
-before that move leaves the dispatch job to the lifeline; its re-run finds the delivery ended and
-makes the move then.
+dispatch worker's, plus the run and step: its delivery goes through the same batches as any other
+(:mod:`chimeway.dispatch.batcher`), and once it has an outcome (or a first temporary failure) the
+job makes the run's next move itself. A worker killed after the delivery's record but before that
+move leaves the dispatch job to the lifeline; its re-run finds the delivery ended and makes the
+move then.
+
+Moves are batched too: every job of one event loop asking for a move in the same turn is moved
+in one transaction with the others (:class:`chimeway.journeys.moves.Mover`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import pgqueue
 
-from ..dispatch import QUEUE, DispatchWorker, current_dispatcher
-from .runs import JobFactories, advance
+from ..dispatch import QUEUE, Dispatcher, DispatchWorker, current_dispatcher
+from .moves import Mover
+from .runs import JobFactories
 
-__all__ = ["JourneyDispatchWorker", "JourneyWorker", "factories", "journey_dispatch_job", "step_job"]
+__all__ = [
+    "JourneyDispatchWorker",
+    "JourneyWorker",
+    "factories",
+    "journey_dispatch_job",
+    "mover_for",
+    "step_job",
+]
+
+_movers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mover] = weakref.WeakKeyDictionary()
+
+
+def mover_for(dispatcher: Dispatcher) -> Mover:
+    """This event loop's :class:`Mover` on ``dispatcher``'s connections."""
+    loop = asyncio.get_running_loop()
+    mover = _movers.get(loop)
+    if mover is None or mover.host is not dispatcher:
+        mover = _movers[loop] = Mover(dispatcher, factories(), loop)
+    return mover
 
 
 def _ids(args: Mapping[str, Any]) -> tuple[uuid.UUID, int] | None:
@@ -41,11 +66,7 @@ class JourneyWorker(pgqueue.Worker, queue=QUEUE, max_attempts=20, name="chimeway
         ids = _ids(job.args)
         if ids is None:
             return pgqueue.Cancel(f"malformed journey job args: {sorted(job.args)}")
-        dispatcher = current_dispatcher()
-        async with dispatcher.connection() as conn:
-            return await advance(
-                conn, dispatcher.queries, ids[0], ids[1], queue_schema=dispatcher.schema, jobs=factories()
-            )
+        return await mover_for(current_dispatcher()).advance(*ids)
 
 
 class JourneyDispatchWorker(DispatchWorker, name="chimeway.journeys.JourneyDispatchWorker"):
@@ -60,10 +81,7 @@ class JourneyDispatchWorker(DispatchWorker, name="chimeway.journeys.JourneyDispa
         if ids is not None and (result is None or isinstance(result, pgqueue.Error)):
             # Killed before this commits, the job is rescued and re-run: its delivery has ended, so
             # the claim short-circuits and the move is made then.
-            async with dispatcher.connection() as conn:
-                await advance(
-                    conn, dispatcher.queries, ids[0], ids[1], queue_schema=dispatcher.schema, jobs=factories()
-                )
+            await mover_for(dispatcher).advance(*ids)
         return result
 
 
@@ -81,4 +99,4 @@ def journey_dispatch_job(delivery_id: uuid.UUID, run_id: uuid.UUID, step: int) -
 
 
 def factories() -> JobFactories:
-    return JobFactories(step_job=lambda r, s, d: step_job(r, s, d), dispatch_job=journey_dispatch_job)
+    return JobFactories(step_job=step_job, dispatch_job=journey_dispatch_job)
