@@ -1,19 +1,23 @@
 """W4j: a 3-step journey for N notifications, end to end, against three independent deliveries.
 
-In one run, on one database (``chimeway_bench``), per repeat, each in a fresh schema:
+In one run, on one database (``chimeway_bench``, or ``--database``), per repeat, each in a fresh
+schema, the two scenarios taking turns:
 
 * **journey**: one trigger of a notifier whose journey has three steps (``in_app`` → ``email`` →
   ``sms``, no wait, no condition) to N recipients; then one ``python -m chimeway.worker`` process
-  (logger adapter, defaults) walks every run to ``completed``: 3N step jobs that plan a delivery
-  each, 3N dispatch jobs, 3N wake-ups.
+  (logger adapter, defaults) walks every run to ``completed``: N first-step jobs, 3N dispatch jobs
+  (each delivery in the dispatch batches, each job then asking for the run's next move), the moves
+  made in batches (:mod:`chimeway.journeys.moves`).
 * **independent**: one trigger of a notifier with the same three channels to N recipients (3N
   deliveries planned at once), delivered by the same worker.
 
 Times run from the trigger's start to the last run completed (or the last delivery succeeded);
-the trigger's own time is reported apart. The journey sends one step after another, by design:
-its end-to-end time is the price of sequencing (three rounds through the queue instead of one).
+the trigger's own time is reported apart, and the server's committed transactions per delivery.
+The journey sends one step after another, by design: each run goes through the queue three times
+in a row where an independent delivery goes once. Results go to
+``benchmarks/results/chimeway-journeys-<time>.md/json`` and ``chimeway-journeys-latest.*``.
 
-    python -m benchmarks.chimeway_journeys [--count N] [--repeats N]
+    python -m benchmarks.chimeway_journeys [--count N] [--repeats N] [--database NAME]
 """
 
 from __future__ import annotations

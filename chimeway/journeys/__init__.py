@@ -12,8 +12,9 @@ depending on how that went — on the next.
         ], end_on=["user_logged_in"])
 
 A trigger starts one run per notification (:mod:`chimeway.journeys.start`); each run walks the
-steps through the same planner and dispatch worker as any delivery (:mod:`chimeway.journeys.runs`,
-:mod:`chimeway.journeys.workers`), with an append-only transition log; :func:`signal` ends or
+steps through the same planner and dispatch batches as any delivery (:mod:`chimeway.journeys.runs`,
+:mod:`chimeway.journeys.workers`), its moves made in batches with other runs'
+(:mod:`chimeway.journeys.moves`), with an append-only transition log; :func:`signal` ends or
 advances runs. The worker process runs the journey's jobs on the dispatch queue.
 """
 

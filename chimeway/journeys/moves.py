@@ -167,8 +167,8 @@ class Mover:
     """Collects the move requests handed in on one event loop into batches (:func:`advance_many`).
 
     The batch, not the job, owns the work: a job cancelled while it waits leaves its batch to
-    commit or roll back whole. A batch that fails is made again one run at a time, so one run the
-    database refuses to move holds back no other.
+    commit or roll back whole. A batch that fails is made again one run at a time, so one run that
+    cannot be moved (the database refuses it, its definition cannot be read) holds back no other.
     """
 
     def __init__(self, host: MoverHost, jobs: JobFactories, loop: asyncio.AbstractEventLoop) -> None:
@@ -211,20 +211,21 @@ class Mover:
 
     async def _run(self, batch: list[tuple[uuid.UUID, int, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._move(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch[0][2], exc)
+            try:
+                results = await self._move(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _fail(batch[0][2], exc)
+                    return
+                for one in batch:  # one at a time: a run that cannot be moved fails alone
+                    try:
+                        (result,) = await self._move([one])
+                    except Exception as single:
+                        _fail(one[2], single)
+                    else:
+                        _resolve(one[2], result)
                 return
-            for one in batch:  # one at a time: a run the database refuses fails alone
-                try:
-                    (result,) = await self._move([one])
-                except Exception as single:
-                    _fail(one[2], single)
-                else:
-                    _resolve(one[2], result)
-            return
-        except BaseException as exc:
+        except BaseException as exc:  # cancelled (the loop closing): no job waits forever
             for _, _, future in batch:
                 _fail(future, exc)
             raise
