@@ -28,21 +28,7 @@ import pgqueue
 from ..store import Queries
 from .runs import Emit, Emitted, JobFactories, Move, Walk, walk
 
-__all__ = ["Mover", "MoverHost", "advance", "advance_many"]
-
-
-async def advance(
-    conn: psycopg.AsyncConnection[Any],
-    queries: Queries,
-    run_id: uuid.UUID,
-    step: int,
-    *,
-    queue_schema: str,
-    jobs: JobFactories,
-) -> Any:
-    """One move of run ``run_id`` for its step ``step``; returns the job's result."""
-    (result,) = await advance_many(conn, queries, [(run_id, step)], queue_schema=queue_schema, jobs=jobs)
-    return result
+__all__ = ["Mover", "MoverHost", "advance_many"]
 
 
 async def advance_many(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -37,6 +38,19 @@ def _advance_many(dsn: str, schema: str, requests: list[tuple[uuid.UUID, int]]) 
             )
 
     return asyncio.run(go())
+
+
+def _writers(session: Any, run_ids: Sequence[uuid.UUID]) -> int:
+    """How many transactions wrote these runs' moves (``started`` is the trigger's)."""
+    (count,) = session.execute(
+        sql(
+            session,
+            "SELECT count(DISTINCT xmin::text) FROM {s}.chimeway_journey_transitions "
+            "WHERE reason <> 'started' AND run_id = ANY (:ids)",
+        ),
+        {"ids": list(run_ids)},
+    ).one()
+    return int(count)
 
 
 def test_one_batch_moves_each_run_its_own_way_in_one_transaction(
@@ -76,14 +90,7 @@ def test_one_batch_moves_each_run_its_own_way_in_one_transaction(
         assert run_row(session, c) == ("ended", 1, {}, "read")
         assert step_deliveries(session, c) == []
         # every move of the batch was written by one transaction
-        (writers,) = session.execute(
-            sql(
-                session,
-                "SELECT count(DISTINCT xmin::text) FROM {s}.chimeway_journey_transitions "
-                "WHERE reason <> 'started'",
-            )
-        ).one()
-        assert writers == 1
+        assert _writers(session, [a, b, c]) == 1
         jobs = session.execute(
             sql(
                 session,
@@ -99,13 +106,13 @@ def test_one_batch_moves_each_run_its_own_way_in_one_transaction(
         assert run_row(session, b) == ("waiting", 3, {"1": "suppressed", "2": "delivered"}, None)
 
 
-def test_a_run_that_cannot_be_moved_fails_alone_and_the_rest_of_its_batch_moves(
+def test_the_moves_asked_for_in_one_turn_share_a_batch_and_one_that_fails_fails_alone(
     new_session: SessionFactory, dsn: str, schema: str, journey_dispatcher: Dispatcher
 ) -> None:
     broken = Journey("broken", 1, [Step(1, "email"), Step(2, "sms")])
     with new_session() as session:
-        good = trigger(session, notifier(JOURNEY, "batch"), ["user:1", "user:2"]).run_ids
-        (bad,) = trigger(session, notifier(broken, "broken"), ["user:3"]).run_ids
+        good = trigger(session, notifier(JOURNEY, "batch"), [f"user:{i}" for i in range(4)]).run_ids
+        (bad,) = trigger(session, notifier(broken, "broken"), ["user:9"]).run_ids
         # a definition no worker can read (written by hand, say)
         session.execute(
             sql(
@@ -116,16 +123,21 @@ def test_a_run_that_cannot_be_moved_fails_alone_and_the_rest_of_its_batch_moves(
         )
         session.commit()
 
-    async def go() -> list[Any]:
+    async def move(run_ids: Sequence[uuid.UUID]) -> list[Any]:
         mover = mover_for(journey_dispatcher)
-        moves = [mover.advance(run_id, 1) for run_id in (*good, bad)]
-        return await asyncio.gather(*moves, return_exceptions=True)
+        return await asyncio.gather(*(mover.advance(r, 1) for r in run_ids), return_exceptions=True)
 
-    first, second, failed = asyncio.run(go())
-    assert (first, second) == (None, None)
+    # asked for in the same turn of the loop: one batch, one transaction
+    assert asyncio.run(move(good[:2])) == [None, None]
+    with new_session() as session:
+        assert _writers(session, good[:2]) == 1
+    # with the broken run: the batch fails, and is made again one run at a time
+    *moved, failed = asyncio.run(move([*good[2:], bad]))
+    assert moved == [None, None]
     assert isinstance(failed, KeyError)
     with new_session() as session:
         for run_id in good:
             assert run_row(session, run_id)[:2] == ("sending", 1)
+        assert _writers(session, good[2:]) == 2
         assert run_row(session, bad)[:2] == ("waiting", 1)
         assert [t[3] for t in transitions(session, bad)] == ["started"]
