@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from importlib.resources import files
 
 from psycopg import sql
 
 from pgqueue.migrate import validate_schema_name
+from pgqueue.store import Queries
 
 __all__ = ["FUNCTIONS", "TABLES", "Queries", "queries_for"]
 
@@ -104,23 +104,6 @@ def _load_templates() -> dict[str, str]:
 _TEMPLATES = _load_templates()
 
 
-@dataclass(frozen=True, slots=True)
-class Queries:
-    """The statements of ``chimeway/queries/`` rendered for one schema; look them up by file name."""
-
-    schema: str
-    statements: dict[str, str]
-
-    def __getattr__(self, name: str) -> str:
-        try:
-            return self.statements[name]
-        except KeyError:
-            raise AttributeError(f"no statement named {name!r} in chimeway/queries/") from None
-
-    def __getitem__(self, name: str) -> str:
-        return self.statements[name]
-
-
 def _render(template: str, schema: str, queue_schema: str) -> str:
     names = {key: sql.Identifier(schema, name) for key, name in (TABLES | FUNCTIONS).items()}
     names["jobs"] = sql.Identifier(queue_schema, "jobs")
@@ -137,4 +120,8 @@ def queries_for(schema: str = "public", queue_schema: str | None = None) -> Quer
     validate_schema_name(schema)
     jobs_schema = schema if queue_schema is None else queue_schema
     validate_schema_name(jobs_schema)
-    return Queries(schema, {name: _render(text, schema, jobs_schema) for name, text in _TEMPLATES.items()})
+    return Queries(
+        schema,
+        {name: _render(text, schema, jobs_schema) for name, text in _TEMPLATES.items()},
+        source="chimeway/queries/",
+    )

@@ -119,16 +119,18 @@ _WITH_COLUMNS = _load_templates(_COLUMNS_RE)
 
 @dataclass(frozen=True, slots=True)
 class Queries:
-    """The statements of ``queries/`` rendered for one schema; look them up by file name."""
+    """The statements of a package's ``queries/`` rendered for one schema; look them up by file name."""
 
     schema: str
     statements: dict[str, str]
+    #: where the statements come from, for the error naming one that does not exist
+    source: str = "pgqueue/queries/"
 
     def __getattr__(self, name: str) -> str:
         try:
             return self.statements[name]
         except KeyError:
-            raise AttributeError(f"no statement named {name!r} in pgqueue/queries/") from None
+            raise AttributeError(f"no statement named {name!r} in {self.source}") from None
 
     def __getitem__(self, name: str) -> str:
         return self.statements[name]
