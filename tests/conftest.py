@@ -161,3 +161,12 @@ async def sa_async_session(sa_async_engine: AsyncEngine, schema: str) -> AsyncIt
 
 def pytest_report_header() -> str:
     return f"DATABASE_URL={'set' if os.environ.get('DATABASE_URL') else 'unset'}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``) the slow and system tests (real
+    processes, kills, restarts, browsers, timing of shutdowns) run one after another on one worker,
+    beside the fast tests on the others, so no two of them compete for the machine."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("system"):
+            item.add_marker(pytest.mark.xdist_group("serial"))

@@ -198,7 +198,8 @@ def _check_version(server: Server) -> None:
 def run_suite(server: Server, full: bool, pytest_args: Sequence[str]) -> int:
     marks = [] if full else ["-m", "not slow and not system"]
     env = {**os.environ, "DATABASE_URL": server.dsn}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *marks, *pytest_args]
+    workers = ["-n", os.environ.get("TEST_WORKERS", "2"), "--dist", "loadgroup"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, *marks, *pytest_args]
     return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 

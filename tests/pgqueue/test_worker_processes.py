@@ -249,7 +249,8 @@ async def test_stop_lets_running_jobs_finish_then_reaps_every_process(
     dsn: str, schema: str, runs: psycopg.Connection[Any]
 ) -> None:
     ids = insert(runs, schema, Spin.new({"cpu": 1.5}), Spin.new({"cpu": 1.5}))
-    runtime = make_runtime(dsn, schema)
+    # A grace period far past the jobs' CPU time: on a loaded machine 1.5 s of CPU takes much longer.
+    runtime = make_runtime(dsn, schema, shutdown_grace_period=120.0)
     await runtime.start()
     assert runtime.process_pool is not None
     children = runtime.process_pool.pids
