@@ -46,8 +46,8 @@ class Mode:
     rounds: int
 
 
-QUICK = Mode("quick", fan_out=10_000, rounds=2)
-FULL = Mode("full", fan_out=10_000, rounds=5)
+QUICK = Mode("quick", fan_out=10_000, rounds=3)
+FULL = Mode("full", fan_out=10_000, rounds=9)
 
 
 def _q(name: str) -> sql.Identifier:
@@ -132,31 +132,69 @@ def _drain(dsn: str, fan_out: int, workflow: bool, folder: Path, triggers: bool 
                 _q("jobs")
             )
         ).fetchone()
-        if workflow:
-            order = conn.execute(
-                sql.SQL(
-                    "SELECT (SELECT attempted_at FROM {j} WHERE meta -> 'workflow' ->> 'step' = 'join') >= "
-                    "(SELECT max(completed_at) FROM {j} WHERE meta -> 'workflow' ->> 'step' <> 'join')"
-                ).format(j=_q("jobs"))
-            ).fetchone()
-            if not order or not order[0]:
-                raise RuntimeError("the join started before every part had completed")
+        phases = _phases(conn) if workflow else {}
     assert row is not None
-    return {"jobs_per_s": total / float(row[0]), "insert_s": insert_s}
+    return {"jobs_per_s": total / float(row[0]), "insert_s": insert_s, **phases}
+
+
+def _phases(conn: psycopg.Connection[Any]) -> dict[str, float]:
+    """Where a workflow drain's time goes, by the database clock: the root's run and ack (whose
+    statement releases the parts), the parts' drain, and the fan-in's release and run. Fails the
+    run if the fan-in started before every part completed."""
+    row = conn.execute(
+        sql.SQL(
+            "WITH s AS (SELECT meta -> 'workflow' ->> 'step' AS step, attempted_at AS a,"
+            " completed_at AS c FROM {j}),"
+            " r AS (SELECT a, c FROM s WHERE step = 'root'), f AS (SELECT a, c FROM s WHERE step = 'join')"
+            " SELECT extract(epoch FROM (SELECT c - a FROM r)),"
+            " extract(epoch FROM min(s.a) - (SELECT c FROM r)),"
+            " extract(epoch FROM max(s.c) - min(s.a)), count(*),"
+            " extract(epoch FROM (SELECT a FROM f) - max(s.c)),"
+            " extract(epoch FROM (SELECT c - a FROM f))"
+            " FROM s WHERE step LIKE 'part-%%'"
+        ).format(j=_q("jobs"))
+    ).fetchone()
+    assert row is not None
+    assert None not in row
+    root_run, to_parts, parts_s, parts, to_join, join_run = (float(v) for v in row)
+    if to_join < 0:
+        raise RuntimeError("the join started before every part had completed")
+    return {
+        "root_run_s": root_run,
+        "root_to_parts_s": to_parts,
+        "parts_jobs_per_s": parts / parts_s,
+        "parts_to_join_s": to_join,
+        "join_run_s": join_run,
+    }
+
+
+_NAMES = ("plain", "plain_no_triggers", "workflow")
 
 
 def run(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    rates: dict[str, list[float]] = {"plain": [], "plain_no_triggers": [], "workflow": []}
-    inserts: dict[str, list[float]] = {name: [] for name in rates}
+    rates: dict[str, list[float]] = {name: [] for name in _NAMES}
+    inserts: dict[str, list[float]] = {name: [] for name in _NAMES}
+    phases: dict[str, list[float]] = {}
     for round_ in range(mode.rounds):
-        for name in rates:
+        # alternate the order too, so no configuration always runs on the heels of the same one
+        for name in _NAMES if round_ % 2 == 0 else tuple(reversed(_NAMES)):
             measured = _drain(
                 dsn, mode.fan_out, name == "workflow", folder, triggers=name != "plain_no_triggers"
             )
-            rates[name].append(measured["jobs_per_s"])
-            inserts[name].append(measured["insert_s"])
-        log(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f} jobs/s" for k, v in rates.items()))
+            rates[name].append(measured.pop("jobs_per_s"))
+            inserts[name].append(measured.pop("insert_s"))
+            for key, value in measured.items():
+                phases.setdefault(key, []).append(value)
+        log(
+            f"round {round_ + 1}: "
+            + ", ".join(f"{k} {v[-1]:,.0f} jobs/s" for k, v in rates.items())
+            + f" (workflow {rates['workflow'][-1] / rates['plain'][-1]:.0%} of plain)"
+        )
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    # the ratio of each round's pair, run back to back on the same machine: the machine's drift
+    # between rounds cancels out of it, which it does not out of a ratio of two medians
+    ratios = [w / p for w, p in zip(rates["workflow"], rates["plain"], strict=True)]
+    trigger_ratios = [p / n for p, n in zip(rates["plain"], rates["plain_no_triggers"], strict=True)]
     return {
         "jobs": mode.fan_out + 2,
         "rounds": mode.rounds,
@@ -164,13 +202,19 @@ def run(dsn: str, mode: Mode, folder: Path, log: Callable[[str], None]) -> dict[
         "insert_s": inserts,
         "median_jobs_per_s": medians,
         "median_insert_s": {name: statistics.median(values) for name, values in inserts.items()},
-        "workflow_fraction_of_plain": medians["workflow"] / medians["plain"],
-        "plain_fraction_of_no_triggers": medians["plain"] / medians["plain_no_triggers"],
+        "workflow_fraction_per_round": ratios,
+        "workflow_fraction_of_plain": statistics.median(ratios),
+        "plain_fraction_of_no_triggers_per_round": trigger_ratios,
+        "plain_fraction_of_no_triggers": statistics.median(trigger_ratios),
+        "workflow_phases": phases,
+        "median_workflow_phases": {key: statistics.median(values) for key, values in phases.items()},
     }
 
 
 def report(mode: Mode, result: dict[str, Any]) -> str:
     med, ins = result["median_jobs_per_s"], result["median_insert_s"]
+    ratios = result["workflow_fraction_per_round"]
+    phases = result["median_workflow_phases"]
     return "\n".join(
         [
             f"# Workflows ({mode.name} mode)",
@@ -178,16 +222,27 @@ def report(mode: Mode, result: dict[str, Any]) -> str:
             f"Run on {datetime.now(UTC).isoformat(timespec='seconds')}: 1 root, {mode.fan_out:,} steps "
             f"depending on it, 1 step depending on all of them ({result['jobs']:,} no-op jobs), against "
             f"the same jobs without dependencies; one `python -m pgqueue start` node at concurrency 100; "
-            f"median of {result['rounds']} alternating rounds; times from the database clock. "
-            "See `benchmarks/workflows.py`.",
+            f"{result['rounds']} rounds, each running the three drains back to back (in alternating "
+            "order); times from the database clock. See `benchmarks/workflows.py`.",
             "",
-            "| Jobs | jobs/s | of plain | insert (s) |",
+            f"**Workflow throughput: {result['workflow_fraction_of_plain']:.0%} of plain** (the median "
+            f"of each round's workflow/plain ratio; rounds ranged {min(ratios):.0%}-{max(ratios):.0%}: "
+            + ", ".join(f"{r:.0%}" for r in ratios)
+            + ").",
+            "",
+            "| Jobs | median jobs/s | of plain (median of rounds) | median insert (s) |",
             "|---|---|---|---|",
             f"| plain, no dependencies | {med['plain']:,.0f} | 100 % | {ins['plain']:.2f} |",
             f"| plain, workflow triggers disabled | {med['plain_no_triggers']:,.0f} | "
-            f"{med['plain_no_triggers'] / med['plain']:.0%} | {ins['plain_no_triggers']:.2f} |",
+            f"{1 / result['plain_fraction_of_no_triggers']:.0%} | {ins['plain_no_triggers']:.2f} |",
             f"| fan-out then fan-in workflow | {med['workflow']:,.0f} | "
             f"{result['workflow_fraction_of_plain']:.0%} | {ins['workflow']:.2f} |",
+            "",
+            "Where the workflow's time goes (medians): the root runs and its ack releases the parts "
+            f"in {phases['root_run_s']:.3f} s; {phases['root_to_parts_s']:.3f} s later the first part "
+            f"starts; the parts drain at {phases['parts_jobs_per_s']:,.0f} jobs/s; the fan-in step starts "
+            f"{phases['parts_to_join_s']:.3f} s after the last part completed and runs in "
+            f"{phases['join_run_s']:.3f} s.",
             "",
         ]
     )
@@ -196,8 +251,11 @@ def report(mode: Mode, result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.workflows")
     parser.add_argument("--full", action="store_true", help="full mode (default: quick)")
+    parser.add_argument("--rounds", type=int, help="rounds to run (default: quick 3, full 9)")
     args = parser.parse_args(argv)
     mode = FULL if args.full else QUICK
+    if args.rounds is not None:
+        mode = Mode(mode.name, mode.fan_out, max(1, args.rounds))
     dsn = find_database().dsn
 
     def log(message: str) -> None:
