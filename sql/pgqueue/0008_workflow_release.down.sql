@@ -58,3 +58,6 @@ BEGIN
     END IF;
 END
 $$;
+
+DROP INDEX IF EXISTS pgqueue_workflow_waits_received_idx;
+DROP INDEX IF EXISTS pgqueue_workflow_signals_sent_idx;

@@ -115,3 +115,10 @@ BEGIN
     WHERE octet_length('pgqueue.' || current_schema() || '.insert') <= 63;
 END
 $$;
+
+-- The pruner deletes workflow signals (queries/workflow_signals_prune.sql): the oldest first, and
+-- those a step received. These two indexes keep each run a short walk, however many signals
+-- and waiting steps there are.
+CREATE INDEX pgqueue_workflow_signals_sent_idx ON pgqueue_workflow_signals (sent_at);
+CREATE INDEX pgqueue_workflow_waits_received_idx ON pgqueue_workflow_waits (signal)
+    WHERE signal IS NOT NULL AND signalled_at IS NOT NULL;
