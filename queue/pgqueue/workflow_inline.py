@@ -15,6 +15,7 @@ for any inline insert.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -56,13 +57,21 @@ def _order(steps: Sequence[Step]) -> list[int]:
     """Indexes of ``steps`` in dependency order; ties in the order the steps were added (the
     workflow was checked for cycles and unknown steps when it was planned)."""
     index = {step.name: i for i, step in enumerate(steps)}
-    waiting = {i: {index[str(dep)] for dep in step.deps} for i, step in enumerate(steps)}
+    waiting = [len(step.deps) for step in steps]
+    dependents: list[list[int]] = [[] for _ in steps]
+    for i, step in enumerate(steps):
+        for dep in step.deps:
+            dependents[index[str(dep)]].append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
     order: list[int] = []
-    done: set[int] = set()
-    while len(order) < len(steps):
-        ready = next(i for i in range(len(steps)) if i not in done and waiting[i] <= done)
-        order.append(ready)
-        done.add(ready)
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for dependent in dependents[i]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, dependent)
     return order
 
 
