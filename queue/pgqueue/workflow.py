@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from . import middleware
 from .drivers import AsyncWriter, SyncWriter
 from .errors import PgQueueError
-from .insert import awrite_jobs, write_jobs
+from .insert import ainline_runner, awrite_jobs, inline_runner, write_jobs
 from .job import Job, NewJob
 from .store import queries_for
 from .targets import async_writer, sync_writer
+from .workflow_inline import arun_inline, run_inline
 
 __all__ = [
     "PARKED",
@@ -209,6 +211,24 @@ class _Plan:
     def waiting_ids(self, saved: Mapping[str, Job]) -> list[int]:
         return [saved[step.name].id for step in self.workflow.steps if step.waits]
 
+    def given(self, jobs: Sequence[NewJob]) -> _Plan:
+        """This plan with the jobs the insert middleware passed on: one per step, in step order.
+        A middleware may change a job (its meta, say) but can't un-park a step that waits."""
+        steps = self.workflow.steps
+        if len(jobs) != len(steps) or not all(isinstance(job, NewJob) for job in jobs):
+            raise WorkflowError(
+                f"an insert middleware must pass on one job per step of workflow {self.workflow.id!r} "
+                f"({len(steps)}), in order; got {len(jobs)}"
+            )
+        parked = [
+            job._replace(scheduled_at=PARKED, schedule_in=None) if step.waits else job
+            for step, job in zip(steps, jobs, strict=True)
+        ]
+        return _Plan(self.workflow, parked, self.existing, self.signals)
+
+    def by_name(self, jobs: Sequence[Job]) -> dict[str, Job]:
+        return {step.name: job for step, job in zip(self.workflow.steps, jobs, strict=True)}
+
 
 def _plan(workflow: Workflow) -> _Plan:
     if not isinstance(workflow, Workflow):
@@ -282,12 +302,12 @@ def _missing(plan: _Plan, rows: Sequence[Sequence[Any]]) -> None:
         )
 
 
-def _refreshed(saved: dict[str, Job], rows: Sequence[Sequence[Any]]) -> dict[str, Job]:
+def _refreshed(jobs: list[Job], rows: Sequence[Sequence[Any]]) -> list[Job]:
     by_id = {int(row[0]): row for row in rows}
-    refreshed: dict[str, Job] = {}
-    for name, job in saved.items():
+    refreshed: list[Job] = []
+    for job in jobs:
         row = by_id.get(job.id)
-        refreshed[name] = (
+        refreshed.append(
             job
             if row is None
             else job._replace(state=row[1], scheduled_at=row[2], cancelled_at=row[3], errors=row[4])
@@ -303,26 +323,38 @@ def insert_workflow(
 
     ``target`` is anything :func:`pgqueue.insert_all` takes. Existing jobs the workflow depends on
     are locked until the transaction ends (so none finishes unseen meanwhile): keep it short.
+    The steps' jobs go through the insert middleware (and tracing) as one ``insert_all`` would,
+    and under ``pgqueue.testing.inline()`` they run at once in dependency order (see
+    :mod:`pgqueue.workflow_inline`).
     """
     plan = _plan(workflow)
-    with sync_writer(target) as writer:
-        return _write(writer, plan, schema, notify)
+
+    def insert(jobs: Sequence[NewJob]) -> list[Job]:
+        given = plan.given(jobs)
+        runner = inline_runner.get()
+        if runner is not None:
+            return run_inline(plan.workflow.steps, given.jobs, runner)
+        with sync_writer(target) as writer:
+            return _write(writer, given, schema, notify)
+
+    saved = middleware.run_insert(plan.jobs, insert) if middleware.installed() else insert(plan.jobs)
+    return plan.by_name(saved)
 
 
-def _write(writer: SyncWriter, plan: _Plan, schema: str, notify: bool) -> dict[str, Job]:
+def _write(writer: SyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
     queries = queries_for(schema)
     if plan.existing:
         _missing(plan, writer.execute(queries.workflow_lock_deps, {"ids": plan.existing}))
     if plan.signals:
         writer.execute(queries.workflow_lock_signals, {"names": plan.signals})
     jobs = write_jobs(writer, plan.jobs, schema, notify)
-    saved = {step.name: job for step, job in zip(plan.workflow.steps, jobs, strict=True)}
+    saved = plan.by_name(jobs)
     waiting = plan.waiting_ids(saved)
     if not waiting:
-        return saved
+        return jobs
     writer.execute(queries.workflow_link, plan.link_params(saved))
     writer.execute(queries.workflow_release, {"ids": waiting})
-    return _refreshed(saved, writer.execute(queries.workflow_states, {"ids": waiting}))
+    return _refreshed(jobs, writer.execute(queries.workflow_states, {"ids": waiting}))
 
 
 async def ainsert_workflow(
@@ -330,21 +362,31 @@ async def ainsert_workflow(
 ) -> dict[str, Job]:
     """The async twin of :func:`insert_workflow` (anything :func:`pgqueue.ainsert_all` takes)."""
     plan = _plan(workflow)
-    async with async_writer(target) as writer:
-        return await _awrite(writer, plan, schema, notify)
+
+    async def insert(jobs: Sequence[NewJob]) -> list[Job]:
+        given = plan.given(jobs)
+        runner = ainline_runner.get()
+        if runner is not None:
+            return await arun_inline(plan.workflow.steps, given.jobs, runner)
+        async with async_writer(target) as writer:
+            return await _awrite(writer, given, schema, notify)
+
+    if middleware.installed():
+        return plan.by_name(await middleware.run_ainsert(plan.jobs, insert))
+    return plan.by_name(await insert(plan.jobs))
 
 
-async def _awrite(writer: AsyncWriter, plan: _Plan, schema: str, notify: bool) -> dict[str, Job]:
+async def _awrite(writer: AsyncWriter, plan: _Plan, schema: str, notify: bool) -> list[Job]:
     queries = queries_for(schema)
     if plan.existing:
         _missing(plan, await writer.execute(queries.workflow_lock_deps, {"ids": plan.existing}))
     if plan.signals:
         await writer.execute(queries.workflow_lock_signals, {"names": plan.signals})
     jobs = await awrite_jobs(writer, plan.jobs, schema, notify)
-    saved = {step.name: job for step, job in zip(plan.workflow.steps, jobs, strict=True)}
+    saved = plan.by_name(jobs)
     waiting = plan.waiting_ids(saved)
     if not waiting:
-        return saved
+        return jobs
     await writer.execute(queries.workflow_link, plan.link_params(saved))
     await writer.execute(queries.workflow_release, {"ids": waiting})
-    return _refreshed(saved, await writer.execute(queries.workflow_states, {"ids": waiting}))
+    return _refreshed(jobs, await writer.execute(queries.workflow_states, {"ids": waiting}))

@@ -109,8 +109,81 @@ async def test_pruner_catches_up_while_its_batches_come_back_full(
     assert pruner.next_delay(ctx.clock) == 30, "caught up: back to the interval"
 
 
+def _signals(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    conn.rollback()
+    table = sql.Identifier(schema, "pgqueue_workflow_signals")
+    return [row[0] for row in conn.execute(sql.SQL("SELECT name FROM {} ORDER BY name").format(table))]
+
+
+def _send(conn: psycopg.Connection[Any], schema: str, name: str, ago: float) -> None:
+    pgqueue.signal(conn, name, {"n": 1}, schema=schema)
+    conn.execute(
+        sql.SQL("UPDATE {} SET sent_at = now() - make_interval(secs => %s) WHERE name = %s").format(
+            sql.Identifier(schema, "pgqueue_workflow_signals")
+        ),
+        (ago, name),
+    )
+    conn.commit()
+
+
+def _waiter(conn: psycopg.Connection[Any], schema: str, name: str) -> pgqueue.Job:
+    flow = pgqueue.Workflow()
+    flow.add("wait", Ok.new({}), wait_for_signal=name)
+    job = pgqueue.insert_workflow(conn, flow, schema=schema)["wait"]
+    conn.commit()
+    return job
+
+
+async def test_pruner_deletes_received_signals_after_max_age_and_any_after_signal_max_age(
+    ctx: Any, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    _waiter(conn, schema, "received_old")
+    _waiter(conn, schema, "received_new")
+    _send(conn, schema, "received_old", 61)
+    _send(conn, schema, "received_new", 30)
+    _send(conn, schema, "unreceived_old", 8 * 86400)
+    _send(conn, schema, "unreceived_new", 6 * 86400)
+    # a signal sent before anything waits for it, then received by a step inserted later
+    _send(conn, schema, "received_at_insert", 61)
+    assert _waiter(conn, schema, "received_at_insert").state == "available"
+
+    meta = await Pruner(max_age=60, signal_max_age=timedelta(days=7)).run_once(ctx)
+
+    assert meta["pruned_signals"] == 3
+    assert _signals(conn, schema) == ["received_new", "unreceived_new"]
+
+
+async def test_a_step_that_starts_waiting_after_its_signal_was_pruned_waits_for_the_next(
+    ctx: Any, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    _send(conn, schema, "gone", 3600)
+    await Pruner(max_age=60, signal_max_age=1800).run_once(ctx)
+    assert _signals(conn, schema) == []
+
+    late = _waiter(conn, schema, "gone")
+    assert (late.state, late.scheduled_at.year) == ("scheduled", 9999)
+    assert pgqueue.signal(conn, "gone", schema=schema) == 1
+    conn.commit()
+    assert state(conn, schema, late) == "available"
+
+
+async def test_pruner_deletes_signals_in_bounded_batches_and_catches_up(
+    ctx: Any, conn: psycopg.Connection[Any], schema: str
+) -> None:
+    for n in range(3):
+        _send(conn, schema, f"old-{n}", 3600 + n)
+    pruner = Pruner(max_age=60, signal_max_age=1800, limit=2, interval=30, catch_up_interval=0.5)
+
+    assert (await pruner.run_once(ctx))["pruned_signals"] == 2
+    assert _signals(conn, schema) == ["old-0"], "the oldest go first"
+    assert pruner.next_delay(ctx.clock) == 0.5
+    assert (await pruner.run_once(ctx))["pruned_signals"] == 1
+    assert pruner.next_delay(ctx.clock) == 30
+    assert _signals(conn, schema) == []
+
+
 def test_pruner_rejects_non_positive_settings() -> None:
-    for bad in ({"max_age": 0}, {"interval": 0}, {"limit": 0}):
+    for bad in ({"max_age": 0}, {"signal_max_age": 0}, {"interval": 0}, {"limit": 0}):
         with pytest.raises(pgqueue.ConfigError, match="pruner"):
             Pruner(**bad)
 

@@ -1,4 +1,5 @@
-"""The pruner: deletes finished jobs older than ``max_age``, in bounded batches."""
+"""The pruner: deletes finished jobs older than ``max_age``, and workflow signals no step needs
+any more, in bounded batches."""
 
 from __future__ import annotations
 
@@ -22,12 +23,18 @@ class Pruner:
     batches that finished that long ago. A job's result is deleted with its row: ``max_age`` is
     also how long results can be awaited and read.
 
+    It also deletes at most ``limit`` workflow signals a run: those a step received, once sent
+    more than ``max_age`` ago, and any sent more than ``signal_max_age`` seconds ago (7 days by
+    default), received or not, so a signal nobody waits for is kept that long for a step that
+    starts waiting later.
+
     A full batch means more are waiting: the next one follows after ``catch_up_interval``
     instead, so a queue finishing more than ``limit / interval`` jobs a second (333 with the
     defaults) doesn't outgrow its pruner, while each batch stays a short transaction.
     """
 
     max_age: float | timedelta = 60.0
+    signal_max_age: float | timedelta = 7 * 86400.0
     interval: float = 30.0
     limit: int = 10_000
     catch_up_interval: float = 1.0
@@ -37,7 +44,9 @@ class Pruner:
     def __post_init__(self) -> None:
         if isinstance(self.max_age, timedelta):
             self.max_age = self.max_age.total_seconds()
-        for field_name in ("max_age", "interval", "limit", "catch_up_interval"):
+        if isinstance(self.signal_max_age, timedelta):
+            self.signal_max_age = self.signal_max_age.total_seconds()
+        for field_name in ("max_age", "signal_max_age", "interval", "limit", "catch_up_interval"):
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigError(f"pruner {field_name} must be a positive number, got {value!r}")
@@ -56,5 +65,10 @@ class Pruner:
                 ctx.queries.prune_jobs, {"max_age": self.max_age, "limit": int(self.limit)}
             )
             rows = await cursor.fetchall()
-        self._behind = len(rows) >= int(self.limit)
-        return {"pruned_count": len(rows)}
+            cursor = await conn.execute(
+                ctx.queries.workflow_signals_prune,
+                {"max_age": self.max_age, "signal_max_age": self.signal_max_age, "limit": int(self.limit)},
+            )
+            signals = await cursor.fetchall()
+        self._behind = max(len(rows), len(signals)) >= int(self.limit)
+        return {"pruned_count": len(rows), "pruned_signals": len(signals)}

@@ -18,6 +18,7 @@ from .auth import SESSION_COOKIE, SESSION_SECONDS
 from .chart import chart
 from .context import Dashboard, root_of
 from .filters import parse_job_id, parse_job_query
+from .waiting import is_parked, may_wait
 
 __all__ = ["NOTICES", "routes", "timeline"]
 
@@ -52,7 +53,7 @@ def _notice(request: Request) -> str | None:
 def timeline(job: Job) -> list[tuple[datetime, str, str]]:
     """The job's life as dated entries, oldest first: inserted, scheduled, each error, the end."""
     entries: list[tuple[datetime, str, str]] = [(job.inserted_at, "inserted", f"into queue {job.queue}")]
-    if job.scheduled_at > job.inserted_at:
+    if job.scheduled_at > job.inserted_at and not is_parked(job.state, job.scheduled_at):
         entries.append((job.scheduled_at, "scheduled", "due to run"))
     for error in job.errors or []:
         at = error.get("at") if isinstance(error, dict) else None
@@ -162,6 +163,9 @@ def routes(dashboard: Dashboard) -> list[Route]:
         found = await dashboard.reads.job(job_id) if job_id is not None else None
         if found is None:
             raise HTTPException(404)
+        parked = {found.id: is_parked(found.state, found.scheduled_at)}
+        may = may_wait(found.state, found.attempted_at)
+        waiting = (await dashboard.reads.waiting(parked)).get(found.id) if may else None
         return dashboard.render(
             request,
             "job.html",
@@ -171,6 +175,7 @@ def routes(dashboard: Dashboard) -> list[Route]:
                 "args": dashboard.redact(found.args) if isinstance(found.args, dict) else found.args,
                 "meta": dashboard.redact(found.meta),
                 "timeline": timeline(found),
+                "waiting": waiting,
                 "notice": _notice(request),
             },
         )

@@ -7,7 +7,7 @@ filters go through :class:`pgqueue.store.JobFilter`, so values are always parame
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..job import Job
 from ..manage import aget_job
 from ..store import JobFilter, filtered, queries_for
 from .recent import Recent
+from .waiting import describe, is_parked, may_wait
 
 __all__ = [
     "JobPage",
@@ -59,6 +60,8 @@ class JobPage:
     rows: list[JobRow]
     older: int | None
     newer: int | None
+    #: job id → what the waiting workflow steps on the page wait for, in words
+    waiting: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +137,37 @@ class Reads:
             rows = await self._fetch(statement, {**params, **by_state, "cursor": after, "limit": limit + 1})
             more_newer = len(rows) > limit
             page = [JobRow(*row) for row in rows[:limit]][::-1]
-            return JobPage(page, page[-1].id if page else None, page[0].id if page and more_newer else None)
+            return JobPage(
+                page,
+                page[-1].id if page else None,
+                page[0].id if page and more_newer else None,
+                await self._waiting(page),
+            )
         cursor = _MAX_ID if before is None else before
         statement, params = filtered(f"{kind}_before", self.schema, job_filter)
         rows = await self._fetch(statement, {**params, **by_state, "cursor": cursor, "limit": limit + 1})
         page = [JobRow(*row) for row in rows[:limit]]
         older = page[-1].id if page and len(rows) > limit else None
         newer = page[0].id if page and before is not None else None
-        return JobPage(page, older, newer)
+        return JobPage(page, older, newer, await self._waiting(page))
+
+    async def _waiting(self, page: Sequence[JobRow]) -> dict[int, str]:
+        return await self.waiting(
+            {
+                row.id: is_parked(row.state, row.scheduled_at)
+                for row in page
+                if may_wait(row.state, row.attempted_at)
+            }
+        )
+
+    async def waiting(self, parked: dict[int, bool]) -> dict[int, str]:
+        """What the jobs ``parked`` names (id → parked or not) wait for, in words, for those a
+        workflow holds (see :mod:`pgqueue.web.waiting`); no query when there are none."""
+        if not parked:
+            return {}
+        rows = await self._fetch(self.queries.web_workflow_waits, {"ids": list(parked)})
+        described = {int(row[0]): describe(row, parked[int(row[0])]) for row in rows}
+        return {job_id: text for job_id, text in described.items() if text is not None}
 
     async def job(self, job_id: int) -> Job | None:
         async with self.pool.connection() as conn:
