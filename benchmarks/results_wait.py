@@ -16,6 +16,7 @@ Every node is a real ``python -m pgqueue start`` process; the waiters run here.
    ratio.
 
     python -m benchmarks.results_wait [--full] [--wait-rounds N] [--rounds N] [--baseline REF]
+                                      [--database NAME]
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ import psycopg
 from psycopg import Notify, sql
 
 import pgqueue
+from benchmarks.results_report import render
 from benchmarks.results_worker import TRACE_VARIABLE
 from pgqueue.localdb import find_database
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DATABASE = "pgqueue_bench_results"
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -61,6 +64,19 @@ class Mode:
 
 QUICK = Mode("quick", waits=200, wait_rounds=2, drain_jobs=5_000, drain_rounds=2)
 FULL = Mode("full", waits=400, wait_rounds=5, drain_jobs=20_000, drain_rounds=3)
+
+
+def bench_dsn(database: str) -> str:
+    """``database`` on the server the suite uses, created when missing: a database of its own, so
+    that no other client's LISTEN shares the wake-ups measured here (PostgreSQL signals every
+    listener of the notifying database)."""
+    base = find_database().dsn
+    with psycopg.connect(base, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    info = psycopg.conninfo.conninfo_to_dict(base)
+    info["dbname"] = database
+    return psycopg.conninfo.make_conninfo(**info)
 
 
 def _env(dsn: str, tree: Path) -> dict[str, str]:
@@ -158,29 +174,69 @@ class _Wait:
     finished: float
     notified: float
     returned: float
-    #: a bare ``SELECT 1`` round trip on the caller's connection right after: the machine's floor
-    round_trip: float
+    #: the floor measured right after (see _Pinger), seconds
+    floor: float
+
+
+#: what the floor's other process runs: a NOTIFY carrying the wall-clock time, per line of stdin
+_PINGER = (
+    "import sys, time, psycopg\n"
+    "conn = psycopg.connect(sys.argv[1], autocommit=True)\n"
+    "for _ in sys.stdin:\n"
+    "    conn.execute('SELECT pg_notify(%s, %s)', (sys.argv[2], repr(time.time())))\n"
+)
+_FLOOR_CHANNEL = "bench_results_floor"
+
+
+class _Pinger:
+    """The floor: a bare ``NOTIFY`` sent by another process, received by a ``LISTEN`` ing connection
+    here, which then makes one round trip (``SELECT 1``) before it counts itself returned. The same
+    processes and hops as a wake-up, without pgqueue's statement, its work or its re-read."""
+
+    def __init__(self, dsn: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PINGER, dsn, _FLOOR_CHANNEL], stdin=subprocess.PIPE, text=True
+        )
+
+    async def ping(self, listener: psycopg.AsyncConnection[Any]) -> float:
+        assert self.process.stdin is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        sent = 0.0
+        async for note in listener.notifies(timeout=30, stop_after=1):
+            sent = float(note.payload)
+        if not sent:
+            raise RuntimeError("the floor's NOTIFY never arrived")
+        await listener.execute("SELECT 1")
+        return time.time() - sent
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(30)
 
 
 async def _waits(dsn: str, schema: str, count: int, node: Node) -> list[_Wait]:
     from benchmarks.results_worker import Stamp
 
     waits: list[_Wait] = []
+    pinger = _Pinger(dsn)
     async with (
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as inserter,
         await _Traced.connect(dsn, autocommit=True) as waiter,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listener,
     ):
+        await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_FLOOR_CHANNEL)))
         for index in range(count + 10):
             job = await pgqueue.ainsert(inserter, Stamp.new({"ms": 20}), schema=schema)
             waiter.last_notification = 0.0
             finished = await pgqueue.await_job(waiter, job, timeout=30, schema=schema)
             returned = time.time()
-            started = time.perf_counter()
-            await waiter.execute("SELECT 1")
-            round_trip = time.perf_counter() - started
+            floor = await pinger.ping(listener)
             node.check()
             if index >= 10:  # the first few warm the node's pool and the caches
-                waits.append(_Wait(job.id, float(finished), waiter.last_notification, returned, round_trip))
+                waits.append(_Wait(job.id, float(finished), waiter.last_notification, returned, floor))
+    pinger.stop()
     return waits
 
 
@@ -246,14 +302,14 @@ def wake_up_latency(dsn: str, mode: Mode, folder: Path) -> dict[str, Any]:
             load = os.getloadavg()[0]
             waits = asyncio.run(_waits(dsn, schema, mode.waits, node))
             latencies = [(w.returned - w.finished) * 1000 for w in waits]
-            floor = _spread([w.round_trip * 1000 for w in waits])
+            floor = _spread([w.floor * 1000 for w in waits])
             rounds.append(
                 {
                     "round": number + 1,
                     "load_average": round(load, 2),
                     **_spread(latencies),
-                    "round_trip_p50_ms": floor["p50_ms"],
-                    "round_trip_p99_ms": floor["p99_ms"],
+                    "floor_p50_ms": floor["p50_ms"],
+                    "floor_p99_ms": floor["p99_ms"],
                 }
             )
             print(
@@ -271,7 +327,7 @@ def wake_up_latency(dsn: str, mode: Mode, folder: Path) -> dict[str, Any]:
         "rounds": rounds,
         "median_round_p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 2),
         "median_round_p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 2),
-        "round_trip": _spread([w.round_trip * 1000 for w in every]),
+        "floor": _spread([w.floor * 1000 for w in every]),
         **_hops(every, trace),
     }
 
@@ -345,63 +401,6 @@ def no_result_cost(dsn: str, mode: Mode, baseline: str, folder: Path) -> dict[st
     }
 
 
-def render(report: dict[str, Any]) -> str:
-    """The report as Markdown: the latency per round and per hop, then the drain against the baseline."""
-    latency, cost = report["wake_up_latency"], report["no_result_cost"]
-    lines = [
-        f"# Results: awaiting a job ({report['mode']} mode)",
-        "",
-        f"Run on {report['at']}, {report['machine']}. One `python -m pgqueue start` node; the caller "
-        "waits in `pgqueue.await_job` on an open connection for a job that sleeps 20 ms and returns "
-        "`time.time()`; latency is from that return to the caller's. See `benchmarks/results_wait.py`.",
-        "",
-        f"**All {latency['waits']:,} waits: p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']} ms, "
-        f"p99 {latency['p99_ms']} ms, max {latency['max_ms']} ms**; the median round's p50 "
-        f"{latency['median_round_p50_ms']} ms and p99 {latency['median_round_p99_ms']} ms.",
-        "",
-        "The last two columns are the machine's floor, measured between the waits: a bare `SELECT 1` "
-        "round trip on the caller's connection. A wake-up crosses four processes (the node, its "
-        "backend, the caller's backend, the caller) and then makes one such round trip (the re-read), "
-        "each of them waiting for a CPU on a busy machine.",
-        "",
-        "| round | load average (1 min) | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) "
-        "| SELECT 1 p50 | SELECT 1 p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in latency["rounds"]:
-        cells = [r["round"], r["load_average"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"]]
-        cells += [r["round_trip_p50_ms"], r["round_trip_p99_ms"]]
-        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
-    written_by = latency["acks_written_by"]
-    lines += [
-        "",
-        f"Where the time went ({latency['traced_waits']:,} waits followed through the node's trace; "
-        f"the awaited ack rode with a producer's fetch {written_by['producer']:,} times and was written "
-        f"by the completer's own flush {written_by['completer']:,} times):",
-        "",
-        "| hop | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |",
-        "|:---|---:|---:|---:|---:|",
-    ]
-    for name, spread in latency["hops"].items():
-        lines.append(
-            f"| {name} | {spread['p50_ms']} | {spread['p90_ms']} | {spread['p99_ms']} | {spread['max_ms']} |"
-        )
-    rates = cost["median_jobs_per_s"]
-    lines += [
-        "",
-        f"**Jobs nobody awaits** (W2's shape: {cost['jobs']:,} no-op jobs preloaded, one node at "
-        f"C=100), this tree against `{cost['baseline_commit']}` in the same run, "
-        f"{len(cost['rates']['baseline'])} interleaved rounds each: median {rates['this tree']:,} jobs/s "
-        f"against {rates['baseline']:,} jobs/s, ratio **{cost['ratio']:.3f}**.",
-        "",
-        "| tree | jobs/s per round |",
-        "|:---|:---|",
-    ]
-    for name, values in cost["rates"].items():
-        lines.append(f"| {name} | {', '.join(f'{v:,}' for v in values)} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.results_wait", description=__doc__.split("\n")[0]
@@ -413,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         default=None,
         help="the git ref to compare the drain with (default: where HEAD left main)",
+    )
+    parser.add_argument(
+        "--database",
+        default=DATABASE,
+        help=f"the database to run in, created when missing (default {DATABASE})",
     )
     parser.add_argument("--wait-rounds", type=int, default=None, help="rounds of waits (quick 2, full 5)")
     parser.add_argument("--rounds", type=int, default=None, help="drain rounds per tree (quick 2, full 3)")
@@ -426,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         mode = replace(mode, wait_rounds=max(1, args.wait_rounds))
     if args.rounds is not None:
         mode = replace(mode, drain_rounds=max(1, args.rounds))
-    dsn = find_database().dsn
+    dsn = bench_dsn(args.database)
     print(
         f"results ({mode.name}): wake-up latency, {mode.wait_rounds} rounds of {mode.waits} waits", flush=True
     )
@@ -443,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode.name,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f}",
+        "database": args.database,
         "load_average": os.getloadavg(),
         "wake_up_latency": latency,
         "no_result_cost": cost,
