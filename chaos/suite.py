@@ -11,12 +11,14 @@ from .poison import poison
 from .rescue import long_jobs
 from .soak import soak
 from .storm import crash_storm
+from .workflow_storm import workflow_storm
 
 __all__ = ["SCENARIOS"]
 
 SCENARIOS: dict[str, Scenario] = {
     "crash-storm": crash_storm,
     "chimeway-storm": chimeway_storm,
+    "workflow-storm": workflow_storm,
     "pg-restarts": postgres_restarts,
     "backend-terminations": backend_terminations,
     "long-jobs": long_jobs,

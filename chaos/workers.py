@@ -5,19 +5,30 @@ Each records its completed executions (see :mod:`chaos.recording`).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pgqueue
 
-from .recording import DSN_VARIABLE, EXECUTIONS_DDL, SCHEMA_VARIABLE, Recorded, record_execution
+from .recording import (
+    DSN_VARIABLE,
+    EXECUTIONS_DDL,
+    SCHEMA_VARIABLE,
+    Recorded,
+    record_early_run,
+    record_execution,
+    run_on_record_connection,
+)
 
 __all__ = [
     "DSN_VARIABLE",
     "EXECUTIONS_DDL",
     "SCHEMA_VARIABLE",
+    "BatchCallback",
     "Busy",
     "Failing",
+    "FlowStep",
     "HugeBackoff",
     "Long",
     "NulError",
@@ -43,6 +54,40 @@ class Busy(Recorded):
     def perform(self, job: pgqueue.Job) -> None:
         if _sleep(float(job.args.get("ms", 0)) / 1000):
             record_execution(job)
+
+
+class FlowStep(Recorded):
+    """A workflow step: as it starts, writes each dependency not yet completed to ``early_runs``;
+    then works ``args["ms"]`` milliseconds and records its execution."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        schema = os.environ[SCHEMA_VARIABLE]
+        dependencies = run_on_record_connection(lambda conn: pgqueue.dependencies(conn, job, schema=schema))
+        for dependency in dependencies:
+            if dependency.state != "completed":
+                record_early_run(job, f"job {dependency.id}", dependency.state)
+        if _sleep(float(job.args.get("ms", 0)) / 1000):
+            record_execution(job)
+
+
+class BatchCallback(Recorded):
+    """A batch's callback: as it starts, writes to ``early_runs`` when its batch has not got where
+    its event says (``completed``: every member completed; ``finished``: none pending); then
+    records its execution."""
+
+    def perform(self, job: pgqueue.Job) -> None:
+        schema = os.environ[SCHEMA_VARIABLE]
+        batch = job.meta["batch"]
+        progress = run_on_record_connection(
+            lambda conn: pgqueue.batch_progress(conn, int(batch["id"]), schema=schema)
+        )
+        reached = (
+            progress.completed == progress.total if batch["event"] == "completed" else not progress.pending
+        )
+        if not reached:
+            seen = f"{progress.completed} of {progress.total} completed, {progress.pending} pending"
+            record_early_run(job, f"batch {batch['id']} {batch['event']}", seen)
+        record_execution(job)
 
 
 class Long(Recorded):

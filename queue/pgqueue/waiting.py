@@ -10,6 +10,12 @@ that: no race is left between the check and the LISTEN. A notification is only a
 waiter reads the row again and decides from the row alone. There is no polling loop; the only
 timer is the caller's ``timeout``.
 
+Woken, the caller sends that read and its ``UNLISTEN`` together (one pipeline, one round trip):
+the wake-up nearly always means the job finished, so the caller returns as soon as the read is
+back, where a read and then an ``UNLISTEN`` would cost it a second round trip to the server on
+the way out. When the job had not finished after all (a wake-up that named no ids, for a batch
+too large to list them), it ``LISTEN``s again and reads again, so a finish in between is seen.
+
 A completed job gives its result (``None`` when the worker returned nothing); a discarded or
 cancelled one raises :class:`~pgqueue.errors.JobFailedError` with its final error; a job that does
 not exist (never inserted, or pruned) raises :class:`~pgqueue.errors.JobNotFoundError` at once;
@@ -36,6 +42,7 @@ from .store import channel_name, queries_for
 __all__ = ["await_job", "wait"]
 
 _PENDING = object()
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 def _job_id(job: Job | int) -> int:
@@ -138,8 +145,12 @@ def wait(
     query = queries.job_outcome
     with _sync_connection(target) as conn:
         conn.execute(listen)
+        listening = True
         try:
             while True:
+                if not listening:
+                    conn.execute(listen)
+                    listening = True
                 row = conn.execute(query, {"id": job_id}).fetchone()
                 outcome = _settle(job_id, row)
                 if outcome is not _PENDING:
@@ -157,8 +168,16 @@ def wait(
                     wait_for = None if remaining == math.inf else remaining
                     for note in conn.notifies(timeout=wait_for, stop_after=1):
                         woken = woken or _concerns(note.payload, job_id)
+                # The re-read and the UNLISTEN in one round trip (see the module docstring).
+                with conn.pipeline():
+                    cursor = conn.execute(query, {"id": job_id})
+                    conn.execute(unlisten)
+                listening = False
+                outcome = _settle(job_id, cursor.fetchone())
+                if outcome is not _PENDING:
+                    return outcome
         finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if listening and not conn.closed and conn.info.transaction_status == _IDLE:
                 conn.execute(unlisten)
 
 
@@ -176,8 +195,12 @@ async def await_job(
     query = queries.job_outcome
     async with _async_connection(target) as conn:
         await conn.execute(listen)
+        listening = True
         try:
             while True:
+                if not listening:
+                    await conn.execute(listen)
+                    listening = True
                 row = await (await conn.execute(query, {"id": job_id})).fetchone()
                 outcome = _settle(job_id, row)
                 if outcome is not _PENDING:
@@ -194,6 +217,14 @@ async def await_job(
                     wait_for = None if remaining == math.inf else remaining
                     async for note in conn.notifies(timeout=wait_for, stop_after=1):
                         woken = woken or _concerns(note.payload, job_id)
+                # The re-read and the UNLISTEN in one round trip (see the module docstring).
+                async with conn.pipeline():
+                    cursor = await conn.execute(query, {"id": job_id})
+                    await conn.execute(unlisten)
+                listening = False
+                outcome = _settle(job_id, await cursor.fetchone())
+                if outcome is not _PENDING:
+                    return outcome
         finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if listening and not conn.closed and conn.info.transaction_status == _IDLE:
                 await conn.execute(unlisten)

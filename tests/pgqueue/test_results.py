@@ -286,3 +286,84 @@ async def test_a_job_finishing_while_its_waiter_marks_it_is_never_missed(dsn: st
             for job in jobs:
                 tg.start_soon(waiter, job)
     assert sorted(values) == list(range(150))
+
+
+def listening_channels(conn: psycopg.Connection[Any]) -> list[str]:
+    return [str(row[0]) for row in conn.execute("SELECT pg_listening_channels()").fetchall()]
+
+
+async def test_a_woken_waiter_leaves_the_callers_connection_idle_and_not_listening(
+    dsn: str, schema: str
+) -> None:
+    # Woken, the waiter reads the row and drops its LISTEN in one round trip: the caller's
+    # connection must come back exactly as it was lent, for both twins.
+    first, second = (insert(dsn, schema, Answer.new({"value": i, "hold": 0.3})) for i in (1, 2))
+    with psycopg.connect(dsn) as sync_conn:
+        async with await psycopg.AsyncConnection.connect(dsn) as async_conn, runtime(dsn, schema):
+            with anyio.fail_after(20):
+                assert await pgqueue.await_job(async_conn, first, timeout=20, schema=schema) == 1
+                value = await anyio.to_thread.run_sync(
+                    functools.partial(pgqueue.wait, sync_conn, second, 20, schema=schema)
+                )
+            assert value == 2
+            assert not async_conn.autocommit
+            assert async_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            rows = await (await async_conn.execute("SELECT pg_listening_channels()")).fetchall()
+            assert rows == []
+            await async_conn.rollback()
+        assert not sync_conn.autocommit
+        assert sync_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert listening_channels(sync_conn) == []
+
+
+async def test_a_wake_up_naming_no_ids_before_the_job_finished_is_followed_by_the_real_one(
+    dsn: str, schema: str
+) -> None:
+    # A wake-up too large to name its ids ('{}') reaches every waiter, finished or not. The waiter
+    # then reads its row and drops its LISTEN together; finding the job still running, it must
+    # LISTEN again and read again, so the finish that comes later still wakes it.
+    job = insert(dsn, schema, Answer.new({}))
+    table = psycopg.sql.Identifier(schema, "jobs")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("UPDATE {} SET state = 'executing', attempt = 1").format(table))
+    results: list[Any] = []
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as waiter_conn:
+        pid = waiter_conn.info.backend_pid
+
+        def waiter_state() -> tuple[Any, ...]:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(
+                    "SELECT state, state_change FROM pg_stat_activity WHERE pid = %s",
+                    [pid],
+                ).fetchone()
+            assert row is not None
+            return tuple(row)
+
+        def awaited() -> bool:
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(
+                    psycopg.sql.SQL("SELECT awaited FROM {} WHERE id = %s").format(table), [job.id]
+                )
+                return bool(row.fetchone()[0])  # type: ignore[index]
+
+        async def waiter() -> None:
+            results.append(await pgqueue.await_job(waiter_conn, job, timeout=20, schema=schema))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await await_until(awaited)
+                await await_until(lambda: waiter_state()[0] == "idle")
+                before = waiter_state()[1]
+                channel = channel_name(schema, "result")
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute("SELECT pg_notify(%s, '{}')", [channel])
+                    # the waiter woke, read the row (still executing) and went back to waiting
+                    await await_until(lambda: waiter_state()[1] != before and waiter_state()[0] == "idle")
+                    assert results == []
+                    acks = [Ack(job.id, 1, JobState.COMPLETED, result=None)]
+                    conn.execute(queries_for(schema).fetch_jobs, fetch_params(acks))
+        assert results == [None]
+        assert await (await waiter_conn.execute("SELECT pg_listening_channels()")).fetchall() == []
+    assert stored_result(dsn, schema, job.id) == ("completed", None)

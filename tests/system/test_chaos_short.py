@@ -1,10 +1,11 @@
 """The short form of the reliability suite (``python -m chaos --short``), as CI runs it.
 
-One real run of every scenario: crash storms of ``python -m pgqueue start`` and
-``python -m chimeway.worker`` processes, PostgreSQL restarts and terminated backends, a frozen node,
-a one-minute soak, hostile rows and notifications, fuzzed flags and configuration files. The suite
-starts its own embedded PostgreSQL, so it never touches the shared test database. Its report goes to
-the test's temporary directory; the test reads the JSON and holds every scenario to its verdict.
+One real run of every scenario: crash storms of ``python -m pgqueue start`` nodes (plain jobs, then
+workflows and batches) and ``python -m chimeway.worker`` processes, PostgreSQL restarts and
+terminated backends, a frozen node, a one-minute soak, hostile rows and notifications, fuzzed flags
+and configuration files. The suite starts its own embedded PostgreSQL, so it never touches the
+shared test database. Its report goes to the test's temporary directory; the test reads the JSON
+and holds every scenario to its verdict.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def test_short_chaos_run_loses_no_job_and_leaves_no_delivery_unfinished(
         assert by_name[storm]["figures"]["kills"] >= 1
         assert by_name[storm]["figures"]["jobs in flight at kills"] >= 1
         assert by_name[storm]["jobs"] >= 1_000
+    # The workflow storm killed nodes while they ran steps, so rescued steps and their dependents
+    # were tested, not only steps that happened to finish between kills.
+    workflows = by_name["workflow-storm"]["figures"]
+    assert workflows["kills"] >= 1
+    assert workflows["workflow steps in flight at kills"] >= 1
 
 
 @pytest.mark.timeout(DEADLINE + 60)
