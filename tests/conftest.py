@@ -166,7 +166,10 @@ def pytest_report_header() -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` (``make test``) the slow and system tests (real
     processes, kills, restarts, browsers, timing of shutdowns) run one after another on one worker,
-    beside the fast tests on the others, so no two of them compete for the machine."""
+    beside the fast tests on the others, so no two of them compete for the machine. A slow test that
+    only waits for the clock names a group of its own (``xdist_group``) and runs beside the rest."""
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
         if item.get_closest_marker("slow") or item.get_closest_marker("system"):
             item.add_marker(pytest.mark.xdist_group("serial"))

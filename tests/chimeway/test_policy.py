@@ -393,6 +393,8 @@ def wait_for(condition: Any, deadline: float, what: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+# It waits for a minute boundary of the wall clock, using no CPU: it runs beside the other tests.
+@pytest.mark.xdist_group("quiet_hours_clock")
 def test_the_snoozed_job_releases_the_delivery_when_the_quiet_hours_end(
     dispatcher: Dispatcher,
     make_delivery: MakeDelivery,
