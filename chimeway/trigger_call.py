@@ -248,28 +248,22 @@ class TriggerCall:
         recipients = _normalize_recipients(_call("recipients", notifier.recipients, params))
         category = notifier.category or self.payload.get("category")
         channels = _Channels()
+        common: dict[str, Any] = {
+            "event_id": event.id,
+            "notification_key": self.key,
+            # a blank category is no category (the inbox's column refuses blanks)
+            "category": (category.strip() or None) if isinstance(category, str) else None,
+            "correlation_id": self.correlation_id,
+            "recipients": recipients,
+            "content_of": lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
+            "job_template": dispatch_job(uuid.UUID(int=0)),
+        }
         if notifier.journey is not None:
             # the runs plan each step's delivery; the fan-out writes the notifications only
-            return FanOut(
-                event_id=event.id,
-                notification_key=self.key,
-                category=(category.strip() or None) if isinstance(category, str) else None,
-                correlation_id=self.correlation_id,
-                recipients=recipients,
-                content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
-                channels_of=lambda r: (),
-                job_template=dispatch_job(uuid.UUID(int=0)),
-            )
+            return FanOut(**common, channels_of=lambda r: ())
         return FanOut(
-            event_id=event.id,
-            notification_key=self.key,
-            # a blank category is no category (the inbox's column refuses blanks)
-            category=(category.strip() or None) if isinstance(category, str) else None,
-            correlation_id=self.correlation_id,
-            recipients=recipients,
-            content_of=lambda r: _json_text(_call("build", notifier.build, params, r), "build()"),
+            **common,
             channels_of=lambda r: channels(_call("channels", notifier.channels, params, r)),
-            job_template=dispatch_job(uuid.UUID(int=0)),
             fallbacks_of=lambda r, names: _fallbacks(
                 _call("delayed_fallback_channels", notifier.delayed_fallback_channels, params, r), names
             ),
