@@ -67,6 +67,20 @@ class KillController:
             self._started += 1
             self.nodes.append(self.start_node(f"{self.scenario}-{self._started}"))
 
+    def storm(
+        self, done: Callable[[], bool], *, warm_up: int, timeout: float, progress: Callable[[], str]
+    ) -> bool:
+        """The whole storm: start the nodes, let ``warm_up`` executions begin (60 s at most), kill
+        on schedule until ``done()`` (False if ``timeout`` passed first), then wait for the rescues
+        of the last victim."""
+        self.start()
+        deadline = time.monotonic() + 60
+        while self.probe.executions() < warm_up and time.monotonic() < deadline:
+            time.sleep(0.1)
+        finished = self.run(done, timeout, progress)
+        self.wait_rescues(30)
+        return finished
+
     def run(self, done: Callable[[], bool], timeout: float, progress: Callable[[], str]) -> bool:
         """Kill on schedule until ``done()``; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
@@ -175,16 +189,12 @@ def crash_storm(ctx: Context) -> ScenarioResult:
     ctx.say(name, f"{total:,} jobs inserted in schema {schema}")
     with Probe(ctx.server.dsn, schema) as probe, fleet(ctx.logs_for(name)) as processes:
         controller = _controller(ctx, name, probe, processes, schema)
-        controller.start()
-        probe_wait = time.monotonic() + 60
-        while probe.executions() < 50 and time.monotonic() < probe_wait:
-            time.sleep(0.1)
-        drained = controller.run(
+        drained = controller.storm(
             lambda: probe.count("completed") >= total,
+            warm_up=50,
             timeout=ctx.pick(240, 900),
             progress=lambda: f"{probe.count('completed'):,}/{total:,} completed",
         )
-        controller.wait_rescues(30)
         states = probe.states()
         executions = probe.executions_by_job()
         completed_ids = {row[0] for row in probe.rows("SELECT id FROM {s}.jobs WHERE state = 'completed'")}

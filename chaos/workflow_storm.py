@@ -13,7 +13,6 @@ the crash storm's rule for repeats: a step may run again only after a killed pro
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import psycopg
@@ -112,16 +111,12 @@ def workflow_storm(ctx: Context) -> ScenarioResult:
     ctx.say(name, f"{workflows} workflows and {batches} batches inserted in schema {schema}")
     with Probe(ctx.server.dsn, schema) as probe, fleet(ctx.logs_for(name)) as processes:
         controller = _controller(ctx, name, probe, processes, schema)
-        controller.start()
-        started_wait = time.monotonic() + 60
-        while probe.executions() < 20 and time.monotonic() < started_wait:
-            time.sleep(0.1)
-        finished = controller.run(
+        finished = controller.storm(
             lambda: probe.count("completed") >= total,
+            warm_up=20,
             timeout=ctx.pick(180, 600),
             progress=lambda: f"{probe.count('completed'):,}/{total:,} completed",
         )
-        controller.wait_rescues(30)
         states = probe.states()
         executions = probe.executions_by_job()
         early = probe.rows("SELECT job_id, attempt, waited_for, seen FROM {s}.early_runs ORDER BY at")
