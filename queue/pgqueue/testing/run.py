@@ -1,25 +1,15 @@
-"""Helpers for testing code that uses pgqueue: run jobs directly, drain queues, check what is
-enqueued, and run jobs inline at insert.
-
-* :func:`perform_job` runs a worker through the real executor (timeout, result classification)
-  without touching the database, and returns what ``perform`` returned.
-* :func:`drain_queue` runs a queue's jobs to completion in the calling thread, acking each one,
-  and counts the outcomes (Oban's ``drain_queue``).
-* :func:`all_enqueued`, :func:`assert_enqueued`, :func:`refute_enqueued` inspect waiting jobs.
-* ``with inline():`` makes ``insert``/``ainsert`` perform jobs at once instead of writing them.
-"""
+"""Running jobs in a test: :func:`perform_job` through the real executor without the database,
+:func:`drain_queue` through the database, acking each job (Oban's ``drain_queue``)."""
 
 from __future__ import annotations
 
 import inspect
 import itertools
 import json
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -28,25 +18,13 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
-from .errors import ConfigError
-from .executor import Execution, Executor, Outcome, ack_statement, fetch_params, read_claim, read_claim_sync
-from .insert import ainline_runner, inline_runner
-from .job import Job, JobState, NewJob
-from .manage import JobFilter, all_jobs
-from .store import channel_name, queries_for
-from .worker import JobOutcome, Worker, WorkerRegistry, registry
+from ..errors import ConfigError
+from ..executor import Execution, Executor, Outcome, ack_statement, fetch_params, read_claim, read_claim_sync
+from ..job import Job, JobState, NewJob
+from ..store import channel_name, queries_for
+from ..worker import JobOutcome, Worker, WorkerRegistry, registry
 
-__all__ = [
-    "DrainResult",
-    "adrain_queue",
-    "all_enqueued",
-    "aperform_job",
-    "assert_enqueued",
-    "drain_queue",
-    "inline",
-    "perform_job",
-    "refute_enqueued",
-]
+__all__ = ["DrainResult", "adrain_queue", "aperform_job", "build_job", "drain_queue", "perform_job"]
 
 _ids = itertools.count(1)
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -316,200 +294,3 @@ async def adrain_queue(
 
 
 # -- what is enqueued ------------------------------------------------------------------------------
-
-
-def _subset(expected: Any, actual: Any) -> bool:
-    """Recursive subset match: dicts by key, "_" matches any present value, the rest by equality."""
-    if expected == "_":
-        return True
-    if isinstance(expected, Mapping):
-        return isinstance(actual, Mapping) and all(
-            key in actual and _subset(value, actual[key]) for key, value in expected.items()
-        )
-    return bool(expected == actual)
-
-
-def _near(expected: datetime | tuple[datetime, float], actual: datetime) -> bool:
-    when, delta = expected if isinstance(expected, tuple) else (expected, 1.0)
-    return abs((actual - when).total_seconds()) <= delta
-
-
-def _matches(job: Job, criteria: Mapping[str, Any]) -> bool:
-    for key, expected in criteria.items():
-        if key in ("args", "meta"):
-            if not _subset(json.loads(json.dumps(expected)), getattr(job, key)):
-                return False
-        elif key == "scheduled_at":
-            if not _near(expected, job.scheduled_at):
-                return False
-        elif key == "scheduled_in":
-            seconds, delta = expected if isinstance(expected, tuple) else (expected, 1.0)
-            target = datetime.now(UTC) + timedelta(seconds=seconds)
-            if not _near((target, delta), job.scheduled_at):
-                return False
-        elif key == "tags":
-            if not set(expected) <= set(job.tags):
-                return False
-        elif getattr(job, key) != expected:
-            return False
-    return True
-
-
-_CRITERIA = frozenset(
-    {"worker", "queue", "args", "meta", "tags", "priority", "max_attempts", "scheduled_at", "scheduled_in"}
-)
-
-
-def _criteria(worker: type[Worker] | str | None, criteria: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(criteria) - _CRITERIA
-    if unknown:
-        raise ConfigError(
-            f"unknown criterion {sorted(unknown)[0]!r}; valid: {sorted(_CRITERIA | {'worker'})}"
-        )
-    if worker is not None:
-        criteria["worker"] = worker if isinstance(worker, str) else worker.name
-    return criteria
-
-
-def all_enqueued(
-    target: Any, worker: type[Worker] | str | None = None, *, schema: str = "public", **criteria: Any
-) -> list[Job]:
-    """Jobs waiting to run (available or scheduled) that match, newest first.
-
-    ``args``/``meta`` match as a recursive subset ("_" only requires the key); ``scheduled_at``
-    within ±1 s (or ``(datetime, delta)``); ``scheduled_in`` seconds from now likewise; ``tags``
-    as a subset; anything else (queue, priority, max_attempts) by equality.
-    """
-    wanted = _criteria(worker, dict(criteria))
-    job_filter = JobFilter(state=[JobState.AVAILABLE.value, JobState.SCHEDULED.value])
-    return [
-        job for job in all_jobs(target, job_filter, schema=schema, limit=100_000) if _matches(job, wanted)
-    ]
-
-
-def _describe(jobs: Sequence[Job], keys: Sequence[str]) -> str:
-    if not jobs:
-        return "no jobs are enqueued"
-    shown = [
-        {k: getattr(j, k) for k in (keys or ("worker", "queue", "args")) if k in Job._fields} for j in jobs
-    ]
-    return "enqueued jobs:\n" + "\n".join(f"  {s}" for s in shown[:20])
-
-
-def _rollback_if_idle_in_error(target: Any) -> None:
-    conn = target if isinstance(target, psycopg.Connection) else None
-    if conn is not None and conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-        conn.rollback()
-
-
-def assert_enqueued(
-    target: Any,
-    worker: type[Worker] | str | None = None,
-    *,
-    schema: str = "public",
-    timeout: float | None = None,
-    **criteria: Any,
-) -> Job:
-    """Assert a matching job is enqueued (polling up to ``timeout`` seconds); return it."""
-    for found in _poll_enqueued(target, worker, schema, timeout, criteria):
-        if found:
-            return found[0]
-    wanted = _criteria(worker, dict(criteria))
-    everything = all_enqueued(target, schema=schema)
-    raise AssertionError(f"expected a job matching {wanted}; {_describe(everything, list(criteria))}")
-
-
-def refute_enqueued(
-    target: Any,
-    worker: type[Worker] | str | None = None,
-    *,
-    schema: str = "public",
-    timeout: float | None = None,
-    **criteria: Any,
-) -> None:
-    """Assert no matching job is enqueued, now and (with ``timeout``) for that many seconds."""
-    for found in _poll_enqueued(target, worker, schema, timeout, criteria):
-        if found:
-            wanted = _criteria(worker, dict(criteria))
-            raise AssertionError(f"expected no job matching {wanted}; {_describe(found, list(criteria))}")
-
-
-def _poll_enqueued(
-    target: Any,
-    worker: type[Worker] | str | None,
-    schema: str,
-    timeout: float | None,
-    criteria: dict[str, Any],
-) -> Iterator[list[Job]]:
-    """The matching jobs, read once, then every 10 ms until ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + (timeout or 0)
-    while True:
-        yield all_enqueued(target, worker, schema=schema, **criteria)
-        if time.monotonic() >= deadline:
-            return
-        _commit_snapshot(target)
-        time.sleep(0.01)
-
-
-def _commit_snapshot(target: Any) -> None:
-    # Polling from inside a REPEATABLE READ transaction would never see new jobs; a psycopg
-    # connection that is idle in a transaction we only read in is safe to roll back.
-    _rollback_if_idle_in_error(target)
-
-
-# -- inline mode -----------------------------------------------------------------------------------
-
-
-def _inline_job(execution: Execution) -> Job:
-    job, ack = execution.job, execution.ack
-    now = datetime.now(UTC)
-    fields = {name: getattr(job, name) for name in Job._fields}
-    fields["state"] = ack.state.value
-    if ack.error is not None:
-        fields["errors"] = [*job.errors, {"attempt": job.attempt, "at": now.isoformat(), "error": ack.error}]
-    if ack.state is JobState.COMPLETED:
-        fields["completed_at"] = now
-    elif ack.state is JobState.CANCELLED:
-        fields["cancelled_at"] = now
-    elif ack.state is JobState.DISCARDED:
-        fields["discarded_at"] = now
-    elif ack.state in (JobState.RETRYABLE, JobState.SCHEDULED):
-        fields["scheduled_at"] = now + timedelta(seconds=ack.delay)
-    if ack.state is JobState.SCHEDULED:
-        fields["attempt"] = job.attempt - 1
-        fields["meta"] = {**job.meta, "snoozed": int(job.meta.get("snoozed", 0)) + 1}
-    return Job(**fields)
-
-
-def _inline_jobs(workers: WorkerRegistry, jobs: Sequence[NewJob]) -> list[tuple[type[Worker], Job]]:
-    prepared = []
-    for new in jobs:
-        cls = _worker_class(new.worker, workers)
-        prepared.append((cls, build_job(cls, new, attempt=1)))
-    return prepared
-
-
-@contextmanager
-def inline(workers: WorkerRegistry = registry) -> Iterator[None]:
-    """Within this block, ``insert``/``ainsert`` perform each job at once (scheduled ones too)
-    instead of writing it, and return the job as its outcome left it. Exceptions propagate."""
-
-    def run(jobs: Sequence[NewJob]) -> list[Job]:
-        return [
-            _inline_job(anyio.run(_execute, Executor(workers), job, False))
-            for _, job in _inline_jobs(workers, jobs)
-        ]
-
-    async def arun(jobs: Sequence[NewJob]) -> list[Job]:
-        executor = Executor(workers)
-        return [
-            _inline_job(await executor.execute(job, safe=False)) for _, job in _inline_jobs(workers, jobs)
-        ]
-
-    token = inline_runner.set(run)
-    atoken = ainline_runner.set(arun)
-    try:
-        yield
-    finally:
-        inline_runner.reset(token)
-        ainline_runner.reset(atoken)
