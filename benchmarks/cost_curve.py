@@ -217,6 +217,10 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x and int(x) > 0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cost_curve")
     parser.add_argument("--full", action="store_true")
@@ -226,11 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", default="1,2,4,8")
     parser.add_argument("--hold", type=float, help="seconds the idle transaction is held (0: skip)")
     args = parser.parse_args(argv)
-    ints = lambda text: [int(x) for x in text.split(",") if x and int(x) > 0]  # noqa: E731
-    available = ints(
+    available = _ints(
         args.available or ("10000,100000,1000000,10000000" if args.full else "10000,100000,1000000")
     )
-    completed = ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
+    completed = _ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
     hold = args.hold if args.hold is not None else (600.0 if args.full else 60.0)
     dsn = find_database().dsn
     started = time.perf_counter()
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["prune"] = (
         measure_prune(dsn, max(completed), reuse=completed[-1] == max(completed)) if completed else None
     )
-    result["processes"] = measure_processes(dsn, ints(args.processes), args.sample // 2)
+    result["processes"] = measure_processes(dsn, _ints(args.processes), args.sample // 2)
     result["pinned"] = measure_pinned_xmin(dsn, hold=hold) if hold > 0 else None
     result["elapsed_s"] = time.perf_counter() - started
     with psycopg.connect(dsn, autocommit=True) as conn:
