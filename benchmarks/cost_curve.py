@@ -1,13 +1,15 @@
 """W5, the cost curve: how the drain and the fetch move as the jobs table grows.
 
 Each backlog is built in SQL (``generate_series``), vacuumed but never analyzed, with autovacuum
-disabled on the table: the planner knows the table's size and nothing else, the state in which a
-claim without fixed plan settings reads the whole backlog. At each point:
+disabled on the table, and checkpointed (see ``benchmarks.cost_table``): the planner knows the
+table's size and nothing else, the state in which a claim without fixed plan settings reads the
+whole backlog. At each point:
 
 - **fetch latency**: 100 fetch statements (claim 100, rolled back), p50 and p99;
 - **drain**: a node at queue limit 100 works off a fixed sample (default 20,000 jobs) of the
   backlog, timed from resume to the poll that sees the sample completed; each poll (every 20 ms)
-  inserts as many new jobs as have completed, so the backlog keeps its size throughout;
+  inserts as many new jobs as have completed, so the backlog keeps its size throughout; with it,
+  the fetch-index entries the drain's claims walked per job;
 
 then the table is analyzed and the point is measured again. Points: ``--available`` jobs waiting,
 and ``--completed`` finished-but-unpruned rows beside 20,000 waiting.
@@ -30,7 +32,6 @@ import argparse
 import functools
 import json
 import statistics
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -41,57 +42,25 @@ import anyio
 import psycopg
 from psycopg import sql
 
+from benchmarks.cost_table import (
+    BESIDE,
+    JOBS,
+    PRODUCER,
+    QUEUE,
+    SCHEMA,
+    WORKERS,
+    analyze,
+    fetch_index_reads,
+    fill,
+    reset,
+)
+from benchmarks.cost_upkeep import measure_pinned_xmin, measure_prune, upkeep_markdown
 from pgqueue.executor import fetch_params
 from pgqueue.localdb import find_database
-from pgqueue.migrate import migrate
 from pgqueue.runtime import Runtime
 from pgqueue.store import queries_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCHEMA = "bench_cost"
-QUEUE = "bench_cost"
-WORKERS = "benchmarks.cpu_worker"
-BESIDE = 20_000  # waiting jobs beside a completed backlog
-VACUUM_EVERY = 10.0  # seconds between the pinned-xmin run's VACUUMs
-PRODUCER = "00000000-0000-0000-0000-000000000000"
-JOBS = sql.Identifier(SCHEMA, "jobs")
-
-
-def _reset(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
-    with psycopg.connect(dsn) as conn:
-        migrate(conn, SCHEMA)
-        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(JOBS))
-
-
-def _fill(dsn: str, *, available: int, completed: int = 0, worker: str = "bench.AsyncNoop") -> float:
-    """Insert the backlog in SQL and vacuum it without analyzing; seconds taken."""
-    started = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if completed:
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (queue, worker, args, state, attempt, attempted_at, completed_at)"
-                    " SELECT %s, %s, '{{}}', 'completed', 1, now() - interval '2 days',"
-                    " now() - interval '2 days' FROM generate_series(1, %s)"
-                ).format(JOBS),
-                (QUEUE, worker, completed),
-            )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (queue, worker, args, priority)"
-                " SELECT %s, %s, jsonb_build_object('seq', g), 0 FROM generate_series(1, %s) AS g"
-            ).format(JOBS),
-            (QUEUE, worker, available),
-        )
-        conn.execute(sql.SQL("VACUUM {}").format(JOBS))
-    return time.perf_counter() - started
-
-
-def _analyze(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("ANALYZE {}").format(JOBS))
 
 
 def _fetch_latency(dsn: str, fetches: int = 100, demand: int = 100) -> dict[str, float]:
@@ -167,17 +136,21 @@ def _inline_claim_ms(dsn: str, runs: int = 3) -> float:
 
 
 def measure_point(dsn: str, *, available: int, completed: int, sample: int) -> dict[str, Any]:
-    _reset(dsn)
+    reset(dsn)
     point: dict[str, Any] = {"available": available, "completed": completed}
-    point["build_s"] = _fill(dsn, available=available, completed=completed)
+    point["build_s"] = fill(dsn, available=available, completed=completed)
     for condition in ("no_stats", "analyzed"):
         if condition == "analyzed":
-            _analyze(dsn)
-        point[condition] = {
-            **_fetch_latency(dsn),
-            "inline_claim_p50_ms": _inline_claim_ms(dsn),
-            "drain_jobs_s": anyio.run(_drain, dsn, sample),
-        }
+            analyze(dsn)
+        point[condition] = {**_fetch_latency(dsn), "inline_claim_p50_ms": _inline_claim_ms(dsn)}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            walked = fetch_index_reads(conn)
+        point[condition]["drain_jobs_s"] = anyio.run(_drain, dsn, sample)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # Fetch-index entries the drain's claims walked per job claimed: 1 when each claim reads
+            # only what it takes; more when it walks entries of jobs claimed since the oldest running
+            # transaction in the cluster (not yet removable, so not yet skipped: see scaling.md).
+            point[condition]["index_entries_per_job"] = (fetch_index_reads(conn) - walked) / sample
         print(f"  {available:>10,} available {completed:>10,} completed  {condition:>8}: {point[condition]}")
     return point
 
@@ -185,8 +158,8 @@ def measure_point(dsn: str, *, available: int, completed: int, sample: int) -> d
 def measure_processes(dsn: str, counts: Sequence[int], jobs: int) -> list[dict[str, Any]]:
     rows = []
     for n in counts:
-        _reset(dsn)
-        _fill(dsn, available=jobs, worker="bench.SyncNoop")
+        reset(dsn)
+        fill(dsn, available=jobs, worker="bench.SyncNoop")
         rate = anyio.run(functools.partial(_drain, dsn, jobs, processes=n, top_up=False))
         with psycopg.connect(dsn) as conn:
             check = conn.execute(
@@ -202,165 +175,6 @@ def measure_processes(dsn: str, counts: Sequence[int], jobs: int) -> list[dict[s
     return rows
 
 
-def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    row = conn.execute(
-        "SELECT pg_table_size(%s::regclass), pg_indexes_size(%s::regclass)", [f"{SCHEMA}.jobs"] * 2
-    )
-    values = row.fetchone()
-    assert values is not None
-    return {"table_bytes": int(values[0]), "index_bytes": int(values[1])}
-
-
-class _FetchProbe(threading.Thread):
-    """Fetches (claim 10, rolled back) in a loop, recording each one's latency."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.stop, self.times = dsn, threading.Event(), list[float]()
-
-    def run(self) -> None:
-        statement = queries_for(SCHEMA).fetch_jobs
-        params = fetch_params([], queue=QUEUE, demand=10, node="probe", producer=PRODUCER)
-        with psycopg.connect(self.dsn) as conn:
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                conn.execute(statement, params).fetchall()
-                self.times.append((time.perf_counter() - started) * 1000)
-                conn.rollback()
-                time.sleep(0.005)
-
-
-def measure_prune(dsn: str, completed: int, *, reuse: bool) -> dict[str, Any]:
-    """``reuse``: the table still holds the last point's completed backlog; top up the waiting jobs."""
-    if reuse:
-        _fill(dsn, available=BESIDE)
-    else:
-        _reset(dsn)
-        _fill(dsn, available=BESIDE, completed=completed)
-    statement = queries_for(SCHEMA).prune_jobs
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        before = _sizes(conn)
-        probe = _FetchProbe(dsn)
-        probe.start()
-        time.sleep(2)
-        baseline = list(probe.times)
-        started, deleted, batches, longest_batch = time.perf_counter(), 0, 0, 0.0
-        while True:
-            batch_started = time.perf_counter()
-            n = len(conn.execute(statement, {"max_age": 60, "limit": 10_000}).fetchall())
-            longest_batch = max(longest_batch, time.perf_counter() - batch_started)
-            deleted, batches = deleted + n, batches + 1
-            if n == 0:
-                break
-        elapsed = time.perf_counter() - started
-        probe.stop.set()
-        probe.join()
-        during = probe.times[len(baseline) :]
-        after = _sizes(conn)
-        conn.execute(sql.SQL("VACUUM {}").format(JOBS))
-        vacuumed = _sizes(conn)
-    result = {
-        "completed": completed,
-        "deleted": deleted,
-        "batches": batches,
-        "rows_s": deleted / elapsed,
-        "longest_batch_ms": longest_batch * 1000,
-        "before": before,
-        "after_prune": after,
-        "after_vacuum": vacuumed,
-        "fetch_baseline_max_ms": max(baseline),
-        "fetch_during_max_ms": max(during),
-        "fetch_during_p99_ms": sorted(during)[int(len(during) * 0.99) - 1],
-        "fetches_during": len(during),
-    }
-    print(f"  prune: {result}")
-    return result
-
-
-def measure_pinned_xmin(dsn: str, *, hold: float, window: float = 5.0) -> dict[str, Any]:
-    """Steady load (the backlog topped up to 20,000) while one session sits idle in transaction."""
-    _reset(dsn)
-    _fill(dsn, available=BESIDE)
-    top_up = sql.SQL(
-        "INSERT INTO {} (queue, worker, args) SELECT %s, 'bench.AsyncNoop', '{{}}'"
-        " FROM generate_series(1, greatest(0, %s - (SELECT count(*) FROM {} WHERE state = 'available')))"
-    ).format(JOBS, JOBS)
-    stop = threading.Event()
-
-    def feed() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not stop.is_set():
-                conn.execute(top_up, (QUEUE, BESIDE))
-                time.sleep(0.2)
-
-    def vacuum() -> None:
-        # What autovacuum would do with a 10 s naptime (the benchmark server may run with it off).
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not stop.wait(VACUUM_EVERY):
-                conn.execute(sql.SQL("VACUUM {}").format(JOBS))
-
-    samples: list[dict[str, Any]] = []
-    phases = (("before", 30.0), ("held", hold), ("after", max(90.0, hold / 2)))
-    feeder = threading.Thread(target=feed, daemon=True)
-    vacuumer = threading.Thread(target=vacuum, daemon=True)
-    feeder.start()
-    vacuumer.start()
-
-    async def run() -> None:
-        runtime = Runtime(dsn, schema=SCHEMA, queues={QUEUE: 100}, workers=[WORKERS], plugins=[])
-        async with runtime, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            pin = await psycopg.AsyncConnection.connect(dsn)
-            started = time.perf_counter()
-            count = sql.SQL(
-                "SELECT count(*) FROM {} WHERE state = 'completed' AND completed_at >= %s"
-            ).format(JOBS)
-            for phase, seconds in phases:
-                if phase == "held":
-                    await pin.execute("SELECT txid_current()")  # an xid: vacuum can't remove newer dead rows
-                if phase == "after":
-                    await pin.rollback()
-                phase_end = time.perf_counter() + seconds
-                while time.perf_counter() < phase_end:
-                    since = (await (await conn.execute("SELECT now()")).fetchone() or [None])[0]
-                    await anyio.sleep(window)
-                    done = await (await conn.execute(count, (since,))).fetchone()
-                    dead = await (
-                        await conn.execute(
-                            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass",
-                            [f"{SCHEMA}.jobs"],
-                        )
-                    ).fetchone()
-                    samples.append(
-                        {
-                            "t_s": round(time.perf_counter() - started, 1),
-                            "phase": phase,
-                            "jobs_s": (done or [0])[0] / window,
-                            "dead_tuples": (dead or [0])[0],
-                        }
-                    )
-                    print(f"  {samples[-1]}")
-            await pin.close()
-
-    anyio.run(run)
-    stop.set()
-    feeder.join()
-    vacuumer.join()
-    base = statistics.mean(s["jobs_s"] for s in samples if s["phase"] == "before")
-    held = [s["jobs_s"] for s in samples if s["phase"] == "held"]
-    after = [s for s in samples if s["phase"] == "after"]
-    release_t = after[0]["t_s"] - window if after else 0.0
-    recovered = next((s["t_s"] - release_t for s in after if s["jobs_s"] >= 0.9 * base), None)
-    return {
-        "hold_s": hold,
-        "baseline_jobs_s": base,
-        "held_first_jobs_s": held[0] if held else None,
-        "held_last_jobs_s": held[-1] if held else None,
-        "recovered_after_s": recovered,
-        "peak_dead_tuples": max(s["dead_tuples"] for s in samples),
-        "samples": samples,
-    }
-
-
 def _markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# W5: the cost curve ({result['mode']} mode)",
@@ -369,8 +183,9 @@ def _markdown(result: dict[str, Any]) -> str:
         "fetch = claim 100 (rolled back), 100 times. No stats = vacuumed, never analyzed, autovacuum off.",
         "",
         "| Available | Completed beside | Drain, no stats | Drain, analyzed | Fetch p50/p99, no stats | "
-        "Fetch p50/p99, analyzed | Pre-0007 inline claim p50, no stats / analyzed |",
-        "|---|---|---|---|---|---|---|",
+        "Fetch p50/p99, analyzed | Pre-0007 inline claim p50, no stats / analyzed | "
+        "Index entries walked per job drained, no stats / analyzed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     base = result["points"][0]
     for p in result["points"]:
@@ -379,7 +194,8 @@ def _markdown(result: dict[str, Any]) -> str:
             f"| {p['available']:,} | {p['completed']:,} "
             f"| {ns['drain_jobs_s']:,.0f}/s | {an['drain_jobs_s']:,.0f}/s "
             f"| {ns['p50_ms']:.2f} / {ns['p99_ms']:.2f} ms | {an['p50_ms']:.2f} / {an['p99_ms']:.2f} ms | "
-            f"{ns['inline_claim_p50_ms']:.1f} / {an['inline_claim_p50_ms']:.1f} ms |"
+            f"{ns['inline_claim_p50_ms']:.1f} / {an['inline_claim_p50_ms']:.1f} ms | "
+            f"{ns.get('index_entries_per_job', 0):.0f} / {an.get('index_entries_per_job', 0):.0f} |"
         )
     lines += ["", "Targets against the first row, per condition: drain ≥ 80 %, fetch p99 ≤ 2x.", ""]
     for p in result["points"][1:]:
@@ -397,43 +213,12 @@ def _markdown(result: dict[str, Any]) -> str:
         f"| {r['processes']} | {r['jobs']:,} | {r['jobs_s']:,.0f} | {r['max_attempt']} |"
         for r in result["processes"]
     ]
-    if result.get("prune"):
-        pr = result["prune"]
-
-        def size(key: str) -> str:
-            mb = 1024 * 1024
-            return f"{pr[key]['table_bytes'] / mb:,.0f} + {pr[key]['index_bytes'] / mb:,.0f} MB"
-
-        lines += [
-            "",
-            f"Pruning {pr['deleted']:,} completed jobs in batches of 10,000: {pr['rows_s']:,.0f} rows/s, "
-            f"longest batch {pr['longest_batch_ms']:.0f} ms; table + indexes {size('before')} before, "
-            f"{size('after_prune')} after, {size('after_vacuum')} after VACUUM. A fetch loop beside it: "
-            f"longest fetch {pr['fetch_during_max_ms']:.1f} ms (p99 {pr['fetch_during_p99_ms']:.1f} ms) vs "
-            f"{pr['fetch_baseline_max_ms']:.1f} ms before.",
-        ]
-    if result.get("pinned"):
-        pin = result["pinned"]
-        lines += [
-            "",
-            f"Idle in transaction for {pin['hold_s']:.0f} s under steady load: "
-            f"{pin['baseline_jobs_s']:,.0f} jobs/s before, "
-            f"{pin['held_first_jobs_s']:,.0f} → {pin['held_last_jobs_s']:,.0f} jobs/s while held, peak "
-            f"{pin['peak_dead_tuples']:,} dead tuples; back to 90 % of the baseline "
-            + (
-                f"{pin['recovered_after_s']:.0f} s after release."
-                if pin["recovered_after_s"] is not None
-                else "not within the run."
-            ),
-            "",
-            "| t (s) | Phase | Jobs/s | Dead tuples |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {s['t_s']} | {s['phase']} | {s['jobs_s']:,.0f} | {s['dead_tuples']:,} |"
-            for s in pin["samples"]
-        ]
+    lines += upkeep_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x and int(x) > 0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,11 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", default="1,2,4,8")
     parser.add_argument("--hold", type=float, help="seconds the idle transaction is held (0: skip)")
     args = parser.parse_args(argv)
-    ints = lambda text: [int(x) for x in text.split(",") if x and int(x) > 0]  # noqa: E731
-    available = ints(
+    available = _ints(
         args.available or ("10000,100000,1000000,10000000" if args.full else "10000,100000,1000000")
     )
-    completed = ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
+    completed = _ints(args.completed or ("1000000,10000000" if args.full else "1000000"))
     hold = args.hold if args.hold is not None else (600.0 if args.full else 60.0)
     dsn = find_database().dsn
     started = time.perf_counter()
@@ -462,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["prune"] = (
         measure_prune(dsn, max(completed), reuse=completed[-1] == max(completed)) if completed else None
     )
-    result["processes"] = measure_processes(dsn, ints(args.processes), args.sample // 2)
+    result["processes"] = measure_processes(dsn, _ints(args.processes), args.sample // 2)
     result["pinned"] = measure_pinned_xmin(dsn, hold=hold) if hold > 0 else None
     result["elapsed_s"] = time.perf_counter() - started
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -78,16 +78,15 @@ room AS (
     FROM running, used, exact
 ),
 candidates AS (
+    -- Locked by the claim's own pick, pgqueue_claim (see fetch_jobs.sql): an index-ordered walk
+    -- that stops after `room` rows whatever the table's statistics say; read back by primary key.
     SELECT j.id, j.priority, j.scheduled_at,
            CASE WHEN %(rate_limit)s::integer IS NULL THEN 1
                 WHEN jsonb_typeof(j.meta -> 'weight') = 'number'
                 THEN least(greatest(floor((j.meta ->> 'weight')::numeric), 1), %(rate_limit)s)::integer
                 ELSE 1 END AS weight
-    FROM {jobs} AS j
-    WHERE j.state = 'available' AND j.queue = %(queue)s
-    ORDER BY j.priority, j.scheduled_at, j.id
-    LIMIT (SELECT jobs FROM room)
-    FOR UPDATE SKIP LOCKED
+    FROM {claim}(%(queue)s::text, (SELECT jobs FROM room)::integer) AS c(id)
+    JOIN {jobs} AS j ON j.id = c.id
 ),
 claimed AS (
     -- The longest prefix whose weights fit: a heavy job at the head is not overtaken by light ones.
