@@ -33,6 +33,11 @@ _COPY_ROWS_PER_WRITE = 1000
 # The state the JSON path gets back from the database for these jobs: psycopg loads the enum as str.
 _AVAILABLE = "available"
 _SCHEDULED = "scheduled"
+# A new job's last fields: never attempted (attempted_at, attempted_by), never finished
+# (completed_at, cancelled_at, discarded_at), and not a unique conflict. Jobs are built with
+# tuple.__new__, which takes every field (Job's own __new__ fills in defaults, at twice the cost).
+_NEW_JOB_TAIL = (None, None, None, None, None, False)
+_new_tuple = tuple.__new__
 
 
 def _copy_text(value: str) -> str:
@@ -121,6 +126,9 @@ class CopyBatch:
         """
         now = self.now
         assert now is not None
+        if not (self.scheduled or self.meta or self.tags):
+            yield from self._plain_rows(now)
+            return
         tz = now.tzinfo
         # Delays are added in UTC: adding to a time in a zone with daylight saving time adds to
         # its wall clock, an hour off the database's now() + interval across a change.
@@ -177,28 +185,86 @@ class CopyBatch:
                     fields += "\t" + array
                 lines.append(f"{job_id}\t{args_json}\t{fields}\n")
                 results.append(
-                    Job(
-                        job_id,
-                        state,
-                        queue,
-                        worker,
-                        args,
-                        job_meta,
-                        list(job_tags),
-                        [],
-                        0,
-                        max_attempts,
-                        priority,
-                        now,
-                        scheduled_at,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
+                    _new_tuple(
+                        Job,
+                        (
+                            job_id,
+                            state,
+                            queue,
+                            worker,
+                            args,
+                            job_meta,
+                            list(job_tags),
+                            [],
+                            0,
+                            max_attempts,
+                            priority,
+                            now,
+                            scheduled_at,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            False,
+                        ),
                     )
                 )
             yield "".join(lines)
+
+    def _plain_rows(self, now: datetime) -> Iterator[str]:
+        """:meth:`rows` for the common batch: every job available now, with no meta and no tags.
+
+        Only the id, args and the few fields shared by many jobs vary, so a block is built by two
+        comprehensions; its args are checked for characters COPY must escape once, as one string.
+        """
+        shared: dict[tuple[str, str, int, int], str] = {}
+        results = self.results
+        ids = iter(self.ids)
+        jobs = iter(self.jobs)
+        new = _new_tuple
+        while block := list(islice(jobs, _COPY_ROWS_PER_WRITE)):
+            block_ids = list(islice(ids, len(block)))
+            if len(block_ids) != len(block):
+                raise ValueError("fewer ids reserved than jobs to write")
+            fields: list[str] = []
+            for job in block:
+                key = (job.worker, job.queue, job.max_attempts, job.priority)
+                text = shared.get(key)
+                if text is None:
+                    text = shared[key] = (
+                        f"{_copy_text(job.worker)}\t{_copy_text(job.queue)}\t{job.max_attempts}\t{job.priority}"
+                    )
+                fields.append(text)
+            args = [job.args_json for job in block]
+            joined = "".join(args)
+            if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
+                args = [_copy_text(a) for a in args]
+            yield "".join([f"{i}\t{a}\t{f}\n" for i, a, f in zip(block_ids, args, fields, strict=True)])
+            results.extend(
+                [
+                    new(
+                        Job,
+                        (
+                            i,
+                            _AVAILABLE,
+                            j.queue,
+                            j.worker,
+                            j.args,
+                            j.meta,
+                            list(j.tags),
+                            [],
+                            0,
+                            j.max_attempts,
+                            j.priority,
+                            now,
+                            now,
+                            *_NEW_JOB_TAIL,
+                        ),
+                    )
+                    for i, j in zip(block_ids, block, strict=True)
+                ]
+            )
 
 
 def copy_insert(writer: SyncWriter, batch: CopyBatch, schema: str, notify: bool) -> list[Job] | None:
