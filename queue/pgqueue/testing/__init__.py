@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .enqueued import all_enqueued, assert_enqueued, refute_enqueued
 from .inline_mode import inline
-from .run import DrainResult, adrain_queue, aperform_job, drain_queue, perform_job
+from .run import DrainResult, adrain_queue, aperform_job, build_job, drain_queue, perform_job
 
 __all__ = [
     "DrainResult",
@@ -21,6 +21,7 @@ __all__ = [
     "all_enqueued",
     "aperform_job",
     "assert_enqueued",
+    "build_job",
     "drain_queue",
     "inline",
     "perform_job",
