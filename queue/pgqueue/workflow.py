@@ -24,16 +24,22 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from . import middleware
 from .drivers import AsyncWriter, SyncWriter
-from .errors import PgQueueError
 from .insert import ainline_runner, awrite_jobs, inline_runner, write_jobs
 from .job import Job, NewJob
 from .store import queries_for
 from .targets import async_writer, sync_writer
 from .workflow_inline import arun_inline, run_inline
+from .workflow_step import (
+    DependencyCycleError,
+    MissingDependencyError,
+    OnDependencyFailure,
+    Step,
+    WorkflowError,
+)
 
 __all__ = [
     "PARKED",
@@ -51,42 +57,7 @@ __all__ = [
 #: stages up to 9999-01-01) and still a Python datetime in every time zone
 PARKED = datetime(9999, 6, 1, tzinfo=UTC)
 
-#: what a cancelled or discarded dependency does to a step: cancel it too, or count as finished
-OnDependencyFailure = Literal["cancel", "run"]
-
 _MAX_SIGNAL_NAME = 255
-
-
-class WorkflowError(PgQueueError, ValueError):
-    """A workflow that can't be inserted as given; nothing was written."""
-
-
-class DependencyCycleError(WorkflowError):
-    """The steps' dependencies form a cycle, so none of them could ever run."""
-
-
-class MissingDependencyError(WorkflowError, LookupError):
-    """A step depends on a step name or a job id that doesn't exist."""
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of a workflow: a job, what it depends on, and what else it waits for."""
-
-    name: str
-    job: NewJob
-    #: step names of this workflow, or ids of jobs already in the database (any workflow)
-    deps: tuple[str | int, ...]
-    on_dependency_failure: OnDependencyFailure
-    #: a signal name to wait for, and how many seconds at most (None: for ever)
-    signal: str | None
-    signal_timeout: float | None
-    #: not to run before this time, once its dependencies and signal are there
-    not_before: datetime | None
-
-    @property
-    def waits(self) -> bool:
-        return bool(self.deps) or self.signal is not None or self.not_before is not None
 
 
 class Workflow:

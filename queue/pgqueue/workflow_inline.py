@@ -18,12 +18,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from .job import Job, JobState, NewJob
-
-if TYPE_CHECKING:
-    from .workflow import Step
+from .workflow_step import Step, WorkflowError
 
 __all__ = ["arun_inline", "run_inline"]
 
@@ -31,8 +28,6 @@ _FAILED = (JobState.CANCELLED.value, JobState.DISCARDED.value)
 
 
 def _refuse(steps: Sequence[Step]) -> None:
-    from .workflow import WorkflowError
-
     for step in steps:
         if step.signal is not None:
             raise WorkflowError(
@@ -77,8 +72,6 @@ def _order(steps: Sequence[Step]) -> list[int]:
 
 def _verdict(step: Step, finished: dict[str, Job]) -> str | None:
     """Why ``step`` is cancelled instead of run, or None to run it; raises if it can't run."""
-    from .workflow import WorkflowError
-
     reason = None
     for dep in step.deps:
         job = finished[str(dep)]
