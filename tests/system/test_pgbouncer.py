@@ -153,6 +153,9 @@ def _polling_node_runs_every_job(schema: str, bouncer: PgBouncer, probe: Probe, 
     except AssertionError:
         print(node.output())
         print(bouncer.output()[-6000:])
+        # what the node saw: the jobs' queues and times, and the producers it registered
+        print(probe.rows("SELECT queue, state, scheduled_at, now() FROM {s}.jobs LIMIT 3"))
+        print(probe.rows("SELECT * FROM {s}.pgqueue_producers"))
         raise
     assert_each_ran_once(probe, 200)
     node.stop(10)
