@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -115,3 +116,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def explaining(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], list[str]]]:
+    """A connection whose statements, nested ones included, report their plans (auto_explain,
+    with actual rows) as notices, collected in the list beside it."""
+    plans: list[str] = []
+    with psycopg.connect(dsn) as conn:
+        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute("SET auto_explain.log_min_duration = 0")
+        conn.execute("SET auto_explain.log_analyze = on")
+        conn.execute("SET auto_explain.log_nested_statements = on")
+        conn.execute("SET auto_explain.log_level = 'notice'")
+        conn.commit()
+        yield conn, plans

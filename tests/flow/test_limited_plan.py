@@ -20,6 +20,7 @@ from psycopg.rows import tuple_row
 from pgqueue.executor import fetch_params
 from pgqueue.producer import RATE_SLOTS
 from pgqueue.store import queries_for
+from tests.helpers import explaining
 
 LIMITED = "limited"
 PARTED = "parted"
@@ -57,16 +58,8 @@ def unanalyzed(dsn: str, schema: str) -> str:
 @pytest.fixture
 def explained(dsn: str, unanalyzed: str) -> Iterator[tuple[psycopg.Connection[Any], list[str]]]:
     """A connection whose statements, nested ones included, report their plans as notices."""
-    plans: list[str] = []
-    with psycopg.connect(dsn) as conn:
-        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-        conn.execute("LOAD 'auto_explain'")
-        conn.execute("SET auto_explain.log_min_duration = 0")
-        conn.execute("SET auto_explain.log_analyze = on")
-        conn.execute("SET auto_explain.log_nested_statements = on")
-        conn.execute("SET auto_explain.log_level = 'notice'")
-        conn.commit()
-        yield conn, plans
+    with explaining(dsn) as explaining_conn:
+        yield explaining_conn
 
 
 def _params(queue: str, demand: int) -> dict[str, Any]:

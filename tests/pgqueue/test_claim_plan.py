@@ -18,6 +18,7 @@ from psycopg import sql
 
 from pgqueue.executor import fetch_params, fetch_result
 from pgqueue.store import queries_for
+from tests.helpers import explaining
 
 AVAILABLE = 200_000  # enough for a vacuumed, unanalyzed table to flip the inline claim's plan
 FINISHED = 100_000
@@ -77,16 +78,8 @@ def unanalyzed(dsn: str, schema: str) -> str:
 @pytest.fixture
 def explained(dsn: str, unanalyzed: str) -> Iterator[tuple[psycopg.Connection[Any], list[str]]]:
     """A connection whose statements, nested ones included, report their plans as notices."""
-    plans: list[str] = []
-    with psycopg.connect(dsn) as conn:
-        conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
-        conn.execute("LOAD 'auto_explain'")
-        conn.execute("SET auto_explain.log_min_duration = 0")
-        conn.execute("SET auto_explain.log_analyze = on")
-        conn.execute("SET auto_explain.log_nested_statements = on")
-        conn.execute("SET auto_explain.log_level = 'notice'")
-        conn.commit()
-        yield conn, plans
+    with explaining(dsn) as explaining_conn:
+        yield explaining_conn
 
 
 def _actual_rows(line: str) -> int:
