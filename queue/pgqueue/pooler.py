@@ -16,8 +16,10 @@ connection, so nothing that lives in a server session survives from one transact
 A pooler is recognised without asking it (PgBouncer's ``SHOW`` commands are on its own admin
 database): it answers the connection with a cancel key of its own, so the backend pid the client
 was told differs from the server's ``pg_backend_pid()``. Its mode is told by two connections: a
-transaction of the second one lands on the server session the first one just released only when
-the pooler is not in session mode.
+transaction of the second one lands on the server session the first one just released, or either
+one's statements run on different server sessions, only when the pooler is not in session
+mode. A busy pool may hand the released session to another client first, so the probe is made a
+few times before it calls the pooler a session pooler (which it never mistakes for the other).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = ["PoolMode", "aconfigure", "apool_mode", "apooled", "awarn_about", "co
 _log = logging.getLogger("pgqueue.pooler")
 
 _BACKEND_PID = "SELECT pg_backend_pid()"
+#: probes of a pooler's mode before it is taken for a session pooler
+_MODE_PROBES = 20
 
 
 class PoolMode(enum.Enum):
@@ -90,13 +94,26 @@ async def apool_mode(conninfo: str, **connect_options: Any) -> PoolMode:
     async with await psycopg.AsyncConnection.connect(conninfo, **options) as first:
         if not await apooled(first):
             return PoolMode.DIRECT
-        row = await (await first.execute(_BACKEND_PID)).fetchone()
-        released = row[0] if row else None
         async with await psycopg.AsyncConnection.connect(conninfo, **options) as second:
-            async with second.transaction():
-                row = await (await second.execute(_BACKEND_PID)).fetchone()
-            # A session pooler keeps `first`'s server session for `first` while it is connected.
-            return PoolMode.TRANSACTION if row is not None and row[0] == released else PoolMode.SESSION
+            firsts: set[int] = set()
+            seconds: set[int] = set()
+            for _ in range(_MODE_PROBES):
+                released = await _server_pid(first)
+                async with second.transaction():
+                    taken = await _server_pid(second)
+                firsts.add(released)
+                seconds.add(taken)
+                # A session pooler gives each client one server session for as long as it is
+                # connected: it never lends `first`'s to `second`, nor moves either to another one.
+                if taken == released or len(firsts) > 1 or len(seconds) > 1:
+                    return PoolMode.TRANSACTION
+            return PoolMode.SESSION
+
+
+async def _server_pid(conn: psycopg.AsyncConnection[Any]) -> int:
+    row = await (await conn.execute(_BACKEND_PID)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def awarn_about(conninfo: str, direct_conninfo: str | None, *, pooled: bool = True) -> PoolMode:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,30 @@ def test_a_pooler_is_recognised_and_its_mode_told(dsn: str, bouncer: PgBouncer) 
 
 async def _modes(*conninfos: str) -> tuple[pooler.PoolMode, ...]:
     return tuple([await pooler.apool_mode(conninfo) for conninfo in conninfos])
+
+
+def test_a_busy_transaction_pool_is_not_mistaken_for_a_session_pooler(bouncer: PgBouncer) -> None:
+    # Given clients keeping the pool's server sessions busy with short transactions
+    stop = threading.Event()
+
+    def churn() -> None:
+        with psycopg.connect(bouncer.dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("SELECT pg_backend_pid()")
+
+    churners = [threading.Thread(target=churn) for _ in range(6)]
+    for thread in churners:
+        thread.start()
+    try:
+        # When a node tells the pooler's mode, again and again
+        modes = anyio.run(_modes, *[bouncer.dsn] * 15)
+    finally:
+        stop.set()
+        for thread in churners:
+            thread.join()
+
+    # Then it is never called a session pooler
+    assert set(modes) == {pooler.PoolMode.TRANSACTION}
 
 
 def test_without_configure_prepared_statements_break_and_with_it_they_dont(bouncer: PgBouncer) -> None:
