@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -20,6 +21,26 @@ class JobState(enum.StrEnum):
     COMPLETED = "completed"
     DISCARDED = "discarded"
     CANCELLED = "cancelled"
+
+
+class _Waiters:
+    """Where :meth:`Job.result` finds the waiting code. The job type is the lowest layer and
+    imports nothing above it; :mod:`pgqueue.waiting`, which ``import pgqueue`` always loads,
+    hands its functions over here when it is imported."""
+
+    def __init__(self) -> None:
+        self.wait: Callable[..., Any] = self._missing
+        self.await_job: Callable[..., Awaitable[Any]] = self._missing
+
+    @staticmethod
+    def _missing(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("pgqueue.waiting is not loaded: import pgqueue")
+
+    def register(self, wait: Callable[..., Any], await_job: Callable[..., Awaitable[Any]]) -> None:
+        self.wait, self.await_job = wait, await_job
+
+
+_waiters = _Waiters()
 
 
 FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
@@ -54,6 +75,21 @@ class Job(NamedTuple):
     discarded_at: datetime | None
     #: True when an insert found an existing unique job and returned it instead.
     conflict: bool = False
+
+    def result(self, target: Any, timeout: float | None = None, *, schema: str = "public") -> Any:
+        """Block until this job finishes and return its result: ``pgqueue.wait(target, job, ...)``.
+
+        ``target`` is a DSN or a psycopg ``Connection`` outside a transaction (a job doesn't
+        remember the connection that inserted it). A completed job gives what its worker returned;
+        a discarded or cancelled one raises :class:`~pgqueue.errors.JobFailedError`, a pruned one
+        :class:`~pgqueue.errors.JobNotFoundError`, running out of time
+        :class:`~pgqueue.errors.WaitTimeoutError`.
+        """
+        return _waiters.wait(target, self, timeout, schema=schema)
+
+    async def aresult(self, target: Any, timeout: float | None = None, *, schema: str = "public") -> Any:
+        """The async twin of :meth:`result`: ``await job.aresult(dsn_or_async_conn, timeout=5)``."""
+        return await _waiters.await_job(target, self, timeout, schema=schema)
 
 
 #: The column list every job-returning statement selects, in :class:`Job` field order.

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import ConfigError, JobFailedError, JobNotFoundError, ResultNotStoredError, WaitTimeoutError
-from .job import Job
+from .job import Job, _waiters
 from .results import marker_reason
 from .store import channel_name, queries_for
 
@@ -228,3 +228,7 @@ async def await_job(
         finally:
             if listening and not conn.closed and conn.info.transaction_status == _IDLE:
                 await conn.execute(unlisten)
+
+
+# `job.result(...)` and `await job.aresult(...)` wait through these
+_waiters.register(wait, await_job)

@@ -126,6 +126,23 @@ async def test_sync_wait_from_another_thread_and_a_finished_job_returns_at_once(
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
+async def test_a_job_gives_its_own_result_and_final_error(dsn: str, schema: str) -> None:
+    # Given a job that returns a value and one that is discarded, inserted and kept by the caller
+    answer = insert(dsn, schema, Answer.new({"value": {"ok": True}, "hold": 0.2}))
+    failing = insert(dsn, schema, Fails.new({}))
+
+    async with runtime(dsn, schema):
+        # When each is asked for its result, async and from a thread
+        got = await answer.aresult(dsn, timeout=20, schema=schema)
+        with pytest.raises(pgqueue.JobFailedError, match="the final error"):
+            await anyio.to_thread.run_sync(functools.partial(failing.result, dsn, 20, schema=schema))
+
+    # Then they are what pgqueue.wait says, on a connection of the caller's too
+    assert got == {"ok": True}
+    with psycopg.connect(dsn) as conn:
+        assert answer.result(conn, 5, schema=schema) == pgqueue.wait(conn, answer, 5, schema=schema)
+
+
 async def test_a_job_returning_none_completes_with_no_result(dsn: str, schema: str) -> None:
     job = insert(dsn, schema, Answer.new({}))
     async with runtime(dsn, schema):
