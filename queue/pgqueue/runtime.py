@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -44,22 +42,19 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import orjson
-import psycopg
-from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from . import migrate, pooler, telemetry
 from . import options as opt
 from .completer import Completer
 from .control import SIGNAL_TOPIC, Control
-from .errors import ConfigError
 from .executor import Executor
 from .heartbeat import Heartbeat
 from .leader import Leader
 from .lifecycle import SYSTEM_CLOCK, Clock, Service, check_conninfo, supervise
 from .manage import acancel_job
 from .middleware import Middleware
+from .node_pool import acheck_connections, default_node_name, node_name, node_pool
 from .notifier import Notifier, Payload, PostgresNotifier
 from .plugins import Plugin, PluginContext, PluginRunner
 from .plugins.lifeline import Lifeline, heartbeat_for
@@ -76,11 +71,6 @@ __all__ = ["Runtime", "default_node_name"]
 
 _log = logging.getLogger("pgqueue.runtime")
 INSERT_TOPIC = "insert"
-
-
-def default_node_name() -> str:
-    """``host:pid``: unique per process, so two processes never share heartbeats or leadership."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -122,11 +112,9 @@ class Runtime(QueueControl):
         result_max_bytes: int = DEFAULT_RESULT_MAX_BYTES,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if pool is None and not conninfo:
-            raise ConfigError("Runtime needs a conninfo (DSN) or a psycopg_pool.AsyncConnectionPool")
         migrate.validate_schema_name(schema)
         self.schema = schema
-        self.node = _node_name(node)
+        self.node = node_name(node)
         #: the code's queues (None: settings from the database's pgqueue_queues)
         self.queue_configs: dict[str, QueueConfig | None] = {
             q: None if v is None else QueueConfig.parse(q, v) for q, v in (queues or {}).items()
@@ -149,18 +137,7 @@ class Runtime(QueueControl):
         self.clock = clock
         self._own_pool = pool is None
         size = pool_size or max(4, len(self.queue_configs) + 4)
-        self.pool: AsyncConnectionPool[Any] = pool or AsyncConnectionPool(
-            conninfo or "",
-            min_size=min(2, size),
-            max_size=size,
-            open=False,
-            name=f"pgqueue-{self.node}",
-            configure=_configure_connection,
-        )
-        pool_conninfo = self.pool.conninfo
-        if not conninfo and not isinstance(pool_conninfo, str):
-            raise ConfigError("pass conninfo as well when the pool's conninfo is a callable")
-        self.conninfo: str = conninfo or str(pool_conninfo)
+        self.pool, self.conninfo = node_pool(conninfo, pool, self.node, size)
         #: where LISTEN and session-bound maintenance connect: PostgreSQL itself, when ``conninfo``
         #: goes through a transaction pooler (see :mod:`pgqueue.pooler`)
         self.direct_conninfo: str = direct_conninfo or self.conninfo
@@ -216,13 +193,13 @@ class Runtime(QueueControl):
         load_worker_modules(self.worker_modules)
         if self._own_pool:
             await self.pool.open(wait=True, timeout=30)
-        async with self.pool.connection() as conn:
-            if self.verify_schema:
-                await migrate.averify_migrated(conn, self.schema)
-            behind_pooler = await pooler.apooled(conn)
-        if behind_pooler or self._direct_given:
-            direct = self.direct_conninfo if self._direct_given else None
-            self.pool_mode = await pooler.awarn_about(self.conninfo, direct, pooled=behind_pooler)
+        self.pool_mode = await acheck_connections(
+            self.pool,
+            self.schema,
+            self.conninfo,
+            self.direct_conninfo if self._direct_given else None,
+            verify_schema=self.verify_schema,
+        )
         configs = {q: c for q, c in self.queue_configs.items() if c is not None}
         if self.verify_schema or self.queues_from_database or len(configs) < len(self.queue_configs):
             # Declared queues: a row of pgqueue_queues wins over the code's settings.
@@ -494,16 +471,6 @@ class Runtime(QueueControl):
             await self.completer.wait_idle()
 
 
-async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
-    # Decoding job args and meta is on the hot path of every fetch; orjson is several times faster.
-    set_json_loads(orjson.loads, conn)
-    # Every statement the runtime runs outside `conn.transaction()` is a transaction of its own:
-    # in autocommit that is one round trip instead of three (BEGIN, the statement, COMMIT).
-    await conn.set_autocommit(True)
-    # Behind a transaction pooler, a statement prepared in one server session is missing in the next.
-    await pooler.aconfigure(conn)
-
-
 async def _quietly(work: Any, what: str) -> None:
     try:
         await work
@@ -513,11 +480,3 @@ async def _quietly(work: Any, what: str) -> None:
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - anyio.current_time())
-
-
-def _node_name(node: str | None) -> str:
-    if node is None:
-        return default_node_name()
-    if not isinstance(node, str) or not node or "\x00" in node or len(node) > 255:
-        raise ConfigError(f"node must be a non-empty string of at most 255 characters, got {node!r}")
-    return node
