@@ -7,6 +7,8 @@ in the caller's transaction, and that every case COPY can't handle takes the JSO
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import itertools
 import json
@@ -302,6 +304,22 @@ def test_a_row_the_database_refuses_aborts_the_whole_batch(
             pgqueue.insert_all(conn, batch, schema=schema)
     assert count_jobs(dsn, schema) == 0
     assert all_notified_queues(listener) == []
+
+
+def test_the_garbage_collector_is_left_as_it_was_found(dsn: str, schema: str) -> None:
+    # The collector is paused while a batch is written, then put back: on, off, and after a failure.
+    batch = [Ok.new({"i": i}) for i in range(THRESHOLD)]
+    refused = [*batch[:-1], batch[-1]._replace(priority=10)]
+    was_enabled = gc.isenabled()
+    try:
+        for enabled, jobs in ((True, batch), (False, batch), (True, refused)):
+            (gc.enable if enabled else gc.disable)()
+            with psycopg.connect(dsn) as conn, contextlib.suppress(psycopg.errors.CheckViolation):
+                pgqueue.insert_all(conn, jobs, schema=schema)
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+    assert count_jobs(dsn, schema) == 2 * THRESHOLD
 
 
 def test_autocommit_runs_the_two_statements_in_one_transaction(
