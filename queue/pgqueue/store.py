@@ -21,6 +21,7 @@ placeholders that become quoted, schema-qualified identifiers via :mod:`psycopg.
 ``{workflow_signals}`` signals sent, kept for jobs that wait for them later
 ``{workflow_release}`` the function that moves waiting jobs on (see sql/pgqueue/0006)
 ``{signal_function}``  the function that sends a signal
+``{executing_count}``  the limited fetch's count of executing jobs (see sql/pgqueue/0009)
 =============== ==============================================
 
 A ``*.part.sql`` file is a fragment shared by several statements: ``{acks_part}`` in a statement is
@@ -161,6 +162,7 @@ def _render(template: str, schema: str, **extra: sql.Composable) -> str:
         prunable=sql.Identifier(schema, "pgqueue_prunable"),
         due=sql.Identifier(schema, "pgqueue_due"),
         orphans=sql.Identifier(schema, "pgqueue_orphans"),
+        executing_count=sql.Identifier(schema, "pgqueue_executing_count"),
         **extra,
     )
     return composed.as_string(None)

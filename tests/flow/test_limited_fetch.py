@@ -16,7 +16,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from pgqueue.executor import fetch_params
+from pgqueue.executor import Ack, fetch_params
+from pgqueue.job import JobState
 from pgqueue.producer import RATE_SLOTS
 from pgqueue.store import Queries, queries_for
 from tests.helpers import wait_until
@@ -152,6 +153,22 @@ def test_a_producer_counts_its_own_jobs_and_the_database_counts_the_others(dsn: 
         _, _, claimed = _fetch(conn, queries, _params(5, producer="p-1", running=0))
         assert len(claimed) == 2
         assert _executing(conn, backlog) == 4
+
+
+def test_jobs_a_fetch_acks_no_longer_count_against_the_limit_it_admits_to(dsn: str, backlog: str) -> None:
+    queries = queries_for(backlog)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Given producer p-2 holding the whole global limit of 2
+        _, _, held = _fetch_locked(conn, queries, _params(5, producer="p-2"))
+        assert len(held) == 2
+        # When a fetch by p-1 acks one of them in the same statement (its snapshot still sees
+        # the job executing)
+        params = _params(5, producer="p-1")
+        params["acks"] = fetch_params([Ack(held[0], 1, JobState.COMPLETED)])["acks"]
+        _, contended, claimed = _fetch(conn, queries, params)
+        # Then it counts only the other one, and admits one job in its place
+        assert (contended, len(claimed)) == (False, 1)
+        assert _executing(conn, backlog) == 2
 
 
 def test_a_fetch_whose_snapshot_missed_an_admission_admits_nothing(dsn: str, backlog: str) -> None:

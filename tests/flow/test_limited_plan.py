@@ -3,7 +3,8 @@ that has no statistics (autovacuum disabled, never analyzed), with a backlog big
 planner, left to its guesses, would read the whole backlog for every claim.
 
 As in ``tests/pgqueue/test_claim_plan.py``, the plans are read with auto_explain (shipped with the
-PostgreSQL server), which also reports the plans of the statements inside ``pgqueue_claim``.
+PostgreSQL server), which also reports the plans of the statements inside ``pgqueue_claim`` and
+``pgqueue_executing_count``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ LIMITED = "limited"
 PARTED = "parted"
 AVAILABLE = 200_000  # per queue: enough for a vacuumed, unanalyzed table to flip the inline claim
 KEYS = 5
+LIMIT = 100  # the global limit of the count's test
+LIVE = 150  # executing on another producer: more than the limit
+CHURN = 20_000  # claimed and finished since the last vacuum, after LIVE started
 
 
 @pytest.fixture
@@ -104,6 +108,10 @@ def _first_in_order(conn: psycopg.Connection[Any], schema: str, queue: str, n: i
     return [r[0] for r in rows]
 
 
+def _bitmap_scans(plans: list[str]) -> list[str]:
+    return [p for p in plans if re.search(r"Bitmap Heap Scan on jobs\b", p)]
+
+
 def _claim_plan(plans: list[str]) -> str:
     matching = [p for p in plans if "FOR UPDATE SKIP LOCKED" in p and "claim_queue" in p]
     assert len(matching) == 1, plans
@@ -141,7 +149,91 @@ def test_limited_fetch_claims_through_the_ordered_walk_without_statistics(
     plan = _claim_plan(plans)
     assert _scans(plan) == [("Index Scan using jobs_fetch_idx", 100)], plan
     assert "Sort" not in plan, plan
+    assert _bitmap_scans(plans) == []
     assert claimed == expected
+
+
+@pytest.fixture
+def churned(dsn: str, unanalyzed: str) -> str:
+    """The limited queue of ``unanalyzed`` with LIVE jobs executing on producer p-2, then CHURN
+    jobs claimed and finished after them: dead entries in the executing index, newer than the live
+    ones, as no vacuum has run since."""
+    jobs = sql.Identifier(unanalyzed, "jobs")
+    claim = sql.SQL(
+        "UPDATE {0} SET state = 'executing', attempt = 1, attempted_at = clock_timestamp(),"
+        " attempted_by = ARRAY['n', 'p-2']"
+        " WHERE id IN (SELECT id FROM {0} WHERE state = 'available' AND queue = %s ORDER BY id LIMIT %s)"
+    ).format(jobs)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(claim, (LIMITED, LIVE))
+        conn.execute(claim, (LIMITED, CHURN))
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET state = 'completed', completed_at = now()"
+                " WHERE state = 'executing' AND attempted_by[2] = 'p-2'"
+                " AND id NOT IN (SELECT id FROM {} WHERE queue = %s ORDER BY id LIMIT %s)"
+            ).format(jobs, jobs),
+            (LIMITED, LIVE),
+        )
+    return unanalyzed
+
+
+def _buffers(plan: str) -> int:
+    """The buffers a plan's top node touched (shared hits and reads)."""
+    found = re.search(r"Buffers: shared((?: \w+=\d+)+)", plan)
+    assert found is not None, plan
+    counts = dict(pair.split("=") for pair in found[1].split())
+    return int(counts.get("hit", 0)) + int(counts.get("read", 0))
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["one-statement", "locked"])
+def test_limited_fetch_counts_executing_jobs_by_an_ordered_walk_stopped_at_the_limit_without_statistics(
+    explained: tuple[psycopg.Connection[Any], list[str]], churned: str, locked: bool
+) -> None:
+    conn, plans = explained
+    queries = queries_for(churned)
+    conn.execute("SET auto_explain.log_buffers = on")
+    conn.commit()
+    # The count as fetch_limited.sql wrote it inline: on this table a bitmap scan, which visits the
+    # heap for every entry of the executing index, those of the finished jobs included.
+    rows = conn.execute(
+        sql.SQL(
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT count(*) FROM (SELECT j.id FROM {} AS j"
+            " WHERE j.state = 'executing' AND j.queue = %s AND j.attempted_by[2] IS DISTINCT FROM 'p-1'"
+            " ORDER BY j.attempted_at LIMIT %s) AS e"
+        ).format(sql.Identifier(churned, "jobs")),
+        (LIMITED, LIMIT),
+    ).fetchall()
+    inline = "\n".join(r[0] for r in rows)
+    assert "Bitmap Heap Scan" in inline, inline
+    visited = re.search(r"Bitmap Index Scan on jobs_executing_idx .*actual [^)]*rows=(\d+)", inline)
+    assert visited is not None, inline
+    assert int(visited[1]) >= LIVE + CHURN, inline
+    assert _buffers(inline) > CHURN // 100, inline
+    conn.rollback()
+    plans.clear()
+
+    # When a producer fetches with the global limit already full
+    cursor = conn.cursor(row_factory=tuple_row)
+    if locked:
+        cursor.execute(queries.limited_plan)
+        cursor.execute(queries.lock_limits, {"queue": LIMITED})
+    params = _params(LIMITED, 10)
+    params.update(global_limit=LIMIT)
+    rows = cursor.execute(queries.fetch_limited, params).fetchall()
+    conn.rollback()
+
+    # Then it claims nothing, held back by the global limit (retry as soon as a job ends)
+    assert _claimed(rows) == []
+    assert rows[0][1] == 0
+    # Having counted the others' jobs by a walk of the executing index, oldest first, that stops
+    # at the limit: it never reaches the finished jobs' entries, and no statement of the fetch
+    # scans the table by bitmap.
+    assert _bitmap_scans(plans) == []
+    counts = [p for p in plans if "count_queue" in p and "Query Text" in p]
+    assert len(counts) == 1, plans
+    assert _scans(counts[0]) == [("Index Scan using jobs_executing_idx", LIMIT)], counts[0]
+    assert _buffers(counts[0]) < LIMIT, counts[0]
 
 
 def test_partitioned_fetch_reads_a_bounded_head_of_each_partition_without_statistics(

@@ -57,18 +57,18 @@ used AS (
 running AS (
     -- This producer's own jobs are counted by the producer (%(running)s: those still performing;
     -- one that has finished no longer runs, whether or not its ack has landed yet), so acks in
-    -- flight from its completer don't shrink its claims. Everyone else's by an ordered walk of the
-    -- executing index, stopped at the limit: a plain index scan skips the entries of jobs that
-    -- stopped executing since the last vacuum (marked dead on first sight), where a bitmap scan
-    -- would visit the heap for each of them.
-    SELECT %(running)s::integer + count(*) AS n
-    FROM (SELECT j.id
-          FROM {jobs} AS j
-          WHERE j.state = 'executing' AND j.queue = %(queue)s
-            AND j.attempted_by[2] IS DISTINCT FROM %(producer)s::text
-            AND j.id NOT IN (SELECT id FROM acked)
-          ORDER BY j.attempted_at
-          LIMIT coalesce(%(global_limit)s::integer, 0)) AS e
+    -- flight from its completer don't shrink its claims. Everyone else's by pgqueue_executing_count
+    -- (migration 0009): an ordered walk of the executing index, stopped at the limit, under plan
+    -- settings that rule out a bitmap scan. A plain index scan skips the entries of jobs that
+    -- stopped executing since the last vacuum (marked dead on first sight), where a bitmap scan,
+    -- the plan an unanalyzed table otherwise gets, visits the heap for each of them on every fetch.
+    -- The function is stable, so it reads with this statement's snapshot; the jobs acked by this
+    -- very statement still look executing there and are left out by id.
+    SELECT %(running)s::integer
+           + CASE WHEN %(global_limit)s::integer IS NULL THEN 0
+                  ELSE {executing_count}(%(queue)s::text, %(producer)s::text,
+                                         (SELECT array_agg(id) FROM acked), %(global_limit)s::integer)
+             END AS n
 ),
 room AS (
     SELECT CASE WHEN exact.ok
