@@ -181,6 +181,14 @@ def _polling_node_runs_every_job(schema: str, bouncer: PgBouncer, probe: Probe, 
         # what the node saw: the jobs' queues and times, and the producers it registered
         print(probe.rows("SELECT queue, state, scheduled_at, now() FROM {s}.jobs LIMIT 3"))
         print(probe.rows("SELECT * FROM {s}.pgqueue_producers"))
+        # and what the server's sessions were doing: a snapshot or a lock held somewhere
+        print(
+            probe.rows(
+                "SELECT pid, state, xact_start, backend_xmin, left(query, 120) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        print(probe.rows("SELECT pid, mode, granted FROM pg_locks WHERE relation = '{s}.jobs'::regclass"))
         raise
     assert_each_ran_once(probe, 200)
     node.stop(10)
